@@ -1,0 +1,17 @@
+"""HTTP in, HTTP out: one functions-framework handler per endpoint.
+
+Each module holds one decorated handler (``key``, ``data``, ``msg``, ``cons``,
+``drain``) that can be deployed alone; ``app`` mounts them all on one Flask
+app for the local runner. ``http`` is the layer they share.
+"""
+
+from .cons import cons
+from .data import data
+from .drain import drain
+from .key import key
+from .msg import msg
+
+__all__ = ["HANDLERS", "key", "data", "msg", "cons", "drain"]
+
+# URL path -> handler; the public contract's endpoint names.
+HANDLERS = {"/key": key, "/data": data, "/msg": msg, "/cons": cons, "/drain": drain}

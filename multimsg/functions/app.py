@@ -1,0 +1,31 @@
+"""One Flask app that mounts every handler on its own path (for the local runner).
+
+Handlers are called with ``flask.request`` exactly as functions-framework
+calls them, so a handler behaves the same here and deployed alone.
+"""
+
+from __future__ import annotations
+
+import flask
+
+from ..errors import NotFound
+from . import HANDLERS
+from .http import endpoint
+
+__all__ = ["create_app"]
+
+METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
+
+
+@endpoint(*METHODS)
+def _unknown(request):
+    raise NotFound(f"no endpoint {request.path}; endpoints: {', '.join(HANDLERS)}")
+
+
+def create_app() -> flask.Flask:
+    app = flask.Flask("multimsg")
+    for path, handler in HANDLERS.items():
+        app.add_url_rule(path, endpoint=path, view_func=lambda h=handler: h(flask.request), methods=METHODS)
+    app.add_url_rule("/", endpoint="root", view_func=lambda: _unknown(flask.request), methods=METHODS)
+    app.add_url_rule("/<path:rest>", endpoint="unknown", view_func=lambda rest: _unknown(flask.request), methods=METHODS)
+    return app

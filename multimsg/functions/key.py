@@ -1,0 +1,13 @@
+"""GET /key: the server's RSA public key, PEM (SubjectPublicKeyInfo)."""
+
+import functions_framework
+
+from ..gateway import gateway
+from .http import Reply, endpoint
+
+
+@functions_framework.http
+@endpoint("GET")
+def key(request):
+    pem = gateway().public_key()
+    return Reply(pem, {"key": pem})

@@ -1,0 +1,126 @@
+"""The gateway's core operations, one per endpoint: what the handlers call.
+
+``Gateway`` ties the store, the spool, the server keys and the services
+together; handlers parse HTTP, call one method here, and format the answer.
+``gateway()`` is the process's instance, built from the settings on first use.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import BinaryIO, Callable
+
+from .config import Settings, settings
+from .crypto import ServerKeys
+from .errors import InvalidInput, NotConfigured, NotFound
+from .fsutil import copy_stream
+from .ids import check_id, new_id
+from .queue import states
+from .queue.drain import Drain
+from .queue.layout import Layout
+from .queue.retry import RetryPolicy
+from .queue.spool import FileSpool, Spool
+from .queue.store import MessageStore, TinyStore
+from .services import ServiceBase, get_service, service_class
+
+__all__ = ["Gateway", "gateway", "MSG_FIELDS"]
+
+MSG_FIELDS = ("id", "serv", "dest", "type")
+
+
+@dataclass
+class Gateway:
+    keys: ServerKeys
+    store: MessageStore
+    spool: Spool
+    drain_engine: Drain
+    service_for: Callable[[str], ServiceBase]
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> "Gateway":
+        layout = Layout(s.home)
+        store = TinyStore(layout, fsync=s.fsync)
+        spool = FileSpool(layout, ttl=s.data_ttl, fsync=s.fsync)
+        drain = Drain(store, spool, get_service, RetryPolicy.from_settings(s), layout.lock("drain"))
+        return cls(ServerKeys(layout), store, spool, drain, get_service)
+
+    # -- GET /key ----------------------------------------------------------
+    def public_key(self) -> str:
+        return self.keys.public_pem
+
+    # -- POST /data --------------------------------------------------------
+    def upload(self, client: str, data: BinaryIO, filename: str, wrapped_key: bytes | None) -> str:
+        """Store an upload (decrypting it first if a key came with it); returns its data id."""
+        if wrapped_key is None:
+            chunks = copy_stream(data)
+        else:
+            chunks = [self.keys.decrypt_upload(data.read(), wrapped_key)]
+        return self.spool.put(client, chunks, filename).data_id
+
+    # -- POST /msg ---------------------------------------------------------
+    def enqueue(self, client: str, fields: dict) -> str:
+        """Validate a message and queue it durably; returns its message id."""
+        missing = [name for name in MSG_FIELDS if not fields.get(name)]
+        if missing:
+            raise InvalidInput(f"missing field{'s' if len(missing) > 1 else ''}: {', '.join(missing)}")
+        data_id = check_id(fields["id"], "data id")
+        service = self.service_for(service_class(fields["serv"]).name)
+        datatype = fields["type"]
+        if not service.validate(datatype):
+            raise InvalidInput(f"{service.name} does not send type {datatype!r}; it sends: {', '.join(sorted(service.datatypes))}")
+        dest = service.check_dest(fields["dest"])
+        if not service.configured():
+            raise NotConfigured(f"service {service.name} is not configured on this server (missing {', '.join(service.missing_credentials())})")
+        info = self.spool.get(client, data_id)
+        service.check_content(datatype, info.path, info.size)
+
+        message_id = new_id()
+        now = time.time()
+        self.spool.attach(client, data_id, message_id)
+        record = {
+            "id": message_id,
+            "client": client,
+            "data_id": data_id,
+            "serv": service.name,
+            "dest": dest,
+            "type": datatype,
+            "filename": info.filename,
+            "options": {},
+            "state": states.QUEUED,
+            "attempts": 0,
+            "created_at": now,
+            "updated_at": now,
+            "next_attempt_at": now,
+            "last_error": None,
+            "platform_ids": [],
+            "claim": None,
+        }
+        try:
+            self.store.add(record)
+        except BaseException:
+            self.spool.release(client, message_id)
+            raise
+        return message_id
+
+    # -- POST /cons --------------------------------------------------------
+    def consult(self, client: str, message_id: str | None) -> dict:
+        """The message's record; a final state is reported once, then archived."""
+        message_id = check_id(message_id, "message id")
+        record = self.store.get(message_id)
+        if record is None or record["client"] != client:
+            raise NotFound("unknown message id (or already reported in a final state and archived)")
+        if record["state"] in states.FINAL_STATES:
+            self.store.archive(message_id)
+            self.spool.release(client, message_id)
+        return record
+
+    # -- POST /drain -------------------------------------------------------
+    def drain(self) -> dict:
+        return self.drain_engine.run_pass()
+
+
+@lru_cache(maxsize=1)
+def gateway() -> Gateway:
+    return Gateway.from_settings(settings())

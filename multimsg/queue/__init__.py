@@ -1,0 +1,9 @@
+"""The queue: where accepted messages and uploaded files live until delivered.
+
+- ``states``: the message states and what makes one final.
+- ``layout``: the data folder's layout (the one owner of paths under MULTIMSG_HOME).
+- ``store``: the message store contract and its TinyDB and in-memory implementations.
+- ``spool``: the uploaded-file spool contract and its file implementation.
+- ``retry``: the retry policy (backoff, attempts, validity).
+- ``drain``: one drain pass, which claims due messages and hands them to the services.
+"""

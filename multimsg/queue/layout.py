@@ -1,0 +1,74 @@
+"""The data folder's layout: every path under MULTIMSG_HOME is named here.
+
+::
+
+    MULTIMSG_HOME/
+      keys/private.pem, public.pem     server key pair (private 0600)
+      store/<shard>.json               TinyDB files, one per shard of message ids
+      spool/<client>/<data_id>         uploaded content (decrypted), + <data_id>.json meta
+      spool/<client>/msg/<message_id>  the message's own link to its content
+      archive/messages-YYYY-MM.jsonl   archived records, append-only
+      locks/*.lock                     FileLock files (folder 0700)
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..fsutil import ensure_private_dir
+
+__all__ = ["Layout", "client_dir_name"]
+
+_CLIENT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9:.\-]{0,99}")
+
+
+def client_dir_name(client: str) -> str:
+    """A client key (``mac:…``, ``ip:…``, ``token:…``) as a folder name.
+
+    Client keys use letters, digits, ``:``, ``.`` and ``-`` only; ``:`` (the one
+    character that is awkward in paths) becomes ``_``, which no key contains,
+    so the mapping is one to one.
+    """
+    if not _CLIENT_RE.fullmatch(client):
+        raise ValueError(f"not a client key: {client!r}")
+    return client.replace(":", "_")
+
+
+@dataclass(frozen=True)
+class Layout:
+    home: Path
+
+    def __post_init__(self) -> None:
+        for folder in (self.home, self.keys, self.store, self.spool, self.archive, self.locks):
+            ensure_private_dir(folder)
+
+    @property
+    def keys(self) -> Path:
+        return self.home / "keys"
+
+    @property
+    def store(self) -> Path:
+        return self.home / "store"
+
+    @property
+    def spool(self) -> Path:
+        return self.home / "spool"
+
+    @property
+    def archive(self) -> Path:
+        return self.home / "archive"
+
+    @property
+    def locks(self) -> Path:
+        return self.home / "locks"
+
+    def lock(self, name: str) -> Path:
+        return self.locks / f"{name}.lock"
+
+    def shard(self, shard: str) -> Path:
+        return self.store / f"{shard}.json"
+
+    def client_spool(self, client: str) -> Path:
+        return self.spool / client_dir_name(client)

@@ -1,0 +1,37 @@
+"""A TinyDB storage whose every write is atomic and durable.
+
+TinyDB's ``JSONStorage`` rewrites its file in place (seek, write, truncate),
+so a crash mid-write leaves a torn file and a concurrent reader can see half
+of one. ``AtomicJSONStorage`` writes a temporary file, fsyncs it and
+``os.replace``-s it over the old one: readers see the old or the new state.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tinydb.storages import Storage
+
+from ..fsutil import write_atomic
+
+__all__ = ["AtomicJSONStorage"]
+
+
+class AtomicJSONStorage(Storage):
+    def __init__(self, path: str | Path, fsync: bool = True):
+        self.path = Path(path)
+        self.fsync = fsync
+
+    def read(self) -> dict | None:
+        try:
+            raw = self.path.read_bytes()
+        except FileNotFoundError:
+            return None
+        return json.loads(raw) if raw else None
+
+    def write(self, data: dict) -> None:
+        write_atomic(self.path, json.dumps(data, separators=(",", ":")).encode(), fsync=self.fsync)
+
+    def close(self) -> None:
+        pass

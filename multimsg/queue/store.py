@@ -1,0 +1,198 @@
+"""The message store: where message records live while they are not archived.
+
+``MessageStore`` is the contract (a handful of methods) that the gateway and
+the drain use; ``TinyStore`` keeps records in TinyDB, ``MemoryStore`` in a
+dict (for tests of the engine). A shared engine (Redis) is a third class.
+
+TinyDB rewrites its whole file on every write, so ``TinyStore`` shards records
+by message id over up to 4096 small files, each guarded by its own FileLock:
+a request touches one shard of a few dozen records however many messages are
+stored. Archived records leave TinyDB for an append-only JSON-lines file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+import time
+from abc import ABC, abstractmethod
+from contextlib import contextmanager
+from typing import Iterator
+
+from filelock import FileLock, Timeout
+from tinydb import Query, TinyDB
+
+from ..errors import Unavailable
+from ..fsutil import append_durable
+from .layout import Layout
+from .states import QUEUED
+from .storage import AtomicJSONStorage
+
+__all__ = ["MessageStore", "TinyStore", "MemoryStore", "is_due"]
+
+_ID = Query().id
+_TABLE = "messages"
+
+
+def is_due(record: dict, now: float, claim: str) -> bool:
+    """Whether the drain pass holding ``claim`` may take this record now.
+
+    Only one pass runs at a time per data folder, so a claim by any other
+    pass is one left behind by a pass that died: it goes back to the queue.
+    """
+    return (
+        record.get("state") == QUEUED
+        and record.get("next_attempt_at", 0) <= now
+        and record.get("claim") != claim
+    )
+
+
+class MessageStore(ABC):
+    """Message records, keyed by their ``id``."""
+
+    @abstractmethod
+    def add(self, record: dict) -> None:
+        """Store a new record durably before returning."""
+
+    @abstractmethod
+    def get(self, message_id: str) -> dict | None:
+        """The record, or None."""
+
+    @abstractmethod
+    def update(self, message_id: str, changes: dict) -> dict | None:
+        """Apply ``changes`` and return the new record (None if there is none)."""
+
+    @abstractmethod
+    def claim_due(self, now: float, claim: str) -> Iterator[dict]:
+        """Mark due queued records as claimed by ``claim`` and yield them, a batch at a time."""
+
+    @abstractmethod
+    def archive(self, message_id: str) -> dict | None:
+        """Move the record to the archive; return it (None if there is none)."""
+
+
+class TinyStore(MessageStore):
+    SHARD_HEX_DIGITS = 3  # 4096 shards: ~25 records each at 100k stored messages
+    LOCK_TIMEOUT = 30.0
+
+    def __init__(self, layout: Layout, *, fsync: bool = True):
+        self.layout = layout
+        self.fsync = fsync
+
+    def shard_of(self, message_id: str) -> str:
+        digest = hashlib.blake2b(message_id.encode(), digest_size=4).hexdigest()
+        return digest[: self.SHARD_HEX_DIGITS]
+
+    @contextmanager
+    def _locked(self, name: str) -> Iterator[None]:
+        try:
+            with FileLock(self.layout.lock(name), timeout=self.LOCK_TIMEOUT):
+                yield
+        except Timeout:
+            raise Unavailable("the store is busy; try again") from None
+
+    @contextmanager
+    def _table(self, shard: str):
+        # A fresh TinyDB per operation, opened and closed under the shard's
+        # lock: TinyDB's caches are per object and go stale across processes.
+        with self._locked(f"shard-{shard}"):
+            db = TinyDB(self.layout.shard(shard), storage=AtomicJSONStorage, fsync=self.fsync)
+            try:
+                yield db.table(_TABLE, cache_size=0)
+            finally:
+                db.close()
+
+    def _read_unlocked(self, shard: str) -> list[dict]:
+        # Safe without the lock: files are only ever replaced whole.
+        try:
+            raw = self.layout.shard(shard).read_bytes()
+        except FileNotFoundError:
+            return []
+        return list(json.loads(raw).get(_TABLE, {}).values()) if raw else []
+
+    def add(self, record: dict) -> None:
+        with self._table(self.shard_of(record["id"])) as table:
+            table.insert(record)
+
+    def get(self, message_id: str) -> dict | None:
+        for record in self._read_unlocked(self.shard_of(message_id)):
+            if record.get("id") == message_id:
+                return record
+        return None
+
+    def update(self, message_id: str, changes: dict) -> dict | None:
+        with self._table(self.shard_of(message_id)) as table:
+            if not table.update(changes, _ID == message_id):
+                return None
+            return dict(table.get(_ID == message_id))
+
+    def claim_due(self, now: float, claim: str) -> Iterator[dict]:
+        for entry in sorted(os.scandir(self.layout.store), key=lambda e: e.name):
+            if not entry.name.endswith(".json"):
+                continue
+            shard = entry.name[: -len(".json")]
+            if not any(is_due(r, now, claim) for r in self._read_unlocked(shard)):
+                continue
+            with self._table(shard) as table:
+                due = [doc for doc in table.all() if is_due(doc, now, claim)]
+                if not due:
+                    continue
+                table.update({"claim": claim}, doc_ids=[doc.doc_id for doc in due])
+            for doc in due:
+                yield {**doc, "claim": claim}
+
+    def archive(self, message_id: str) -> dict | None:
+        record = self.get(message_id)
+        if record is None:
+            return None
+        month = time.strftime("%Y-%m", time.gmtime())
+        line = (json.dumps(record, separators=(",", ":")) + "\n").encode()
+        # Archive first, then forget: a crash between leaves a record in both
+        # places (archived twice at worst), never in neither.
+        with self._locked("archive"):
+            append_durable(self.layout.archive / f"messages-{month}.jsonl", line, fsync=self.fsync)
+        with self._table(self.shard_of(message_id)) as table:
+            table.remove(_ID == message_id)
+        return record
+
+
+class MemoryStore(MessageStore):
+    """Records in a dict; for tests and single-process experiments."""
+
+    def __init__(self) -> None:
+        self.records: dict[str, dict] = {}
+        self.archived: list[dict] = []
+        self._lock = threading.Lock()
+
+    def add(self, record: dict) -> None:
+        with self._lock:
+            self.records[record["id"]] = dict(record)
+
+    def get(self, message_id: str) -> dict | None:
+        with self._lock:
+            record = self.records.get(message_id)
+            return dict(record) if record else None
+
+    def update(self, message_id: str, changes: dict) -> dict | None:
+        with self._lock:
+            if message_id not in self.records:
+                return None
+            self.records[message_id].update(changes)
+            return dict(self.records[message_id])
+
+    def claim_due(self, now: float, claim: str) -> Iterator[dict]:
+        with self._lock:
+            due = [r for r in self.records.values() if is_due(r, now, claim)]
+            for record in due:
+                record["claim"] = claim
+            due = [dict(r) for r in due]
+        yield from due
+
+    def archive(self, message_id: str) -> dict | None:
+        with self._lock:
+            record = self.records.pop(message_id, None)
+            if record is not None:
+                self.archived.append(record)
+            return record

@@ -1,0 +1,89 @@
+"""The local runner: every handler on one port under gunicorn, and the drain on a timer.
+
+gunicorn runs one worker process with threads (as functions-framework does);
+the drain timer is a thread of that worker. ``--debug`` uses Flask's
+development server instead, bound to the given host (127.0.0.1 by default).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import threading
+
+from .config import settings
+from .functions.app import create_app
+from .gateway import gateway
+
+__all__ = ["main", "DrainTimer"]
+
+log = logging.getLogger("multimsg.runner")
+
+
+class DrainTimer(threading.Thread):
+    """Runs a drain pass, waits ``interval`` seconds, and again, until stopped."""
+
+    def __init__(self, interval: float):
+        super().__init__(name="multimsg-drain-timer", daemon=True)
+        self.interval = interval
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.is_set():
+            try:
+                summary = gateway().drain()
+                if summary["claimed"] or summary["misconfigured"]:
+                    log.info("drain pass: %s", summary)
+            except Exception:
+                log.exception("drain pass failed")
+            self.stopped.wait(self.interval)
+
+
+def _start_timer() -> None:
+    interval = settings().drain_interval
+    if interval > 0:
+        DrainTimer(interval).start()
+
+
+def _serve_gunicorn(app, host: str, port: int) -> None:
+    from gunicorn.app.base import BaseApplication
+
+    class Server(BaseApplication):
+        def load_config(self):
+            options = {
+                "bind": f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
+                "workers": 1,
+                "threads": 16,
+                "worker_class": "gthread",
+                "timeout": 0,
+                "loglevel": "warning",
+                "post_worker_init": lambda worker: _start_timer(),
+            }
+            for name, value in options.items():
+                self.cfg.set(name, value)
+
+        def load(self):
+            return app
+
+    Server().run()
+
+
+def main(argv: list[str] | None = None) -> None:
+    s = settings()
+    parser = argparse.ArgumentParser(prog="local_runner.py", description="Serve every multimsg endpoint on one port.")
+    parser.add_argument("--host", default=s.host, help="address to bind (default %(default)s; env HOST)")
+    parser.add_argument("--port", type=int, default=s.port, help="port (default %(default)s; env PORT)")
+    parser.add_argument("--debug", action="store_true", help="Flask's development server, with reloader and debugger")
+    args = parser.parse_args(argv)
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    print(f"multimsg: data folder {s.home}", flush=True)
+    gateway().public_key()  # make the key pair before serving, so /key is the same from the first call
+    app = create_app()
+    app.config["MAX_CONTENT_LENGTH"] = s.max_upload
+    print(f"multimsg: listening on http://{args.host}:{args.port} (drain every {s.drain_interval:g} s)", flush=True)
+    if args.debug:
+        _start_timer()
+        app.run(host=args.host, port=args.port, debug=True, use_reloader=False)
+    else:
+        _serve_gunicorn(app, args.host, args.port)

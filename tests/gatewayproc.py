@@ -1,0 +1,160 @@
+"""A real multimsg server for tests: ``local_runner.py`` in its own process on loopback.
+
+``Gateway`` starts the runner with a private data folder and the given
+environment, waits until it answers, and offers small client helpers
+(``upload``, ``msg``, ``cons``, ``drain``) that speak the public HTTP API,
+optionally from another loopback source address (127.0.0.2 is a different
+client from 127.0.0.1).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+from requests.adapters import HTTPAdapter
+
+ROOT = Path(__file__).resolve().parent.parent
+
+__all__ = ["Gateway", "free_port", "session_from", "ROOT"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class _SourceAdapter(HTTPAdapter):
+    def __init__(self, source: str):
+        self.source = source
+        super().__init__()
+
+    def init_poolmanager(self, *args, **kwargs):
+        kwargs["source_address"] = (self.source, 0)
+        super().init_poolmanager(*args, **kwargs)
+
+
+def session_from(source: str | None = None) -> requests.Session:
+    """A requests session whose connections leave from ``source`` (a loopback address)."""
+    session = requests.Session()
+    if source:
+        session.mount("http://", _SourceAdapter(source))
+    return session
+
+
+class Gateway:
+    def __init__(self, home: Path, env: dict[str, str] | None = None, port: int | None = None):
+        self.home = Path(home)
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {"MULTIMSG_DRAIN_INTERVAL": "0", **(env or {})}
+        self.proc: subprocess.Popen | None = None
+        self.log_path = self.home.parent / f"{self.home.name}-runner.log"
+        self.http = session_from(None)
+
+    # -- process ---------------------------------------------------------
+    def start(self, timeout: float = 30.0) -> "Gateway":
+        env = {**os.environ, **self.env, "MULTIMSG_HOME": str(self.home), "PYTHONUNBUFFERED": "1"}
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "local_runner.py"), "--port", str(self.port)],
+            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"runner exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                if self.http.get(self.url + "/key", timeout=1).status_code == 200:
+                    return self
+            except requests.ConnectionError:
+                pass
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"runner did not answer within {timeout} s:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def kill9(self) -> None:
+        """SIGKILL the whole runner (gunicorn master and worker) at once."""
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill9()
+
+    def __enter__(self) -> "Gateway":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    # -- the public API ----------------------------------------------------
+    def _session(self, source: str | None) -> requests.Session:
+        return self.http if source is None else session_from(source)
+
+    def upload(self, content: bytes, key: bytes | None = None, source: str | None = None, filename: str = "data.bin") -> requests.Response:
+        files = {"data": (filename, content)}
+        if key is not None:
+            files["key"] = ("key.bin", key)
+        return self._session(source).post(self.url + "/data", files=files, timeout=30)
+
+    def upload_id(self, content: bytes, **kwargs) -> str:
+        response = self.upload(content, **kwargs)
+        assert response.status_code == 200, response.text
+        return response.text
+
+    def msg(self, source: str | None = None, json_body: bool = False, **fields) -> requests.Response:
+        if json_body:
+            return self._session(source).post(self.url + "/msg", json=fields, timeout=30)
+        return self._session(source).post(self.url + "/msg", data=fields, timeout=30)
+
+    def send(self, content: bytes, serv: str, dest: str, type: str = "text", **kwargs) -> str:
+        """Upload and queue in one go; returns the message id."""
+        data_id = self.upload_id(content, **{k: v for k, v in kwargs.items() if k in ("key", "source", "filename")})
+        extra = {k: v for k, v in kwargs.items() if k not in ("key", "source", "filename")}
+        response = self.msg(source=kwargs.get("source"), id=data_id, serv=serv, dest=dest, type=type, **extra)
+        assert response.status_code == 200, response.text
+        return response.text
+
+    def cons(self, message_id: str, source: str | None = None, as_json: bool = False) -> requests.Response:
+        headers = {"Accept": "application/json"} if as_json else {}
+        return self._session(source).post(self.url + "/cons", data={"id": message_id}, headers=headers, timeout=30)
+
+    def drain(self, **headers) -> dict:
+        response = self.http.post(self.url + "/drain", headers=headers, timeout=600)
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    def state(self, message_id: str) -> dict:
+        """The message's JSON report. Careful: a final state is reported only once."""
+        response = self.cons(message_id, as_json=True)
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    def wait_state(self, message_id: str, states=("delivered", "failed"), timeout: float = 15.0, drain: bool = True) -> dict:
+        """Drain (if asked) and poll /cons until the message reaches one of ``states``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if drain:
+                self.drain()
+            report = self.state(message_id)
+            if report["state"] in states:
+                return report
+            if time.monotonic() > deadline:
+                raise AssertionError(f"message {message_id} still {report} after {timeout} s")
+            time.sleep(0.05)
