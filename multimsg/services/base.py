@@ -70,6 +70,9 @@ class ServiceBase(ABC):
     datatypes: ClassVar[frozenset[str]]
     dest_format: ClassVar[str]
     dest_pattern: ClassVar[re.Pattern]
+    # Pacing, as data (the drain enforces it): sends per second for the whole
+    # service, and per destination ``dest_limit(dest) -> (sends, per_seconds)``.
+    rate: ClassVar[float] = 1.0
     credentials: ClassVar[dict[str, str]] = {}  # attribute -> environment name (required)
     options: ClassVar[dict[str, tuple[str, str]]] = {}  # attribute -> (environment name, default)
 
@@ -107,6 +110,10 @@ class ServiceBase(ABC):
             text = read_text(path)
             if len(text) > self.text_limit:
                 raise InvalidInput(f"text is {len(text)} characters; {self.name} takes at most {self.text_limit}")
+
+    def dest_limit(self, dest: str) -> tuple[int, float]:
+        """How many sends ``dest`` may receive per how many seconds."""
+        return (1, 1.0)
 
     # -- delivery ----------------------------------------------------------
     @abstractmethod

@@ -30,8 +30,15 @@ class Telegram(ServiceBase):
     datatypes = frozenset({Datatypes.TEXT})
     dest_format = "a chat id (an integer, negative for groups) or @channelusername"
     dest_pattern = re.compile(r"-?[1-9][0-9]{0,19}|@[A-Za-z][A-Za-z0-9_]{3,31}")
+    rate = 30.0  # Bots FAQ: about 30 messages per second for bulk notifications
     credentials = {"token": "MULTIMSG_TELEGRAM_TOKEN"}
     options = {"api_url": ("MULTIMSG_TELEGRAM_API_URL", "https://api.telegram.org")}
+
+    def dest_limit(self, dest: str) -> tuple[int, float]:
+        # Bots FAQ: about 1 message per second in one chat, 20 per minute in a group.
+        if dest.startswith("-") or dest.startswith("@"):
+            return (20, 60.0)
+        return (1, 1.0)
 
     def _url(self, method: str) -> str:
         return f"{self.api_url.rstrip('/')}/bot{self.token}/{method}"

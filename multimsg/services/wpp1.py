@@ -36,8 +36,13 @@ class WhatsApp(ServiceBase):
     datatypes = frozenset({Datatypes.TEXT})
     dest_format = "an international phone number, digits only, without '+', spaces or dashes (8 to 15 digits)"
     dest_pattern = re.compile(r"[1-9][0-9]{7,14}")
+    rate = 80.0  # Cloud API throughput: 80 messages per second per business phone number
     credentials = {"token": "MULTIMSG_WPP1_TOKEN", "phone_number_id": "MULTIMSG_WPP1_PHONE_NUMBER_ID"}
     options = {"api_url": ("MULTIMSG_WPP1_API_URL", "https://graph.facebook.com/v23.0")}
+
+    def dest_limit(self, dest: str) -> tuple[int, float]:
+        # Pair rate limit (error 131056): about one message every 6 s to the same recipient.
+        return (1, 6.0)
 
     def _url(self, edge: str) -> str:
         return f"{self.api_url.rstrip('/')}/{self.phone_number_id}/{edge}"
