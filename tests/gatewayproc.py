@@ -91,7 +91,7 @@ class Gateway:
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
+            os.killpg(self.proc.pid, signal.SIGINT)  # gunicorn: quick shutdown
             try:
                 self.proc.wait(10)
             except subprocess.TimeoutExpired:
