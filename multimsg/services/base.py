@@ -3,40 +3,62 @@
 A service is one class per platform, deriving from ``ServiceBase``:
 
 - declared as data: ``name``, ``datatypes``, ``dest_format`` (shown to users),
-  ``dest_pattern``, ``credentials`` (environment names that must be set) and
-  ``options`` (environment names with defaults);
-- ``validate(datatype)`` (the seed's contract) and ``check(...)``, which raise
-  ``InvalidInput`` before anything is queued;
+  ``dest_pattern``, ``credentials`` (environment names that must be set),
+  ``options`` (environment names with defaults), pacing (``rate``,
+  ``dest_limit``), and the content rules: ``size_limits`` and ``formats`` per
+  datatype, ``text_limit`` and ``text_measure`` (how the platform counts),
+  ``max_text_parts``, ``caption_limit`` and ``caption_types``;
+- ``validate(datatype)`` (the seed's contract), ``check_dest(dest)`` and
+  ``check_content(datatype, path, size, options)``, which raise a domain error
+  (``InvalidInput``, ``TooLarge``) before anything is queued;
 - ``send(data)``, which returns an ``Outcome``: delivered (with the platform's
   message ids), retry later (and when), failed for good (and why), or
   misconfigured (the server's fault, not the message's).
 
 ``data`` keeps the seed's keys: ``id`` (the message id), ``dir`` (folder of the
-content file, named ``id``), ``dest``, ``type``, ``state``; plus ``path`` (the
-content file), ``filename``, ``options`` and ``platform_ids`` (parts already
-delivered by earlier attempts).
+content file), ``dest``, ``type``, ``state``; plus ``path`` (the content file),
+``filename``, ``options`` (``caption``), ``platform_ids`` (one per part
+delivered by earlier attempts: those parts are skipped) and optionally
+``pace``, a callable the engine may set: it is called right before each
+request that sends a message part (not before media uploads).
+
+``send`` runs concurrently in a thread pool: services keep no per-message
+state on ``self`` (caches are locked), and their session pools 64 connections.
 """
 
 from __future__ import annotations
 
 import re
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import ClassVar
+from typing import Callable, ClassVar, Sequence
 
 import requests
+from requests.adapters import HTTPAdapter
 
 from ..config import env, settings
-from ..errors import InvalidInput
+from ..errors import InvalidInput, TooLarge
 from .datatypes import Datatypes
+from .sniff import describe, extension, sniff
+from .text import MEASURES, split_text
 
-__all__ = ["ServiceBase", "Outcome", "read_text", "json_or_none", "DELIVERED", "RETRY", "FAILED", "MISCONFIGURED"]
+__all__ = [
+    "ServiceBase", "Outcome", "read_text", "json_or_none", "file_name", "megabytes",
+    "DELIVERED", "RETRY", "FAILED", "MISCONFIGURED", "THROTTLE_SERVICE", "THROTTLE_DEST", "MB", "POOL_SIZE",
+]
 
 DELIVERED = "delivered"
 RETRY = "retry"
 FAILED = "failed"
 MISCONFIGURED = "misconfigured"
+THROTTLE_SERVICE = "service"  # Outcome.throttle scopes (the drain's pacing.SERVICE / DEST)
+THROTTLE_DEST = "dest"
+
+MB = 1000 * 1000  # platforms state limits in MB; the decimal reading is the stricter one
+POOL_SIZE = 64  # connections kept per host: the drain sends from a thread pool
+FILENAME_MAX = 255
+_FILENAME_BAD = re.compile(r"[\x00-\x1f\x7f/\\]")
 
 
 @dataclass(frozen=True)
@@ -47,14 +69,18 @@ class Outcome:
     platform_ids: list[str] = field(default_factory=list)  # ids of parts delivered in this attempt
     reason: str = ""
     retry_after: float | None = None  # seconds, when the platform said
+    # A retry because we sent too fast: "service" (the whole service must slow
+    # down) or "dest" (this destination must wait); None when the platform did
+    # not say (the drain then reads a retry_after as "service").
+    throttle: str | None = None
 
     @classmethod
     def delivered(cls, platform_ids: list[str]) -> "Outcome":
         return cls(DELIVERED, list(platform_ids))
 
     @classmethod
-    def retry(cls, reason: str, retry_after: float | None = None, platform_ids=()) -> "Outcome":
-        return cls(RETRY, list(platform_ids), reason, retry_after)
+    def retry(cls, reason: str, retry_after: float | None = None, platform_ids=(), throttle: str | None = None) -> "Outcome":
+        return cls(RETRY, list(platform_ids), reason, retry_after, throttle)
 
     @classmethod
     def failed(cls, reason: str, platform_ids=()) -> "Outcome":
@@ -63,6 +89,13 @@ class Outcome:
     @classmethod
     def misconfigured(cls, reason: str, platform_ids=()) -> "Outcome":
         return cls(MISCONFIGURED, list(platform_ids), reason)
+
+
+Part = Callable[[Callable[[], None]], Outcome]  # sends one message part; calls pace() right before sending
+
+
+def _no_pace() -> None:
+    return None
 
 
 class ServiceBase(ABC):
@@ -76,8 +109,20 @@ class ServiceBase(ABC):
     credentials: ClassVar[dict[str, str]] = {}  # attribute -> environment name (required)
     options: ClassVar[dict[str, tuple[str, str]]] = {}  # attribute -> (environment name, default)
 
+    # Content rules, as data.
+    size_limits: ClassVar[dict[str, int]] = {}  # datatype -> most bytes a file of it may have
+    formats: ClassVar[dict[str, frozenset[str] | None]] = {}  # datatype -> MIME types sniffed content may have (None: any)
+    text_limit: ClassVar[int] = 4096  # per message part, in ``text_measure`` units
+    text_measure: ClassVar[str] = "characters"  # or "utf16_units" (see services/text.py)
+    max_text_parts: ClassVar[int] = 32  # a longer text is refused at /msg rather than sent as a flood
+    caption_limit: ClassVar[int] = 1024
+    caption_types: ClassVar[frozenset[str]] = frozenset()
+
     def __init__(self, session: requests.Session | None = None):
         self.session = session or requests.Session()
+        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=POOL_SIZE)
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
         for attribute, variable in self.credentials.items():
             setattr(self, attribute, env(variable))
         for attribute, (variable, default) in self.options.items():
@@ -102,14 +147,82 @@ class ServiceBase(ABC):
             raise InvalidInput(f"'dest' for {self.name} must be {self.dest_format}")
         return dest
 
-    text_limit: ClassVar[int] = 4096
+    def measure(self, text: str) -> int:
+        """The length of ``text`` as this platform counts it."""
+        return MEASURES[self.text_measure](text)
 
-    def check_content(self, datatype: str, path: Path, size: int) -> None:
-        """Raise InvalidInput if the stored content cannot be sent as ``datatype``."""
+    def size_limit(self, datatype: str) -> int | None:
+        if datatype == Datatypes.TEXT:  # 4 bytes is the longest UTF-8 character
+            return self.max_text_parts * self.text_limit * 4
+        return self.size_limits.get(datatype)
+
+    def check_content(self, datatype: str, path: Path, size: int, options: dict | None = None) -> dict:
+        """Check the stored content and the message's options for ``datatype``.
+
+        Returns the options to store (``caption``, ``filename``: only those
+        given). Raises ``InvalidInput`` or ``TooLarge`` with the reason.
+        """
+        options = self.check_options(datatype, options or {})
+        if size == 0:
+            raise InvalidInput("the upload is empty")
+        limit = self.size_limit(datatype)
+        if limit is not None and size > limit:
+            raise TooLarge(f"{datatype} is {megabytes(size)}; {self.name} takes at most {megabytes(limit)} for {datatype}")
         if datatype == Datatypes.TEXT:
-            text = read_text(path)
-            if len(text) > self.text_limit:
-                raise InvalidInput(f"text is {len(text)} characters; {self.name} takes at most {self.text_limit}")
+            self.text_parts(path)
+        elif datatype == Datatypes.TEMPLATE:
+            self.check_template(path)
+        else:
+            self.check_format(datatype, path)
+        return options
+
+    def check_options(self, datatype: str, options: dict) -> dict:
+        checked = {}
+        caption = options.get("caption")
+        if caption is not None and caption.strip():
+            if datatype not in self.caption_types:
+                takes = ", ".join(sorted(self.caption_types))
+                raise InvalidInput(f"{self.name} takes no caption for {datatype} (captions go with: {takes})")
+            length = self.measure(caption)
+            if length > self.caption_limit:
+                raise InvalidInput(f"caption is {length} {self._unit}; {self.name} takes at most {self.caption_limit}")
+            checked["caption"] = caption
+        filename = options.get("filename")
+        if filename is not None and filename.strip():
+            if datatype != Datatypes.DOCUMENT:
+                raise InvalidInput("'filename' goes with type document only")
+            filename = filename.strip()
+            if len(filename) > FILENAME_MAX or _FILENAME_BAD.search(filename):
+                raise InvalidInput(f"'filename' must be a plain file name: at most {FILENAME_MAX} characters, no slashes or control characters")
+            checked["filename"] = filename
+        return checked
+
+    def check_format(self, datatype: str, path: Path) -> str | None:
+        """The file's sniffed MIME type; InvalidInput if ``datatype`` does not take it here."""
+        mime = sniff(path)
+        allowed = self.formats.get(datatype)
+        if allowed is not None and mime not in allowed:
+            kinds = ", ".join(sorted({describe(kind) for kind in allowed}))
+            raise InvalidInput(f"{datatype} for {self.name} must be {kinds} (checked by content); this file is {describe(mime)}")
+        return mime
+
+    def check_template(self, path: Path) -> None:
+        raise InvalidInput(f"{self.name} does not send templates")
+
+    def text_parts(self, path: Path) -> list[str]:
+        """The message parts a text file is sent as (InvalidInput/TooLarge if it cannot be)."""
+        text = read_text(path)
+        parts = split_text(text, self.text_limit, MEASURES[self.text_measure])
+        if len(parts) > self.max_text_parts:
+            raise TooLarge(
+                f"text is {self.measure(text)} {self._unit}, {len(parts)} messages on {self.name}; "
+                f"at most {self.max_text_parts} messages of {self.text_limit} are sent for one text"
+            )
+        return parts
+
+    @property
+    def _unit(self) -> str:
+        return "UTF-16 code units" if self.text_measure == "utf16_units" else "characters"
 
     def dest_limit(self, dest: str) -> tuple[int, float]:
         """How many sends ``dest`` may receive per how many seconds."""
@@ -120,12 +233,31 @@ class ServiceBase(ABC):
     def send(self, data: dict) -> Outcome:
         """Send one message (all its parts not yet delivered) and say how it went."""
 
-    def post(self, url: str, classify, **kwargs) -> Outcome:
+    def send_parts(self, data: dict, parts: Sequence[Part]) -> Outcome:
+        """Send the parts not delivered by earlier attempts, in order, stopping at the first that is not delivered.
+
+        The outcome carries the ids of every part delivered in this attempt,
+        whatever its kind, so that a retry resumes after them.
+        """
+        done = len(data.get("platform_ids") or ())
+        pace = data.get("pace") or _no_pace
+        delivered: list[str] = []
+        for part in parts[done:]:
+            outcome = part(pace)
+            if outcome.kind != DELIVERED:
+                return replace(outcome, platform_ids=delivered + outcome.platform_ids)
+            delivered += outcome.platform_ids
+        return Outcome.delivered(delivered)
+
+    def post(self, url: str, classify: Callable[[requests.Response], Outcome], pace: Callable[[], None] | None = None, **kwargs) -> Outcome:
         """POST with this service's timeouts; the answer is classified by ``classify``.
 
+        ``pace`` (when given) is called right before the request goes out.
         Timeouts and connection errors are worth a retry. Their text is not
         passed on: requests puts the URL in it, and URLs can hold tokens.
         """
+        if pace is not None:
+            pace()
         try:
             response = self.session.post(url, timeout=self.timeout, **kwargs)
         except requests.Timeout:
@@ -146,6 +278,13 @@ def read_text(path: Path) -> str:
     return text
 
 
+def file_name(data: dict, mime: str | None) -> str:
+    """The file name to send with an upload: the message's, else one made from the datatype and the kind."""
+    name = (data.get("options") or {}).get("filename") or data.get("filename") or ""
+    name = name.replace("\\", "/").rsplit("/", 1)[-1].strip()
+    return name or f"{data['type']}.{extension(mime)}"
+
+
 def json_or_none(response: requests.Response) -> dict | None:
     """The answer's JSON object, or None when the body is not one (an HTML error page, say)."""
     try:
@@ -153,3 +292,7 @@ def json_or_none(response: requests.Response) -> dict | None:
     except ValueError:
         return None
     return body if isinstance(body, dict) else None
+
+
+def megabytes(size: int) -> str:
+    return f"{size / MB:.1f} MB" if size % MB else f"{size // MB} MB"
