@@ -6,3 +6,7 @@ The folders are the architecture: ``functions/`` (HTTP in, HTTP out),
 """
 
 __version__ = "0.1.0"
+
+from .client import Client  # noqa: E402  (the Python client: multimsg.Client)
+
+__all__ = ["Client", "__version__"]

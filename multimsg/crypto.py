@@ -1,4 +1,4 @@
-"""The crypto format of uploads, and the server's key pair.
+"""The crypto format of uploads, and the server's key pair (with rotation).
 
 Wire format (the contract; Python ``cryptography``, WebCrypto and
 ``openssl pkeyutl`` all produce it):
@@ -8,13 +8,27 @@ Wire format (the contract; Python ``cryptography``, WebCrypto and
 - ``data`` file: a 12-byte nonce, then the AES-GCM ciphertext with its 16-byte
   tag appended, no associated data.
 
+``encrypt_upload`` is the client side of that recipe (``multimsg.Client`` uses it).
+
 The key pair (RSA-3072) is made on first use and kept in ``keys/`` of the data
-folder; the private key is PKCS#8 PEM, mode 0600.
+folder; the private key is PKCS#8 PEM, mode 0600. ``ServerKeys.rotate()`` makes
+a new pair and keeps the old private key as ``keys/retired-<expiry ms>.pem``
+(same inode, so still 0600): uploads wrapped with it still decrypt until the
+expiry (MULTIMSG_KEY_GRACE after the rotation, 7 days by default), so clients
+that fetched the old ``/key`` keep working; after it they are refused, and the
+file is deleted. Each process re-reads ``keys/`` when the folder or
+``private.pem`` changed (two ``stat`` calls per use), so a rotation made by
+``multimsg keys rotate`` in another process takes effect without a restart.
 """
 
 from __future__ import annotations
 
-from functools import cached_property
+import hashlib
+import os
+import re
+import threading
+import time
+from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes, serialization
@@ -26,7 +40,10 @@ from .errors import InvalidInput
 from .fsutil import write_atomic
 from .queue.layout import Layout
 
-__all__ = ["ServerKeys", "OAEP", "NONCE_SIZE", "TAG_SIZE", "AES_KEY_SIZES", "RSA_BITS"]
+__all__ = [
+    "ServerKeys", "RetiredKey", "encrypt_upload", "fingerprint",
+    "OAEP", "NONCE_SIZE", "TAG_SIZE", "AES_KEY_SIZES", "RSA_BITS",
+]
 
 RSA_BITS = 3072
 NONCE_SIZE = 12
@@ -34,24 +51,120 @@ TAG_SIZE = 16
 AES_KEY_SIZES = (16, 24, 32)
 OAEP = padding.OAEP(mgf=padding.MGF1(algorithm=hashes.SHA256()), algorithm=hashes.SHA256(), label=None)
 
+_RETIRED_RE = re.compile(r"retired-(\d+)(?:-\d+)?\.pem")
+
+
+def encrypt_upload(public_pem: str | bytes, plaintext: bytes, key_size: int = 32) -> tuple[bytes, bytes]:
+    """``(data, key)`` for ``POST /data``: the AES-GCM blob and the RSA-OAEP-wrapped AES key."""
+    if key_size not in AES_KEY_SIZES:
+        raise ValueError(f"AES key size must be one of {AES_KEY_SIZES}")
+    pem = public_pem.encode() if isinstance(public_pem, str) else public_pem
+    public = serialization.load_pem_public_key(pem)
+    aes_key = os.urandom(key_size)
+    nonce = os.urandom(NONCE_SIZE)
+    blob = nonce + AESGCM(aes_key).encrypt(nonce, plaintext, None)
+    return blob, public.encrypt(aes_key, OAEP)
+
+
+def fingerprint(public_pem: str | bytes) -> str:
+    """A short name for a public key: SHA-256 of its DER SubjectPublicKeyInfo, first 16 hex digits."""
+    pem = public_pem.encode() if isinstance(public_pem, str) else public_pem
+    der = serialization.load_pem_public_key(pem).public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return hashlib.sha256(der).hexdigest()[:16]
+
+
+def _public_pem(key: rsa.RSAPrivateKey) -> bytes:
+    return key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+@dataclass(frozen=True)
+class RetiredKey:
+    expires_at: float
+    key: rsa.RSAPrivateKey
+
+    @property
+    def public_pem(self) -> str:
+        return _public_pem(self.key).decode()
+
 
 class ServerKeys:
-    """The server's RSA key pair, created on first use."""
+    """The server's RSA key pair, created on first use, rotated on demand."""
 
-    def __init__(self, layout: Layout):
+    def __init__(self, layout: Layout, grace: float | None = None):
         self.layout = layout
+        self._grace = grace
+        self._lock = threading.Lock()
+        self._stamp: tuple | None = None
+        self._current: rsa.RSAPrivateKey | None = None
+        self._public: str = ""
+        self._retired: list[RetiredKey] = []
 
+    # -- paths and settings ------------------------------------------------
     @property
     def _private_path(self):
         return self.layout.keys / "private.pem"
 
-    @cached_property
-    def private_key(self) -> rsa.RSAPrivateKey:
+    @property
+    def grace(self) -> float:
+        """Seconds a retired key keeps decrypting (MULTIMSG_KEY_GRACE)."""
+        if self._grace is not None:
+            return self._grace
+        from .config import settings
+
+        return settings().key_grace
+
+    # -- loading (cached until keys/ changes) -------------------------------
+    def _stat(self) -> tuple | None:
+        try:
+            folder = os.stat(self.layout.keys)
+            private = os.stat(self._private_path)
+        except FileNotFoundError:
+            return None
+        return (folder.st_ino, folder.st_mtime_ns, private.st_ino, private.st_mtime_ns)
+
+    def _fresh(self) -> tuple[rsa.RSAPrivateKey, str, list[RetiredKey]]:
+        stamp = self._stat()
+        with self._lock:
+            if stamp is None or stamp != self._stamp:
+                self._load()
+            return self._current, self._public, self._retired
+
+    def _load(self) -> None:
         with FileLock(self.layout.lock("keys")):
             if not self._private_path.exists():
                 self._generate()
-            pem = self._private_path.read_bytes()
-        return serialization.load_pem_private_key(pem, password=None)
+            self._prune(time.time())
+            current = serialization.load_pem_private_key(self._private_path.read_bytes(), password=None)
+            retired = [
+                RetiredKey(expires_at, serialization.load_pem_private_key(path.read_bytes(), password=None))
+                for expires_at, path in self._retired_files()
+            ]
+            self._stamp = self._stat()
+        self._current, self._public = current, _public_pem(current).decode()
+        self._retired = sorted(retired, key=lambda r: -r.expires_at)
+
+    def _retired_files(self) -> list[tuple[float, "os.PathLike"]]:
+        found = []
+        for path in self.layout.keys.iterdir():
+            match = _RETIRED_RE.fullmatch(path.name)
+            if match:
+                found.append((int(match[1]) / 1000, path))
+        return found
+
+    def _prune(self, now: float) -> None:
+        for expires_at, path in self._retired_files():
+            if expires_at <= now:
+                path.unlink(missing_ok=True)
+
+    def _retired_path(self, expires_at: float):
+        stem = f"retired-{int(expires_at * 1000)}"
+        path, n = self.layout.keys / f"{stem}.pem", 0
+        while path.exists():
+            n += 1
+            path = self.layout.keys / f"{stem}-{n}.pem"
+        return path
 
     def _generate(self) -> None:
         key = rsa.generate_private_key(public_exponent=65537, key_size=RSA_BITS)
@@ -59,30 +172,80 @@ class ServerKeys:
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         )
         write_atomic(self._private_path, private_pem)
-        write_atomic(self.layout.keys / "public.pem", self._public_pem(key))
+        write_atomic(self.layout.keys / "public.pem", _public_pem(key))
 
-    @staticmethod
-    def _public_pem(key: rsa.RSAPrivateKey) -> bytes:
-        return key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
+    # -- the keys ------------------------------------------------------------
+    @property
+    def private_key(self) -> rsa.RSAPrivateKey:
+        return self._fresh()[0]
 
-    @cached_property
+    @property
     def public_pem(self) -> str:
-        return self._public_pem(self.private_key).decode()
+        return self._fresh()[1]
 
+    @property
+    def retired(self) -> list[RetiredKey]:
+        """Retired keys still inside their grace period, newest first."""
+        now = time.time()
+        return [r for r in self._fresh()[2] if r.expires_at > now]
+
+    def rotate(self, grace: float | None = None) -> dict:
+        """Make a new key pair; the old private key keeps decrypting for ``grace`` seconds.
+
+        Every key retired earlier keeps working for at most ``grace`` from now as
+        well, so ``rotate(grace=0)`` leaves only the new key (for a leaked key).
+        """
+        grace = self.grace if grace is None else max(0.0, grace)
+        with FileLock(self.layout.lock("keys")):
+            now = time.time()
+            expires_at = now + grace
+            if self._private_path.exists():
+                for old_expiry, path in self._retired_files():
+                    if old_expiry > expires_at:
+                        os.replace(path, self._retired_path(expires_at))
+                if grace > 0:
+                    os.link(self._private_path, self._retired_path(expires_at))  # same inode: stays 0600
+                retired = True
+            else:
+                retired = False
+            self._generate()
+            self._prune(now)
+        with self._lock:
+            self._stamp = None
+        public = self.public_pem
+        return {
+            "fingerprint": fingerprint(public),
+            "retired_until": expires_at if retired and grace > 0 else None,
+            "public_pem": public,
+        }
+
+    # -- POST /data ----------------------------------------------------------
     def decrypt_upload(self, blob: bytes, wrapped_key: bytes) -> bytes:
-        """The plaintext of an encrypted upload; InvalidInput if it does not decrypt."""
-        modulus_bytes = self.private_key.key_size // 8
+        """The plaintext of an encrypted upload; InvalidInput if it does not decrypt.
+
+        The key is tried with the current private key, then with retired keys
+        still inside their grace period.
+        """
+        current, _, retired = self._fresh()
+        modulus_bytes = current.key_size // 8
         if len(wrapped_key) != modulus_bytes:
             raise InvalidInput(
-                f"'key' must be the AES key encrypted with the server's {self.private_key.key_size}-bit "
+                f"'key' must be the AES key encrypted with the server's {current.key_size}-bit "
                 f"RSA key ({modulus_bytes} bytes), got {len(wrapped_key)} bytes"
             )
-        try:
-            aes_key = self.private_key.decrypt(wrapped_key, OAEP)
-        except ValueError:
-            raise InvalidInput("'key' does not decrypt with the server's key (RSA-OAEP, SHA-256, MGF1-SHA-256)") from None
+        now = time.time()
+        aes_key = None
+        for private in [current] + [r.key for r in retired if r.expires_at > now]:
+            try:
+                aes_key = private.decrypt(wrapped_key, OAEP)
+                break
+            except ValueError:
+                continue
+        if aes_key is None:
+            raise InvalidInput(
+                "'key' does not decrypt with the server's key (RSA-OAEP, SHA-256, MGF1-SHA-256); "
+                "if /key was fetched before the server's key was rotated, fetch it again"
+            )
         if len(aes_key) not in AES_KEY_SIZES:
             raise InvalidInput(f"the AES key must be 16, 24 or 32 bytes, got {len(aes_key)}")
         if len(blob) < NONCE_SIZE + TAG_SIZE:

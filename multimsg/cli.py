@@ -1,0 +1,452 @@
+"""The ``multimsg`` command: a client for users, and the tools operators run next to a server.
+
+Client side (talks HTTP to ``--server`` / MULTIMSG_URL through ``multimsg.Client``):
+``send``, ``status``. Operator side (works on the local data folder, MULTIMSG_HOME):
+``serve``, ``drain``, ``stats``, ``keys``, ``config``; ``token`` is
+``multimsg.tokens``' own command. Errors are one line on stderr, with the
+server's reason when it gave one; exit codes are in ``EXIT_CODES``
+(``multimsg --help`` lists them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+from .client import EXIT_CODES, Client, ClientError, Status, infer_type
+
+__all__ = ["main", "build_parser", "Bar"]
+
+PROGRESS_MIN = 4 * 1024 * 1024  # uploads this large get a progress bar (on a terminal)
+PASSTHROUGH = ("serve", "token")  # subcommands with their own argument parsers
+
+
+def _say(text: str) -> None:
+    print(f"multimsg: {text}", file=sys.stderr, flush=True)
+
+
+def _human_seconds(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = int(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m {seconds % 60:02d}s"
+    if seconds < 86400:
+        return f"{seconds // 3600}h {seconds % 3600 // 60:02d}m"
+    return f"{seconds // 86400}d {seconds % 86400 // 3600:02d}h"
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} GB"
+
+
+class Bar:
+    """A one-line progress bar on a terminal (stderr), redrawn at most ten times a second."""
+
+    def __init__(self, label: str, stream=None, width: int = 28):
+        self.label = label
+        self.stream = stream or sys.stderr
+        self.width = width
+        self._drawn = 0.0
+        self._shown = False
+
+    def draw(self, done: float, total: float, detail: str = "", force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._drawn < 0.1:
+            return
+        self._drawn = now
+        fraction = min(1.0, done / total) if total else 0.0
+        filled = int(fraction * self.width)
+        bar = "#" * filled + "." * (self.width - filled)
+        self.stream.write(f"\r{self.label} [{bar}] {fraction * 100:3.0f}% {detail}\033[K")
+        self.stream.flush()
+        self._shown = True
+
+    def done(self) -> None:
+        if self._shown:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+class StatusLine:
+    """``--wait``'s display: a live line on a terminal, one line per change otherwise (stderr)."""
+
+    def __init__(self, message_id: str, stream=None):
+        self.message_id = message_id
+        self.stream = stream or sys.stderr
+        self.live = self.stream.isatty()
+        self.started = time.monotonic()
+        self._last: tuple | None = None
+
+    @staticmethod
+    def describe(status: Status) -> str:
+        text = status.state
+        if status.attempts:
+            text += f", {status.attempts} attempt{'s' if status.attempts != 1 else ''}"
+        if status.last_error and not status.delivered:
+            text += f": {status.last_error}"
+        if status.delivered and status.platform_ids:
+            text += f" (platform id{'s' if len(status.platform_ids) > 1 else ''} {', '.join(map(str, status.platform_ids))})"
+        return text
+
+    def __call__(self, status: Status) -> None:
+        elapsed = time.monotonic() - self.started
+        if self.live:
+            self.stream.write(f"\r{self.message_id} {self.describe(status)} [{elapsed:.1f}s]\033[K")
+            if status.final:
+                self.stream.write("\n")
+            self.stream.flush()
+            return
+        key = (status.state, status.attempts, status.last_error)
+        if key != self._last:
+            self._last = key
+            print(f"{self.message_id} {self.describe(status)}", file=self.stream, flush=True)
+
+
+# -- client commands -----------------------------------------------------------------
+def _client(args) -> Client:
+    return Client(args.server, args.token, timeout=args.http_timeout)
+
+
+def _wait(client: Client, message_id: str, args) -> int:
+    line = StatusLine(message_id)
+    status = client.wait(message_id, timeout=args.timeout, on_poll=line)
+    if args.json:
+        print(json.dumps(status.raw))
+    return 0 if status.delivered else 1
+
+
+def cmd_send(args) -> int:
+    client = _client(args)
+    if args.file == "-":
+        content, filename = sys.stdin.buffer.read(), args.filename or "stdin"
+        size = len(content)
+    else:
+        path = Path(args.file)
+        try:
+            with open(path, "rb"):
+                pass
+            size = path.stat().st_size
+        except OSError as exc:
+            _say(f"cannot read {args.file}: {exc.strerror}")
+            return 2
+        content, filename = path, args.filename
+    bar = Bar(f"upload {_size(size)}") if size >= PROGRESS_MIN and sys.stderr.isatty() else None
+    progress = (lambda sent, total: bar.draw(sent, total, f"{_size(sent)}/{_size(total)}", force=sent >= total)) if bar else None
+    try:
+        datatype = args.type
+        if datatype is None:
+            if isinstance(content, bytes):
+                head = content[:8192]
+            else:
+                with content.open("rb") as handle:
+                    head = handle.read(8192)
+            datatype = infer_type(head, args.serv)
+        message_id = client.send(content, args.serv, args.dest, datatype, caption=args.caption,
+                                 filename=filename, encrypt=not args.plain, progress=progress)
+    finally:
+        if bar:
+            bar.done()
+    if args.json and not args.wait:
+        print(json.dumps({"id": message_id, "type": datatype, "encrypted": not args.plain}))
+    elif not args.json:
+        print(message_id, flush=True)
+    if args.wait:
+        return _wait(client, message_id, args)
+    return 0
+
+
+def cmd_status(args) -> int:
+    client = _client(args)
+    if args.wait:
+        return _wait(client, args.id, args)
+    status = client.status(args.id)
+    if args.json:
+        print(json.dumps(status.raw))
+    else:
+        print(f"{status.id} {StatusLine.describe(status)}")
+        if status.final:
+            print("(a final state is reported once: this id is now archived)", file=sys.stderr)
+    return 1 if status.failed else 0
+
+
+# -- operator commands ---------------------------------------------------------------
+def cmd_drain(args) -> int:
+    from . import logs
+    from .gateway import gateway
+
+    tty = sys.stderr.isatty() and not args.json
+    logs.setup(level=30 if tty else 20)  # on a terminal the bar replaces the per-message lines
+    gw = gateway()
+    counters = getattr(gw.store, "counters", None)
+    stop = threading.Event()
+    painter = None
+    if tty and counters is not None:
+        painter = threading.Thread(target=_paint_drain, args=(counters, stop), daemon=True)
+        painter.start()
+    started = time.monotonic()
+    try:
+        summary = gw.drain()
+    finally:
+        stop.set()
+        if painter:
+            painter.join(2)
+    elapsed = time.monotonic() - started
+    if args.json:
+        print(json.dumps(summary))
+        return 0
+    if summary.get("busy"):
+        print("drain: another drain pass is running on this data folder; nothing done")
+        return 0
+    line = (
+        f"drain: claimed {summary.get('claimed', 0)}, delivered {summary.get('delivered', 0)}, "
+        f"retried {summary.get('retried', 0)}, failed {summary.get('failed', 0)} in {elapsed:.2f} s"
+    )
+    for serv, reason in (summary.get("misconfigured") or {}).items():
+        line += f"; {serv} misconfigured: {reason}"
+    print(line, flush=True)
+    return 0
+
+
+def _outcomes(snapshot: dict) -> dict[str, int]:
+    return {o: sum(s["outcomes"].get(o, 0) for s in snapshot["services"].values()) for o in ("delivered", "failed", "retried")}
+
+
+def _paint_drain(counters, stop: threading.Event) -> None:
+    """The drain's progress bar: messages handled in this pass, out of those queued when it began."""
+    bar = Bar("drain")
+    first = counters.snapshot()
+    queued = sum(s["states"].get("queued", 0) for s in first["services"].values())
+    before = _outcomes(first)
+    while True:
+        stopping = stop.wait(0.1)
+        now = _outcomes(counters.snapshot())
+        delta = {o: now[o] - before[o] for o in now}
+        done = sum(delta.values())
+        total = max(queued, done, 1)
+        bar.draw(done, total, f"{done}/{total} messages: {delta['delivered']} delivered, "
+                              f"{delta['failed']} failed, {delta['retried']} retried", force=stopping)
+        if stopping:
+            break
+    bar.done()
+
+
+def cmd_stats(args) -> int:
+    from .config import settings
+    from .queue.counters import Counters
+    from .queue.layout import Layout
+    from .services import SERVICES
+
+    layout = Layout(settings().home)
+    if args.rebuild or not layout.counters.exists():  # no counters yet (a data folder from before them): count now
+        from .gateway import gateway
+
+        counted = gateway().store.rebuild()
+        if args.rebuild:
+            print(f"counted {counted} stored messages again", file=sys.stderr)
+    snapshot = Counters(layout).snapshot()
+    for serv in SERVICES:
+        snapshot["services"].setdefault(serv, {
+            "states": {}, "oldest_queued_age": None, "outcomes": {}, "last_hour": {}, "latency": {},
+        })
+    if args.json:
+        for figures in snapshot["services"].values():
+            figures.pop("latency", None)
+        print(json.dumps(snapshot, indent=2, sort_keys=True))
+        return 0
+    header = ("service", "queued", "oldest queued", "delivered 1h", "failed 1h", "retried 1h", "awaiting /cons")
+    rows = []
+    for serv, figures in sorted(snapshot["services"].items()):
+        states, hour = figures["states"], figures["last_hour"]
+        rows.append((
+            serv, str(states.get("queued", 0)), _human_seconds(figures["oldest_queued_age"]),
+            str(hour.get("delivered", 0)), str(hour.get("failed", 0)), str(hour.get("retried", 0)),
+            str(states.get("delivered", 0) + states.get("failed", 0)),
+        ))
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        print("  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths))))
+    drain = snapshot.get("drain") or {}
+    if drain.get("last_at"):
+        ago = time.time() - drain["last_at"]
+        print(f"drain: {drain.get('passes', 0)} passes; the last ended {_human_seconds(ago)} ago and took {drain.get('last_seconds', 0):.3f} s")
+    else:
+        print("drain: no pass recorded yet")
+    return 0
+
+
+def cmd_keys(args) -> int:
+    from .config import settings
+    from .crypto import ServerKeys, fingerprint
+    from .queue.layout import Layout
+
+    keys = ServerKeys(Layout(settings().home))
+    if args.action == "rotate":
+        info = keys.rotate(args.grace)
+        print(f"new key {info['fingerprint']} (served by /key from now on)")
+        if info["retired_until"]:
+            until = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(info["retired_until"]))
+            print(f"the previous key still decrypts uploads until {until} ({_human_seconds(info['retired_until'] - time.time())})")
+        else:
+            print("the previous key no longer decrypts anything")
+        return 0
+    print(f"current key {fingerprint(keys.public_pem)}")
+    for retired in keys.retired:
+        until = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(retired.expires_at))
+        print(f"retired key {fingerprint(retired.public_pem)} decrypts until {until}")
+    return 0
+
+
+def cmd_config(args) -> int:
+    from . import config
+    from .services import SERVICES, get_service
+
+    s = config.settings()
+    for name in SERVICES:  # services read their own settings when made
+        get_service(name)
+    config.env("MULTIMSG_LOG_FORMAT", "text")
+    path, explicit = config.config_path()
+    from_file = config.file_values()
+    # A Settings field is named after its variable (drain_interval: MULTIMSG_DRAIN_INTERVAL; port: PORT).
+    parsed = {}
+    for field_name, value in vars(s).items():
+        variable = field_name.upper()
+        parsed[variable if variable in config.UNPREFIXED else f"MULTIMSG_{variable}"] = value
+    rows = {}
+    for name in sorted(config.READ):
+        default = config.READ[name]
+        value = parsed[name] if name in parsed else config.env(name, default)
+        if value is not None and not isinstance(value, str):
+            value = str(value)
+        if os.environ.get(name, "").strip():
+            source = "environment"
+        elif name in from_file:
+            source = "file"
+        else:
+            source = "default"
+        if value is not None and config.is_secret(name):
+            value = "******** (set)"
+        rows[name] = {"value": value, "source": source}
+    unknown = sorted(set(from_file) - set(config.READ))
+    file_state = "found" if from_file or path.exists() else ("missing" if explicit else "none")
+    if args.json:
+        print(json.dumps({"file": str(path), "file_state": file_state, "home": str(s.home), "settings": rows, "unknown": unknown}, indent=2))
+    else:
+        print(f"# config file: {path} ({file_state}); the environment wins over it")
+        print(f"# data folder: {s.home}")
+        width = max(len(name) for name in rows)
+        for name, row in rows.items():
+            value = "(unset)" if row["value"] is None else row["value"]
+            print(f"{name.ljust(width)}  {value}  [{row['source']}]")
+    for name in unknown:
+        _say(f"{path}: {name} is not a setting multimsg reads (ignored)")
+    if from_file and path.exists() and path.stat().st_mode & 0o077 and any(config.is_secret(n) for n in from_file):
+        _say(f"{path} holds secrets and is readable by others: chmod 600 {path}")
+    return 0
+
+
+# -- the parser ----------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    codes = "\n".join(f"  {code:>3}  {meaning}" for code, meaning in sorted(EXIT_CODES.items()))
+    parser = argparse.ArgumentParser(
+        prog="multimsg",
+        description="Send files and messages through a multimsg gateway, and run one.",
+        epilog=f"exit codes:\n{codes}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    remote = argparse.ArgumentParser(add_help=False)
+    remote.add_argument("--server", metavar="URL", help="the gateway's URL (default: MULTIMSG_URL, else http://127.0.0.1:8080)")
+    remote.add_argument("--token", help="client token for token identity mode (default: MULTIMSG_TOKEN)")
+    remote.add_argument("--http-timeout", type=float, default=30.0, metavar="SECONDS", help=argparse.SUPPRESS)
+    waiting = argparse.ArgumentParser(add_help=False)
+    waiting.add_argument("--timeout", type=float, metavar="SECONDS", help="with --wait: give up after this long (exit 8)")
+    waiting.add_argument("--json", action="store_true", help="print the answer as JSON on stdout")
+
+    send = commands.add_parser("send", parents=[remote, waiting], help="upload a file (encrypted) and queue it; prints the message id",
+                               description="Upload FILE (encrypted with the server's /key unless --plain), queue it, print the message id.")
+    send.add_argument("file", metavar="FILE", help="the file to send, or - for standard input")
+    send.add_argument("--serv", required=True, help="the service: telegram, wpp1, ...")
+    send.add_argument("--dest", required=True, help="the destination on that service (chat id, phone number, ...)")
+    send.add_argument("--type", help="text, image, document, audio, video, voice, template (default: inferred from the content)")
+    send.add_argument("--caption", help="a caption for a photo, video, document...")
+    send.add_argument("--filename", help="the file name the recipient sees (documents; default: FILE's name)")
+    send.add_argument("--plain", action="store_true", help="upload without encryption (over plain HTTP, anyone on the network path can read it)")
+    send.add_argument("--wait", action="store_true", help="wait for delivered (exit 0) or failed (exit 1), showing the state")
+    send.set_defaults(run=cmd_send)
+
+    status = commands.add_parser("status", parents=[remote, waiting], help="a message's state (a final state is reported once)")
+    status.add_argument("id", metavar="ID")
+    status.add_argument("--wait", action="store_true", help="wait for a final state")
+    status.set_defaults(run=cmd_status)
+
+    commands.add_parser("serve", help="serve the HTTP API on one port (same as local_runner.py; serve --help)", add_help=False)
+
+    drain = commands.add_parser("drain", help="run one drain pass on this data folder (for crontab)")
+    drain.add_argument("--json", action="store_true", help="print the pass's summary as JSON")
+    drain.set_defaults(run=cmd_drain)
+
+    stats = commands.add_parser("stats", help="queue depth, oldest queued message, deliveries in the last hour")
+    stats.add_argument("--json", action="store_true")
+    stats.add_argument("--rebuild", action="store_true", help="recount the stored messages first (after a crash or an upgrade)")
+    stats.set_defaults(run=cmd_stats)
+
+    keys = commands.add_parser("keys", help="the server's key pair: show, rotate")
+    key_actions = keys.add_subparsers(dest="action", required=True)
+    key_actions.add_parser("show", help="the current key's fingerprint and the retired keys still accepted")
+    rotate = key_actions.add_parser("rotate", help="make a new key pair; the previous one keeps decrypting for a grace period")
+    rotate.add_argument("--grace", type=float, metavar="SECONDS",
+                        help="how long the previous key keeps working (default MULTIMSG_KEY_GRACE, 7 days; 0: not at all)")
+    keys.set_defaults(run=cmd_keys)
+
+    config = commands.add_parser("config", help="the effective configuration (environment, then multimsg.toml), secrets masked")
+    config.add_argument("--json", action="store_true")
+    config.set_defaults(run=cmd_config)
+
+    # Subcommands owned by other modules, with their own parsers.
+    commands.add_parser("token", help="client tokens for MULTIMSG_IDENTITY=token: token add NAME | list | remove NAME", add_help=False)
+    return parser
+
+
+def _passthrough(command: str, rest: list[str]) -> int:
+    if command == "serve":
+        from .runner import main as serve
+
+        serve(rest)
+        return 0
+    from .tokens import main as token
+
+    return token(rest)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        if argv and argv[0] in PASSTHROUGH:
+            return _passthrough(argv[0], argv[1:])
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if not getattr(args, "run", None):
+            parser.print_help(sys.stderr)
+            return 2
+        return args.run(args)
+    except ClientError as exc:
+        _say(exc.reason)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0

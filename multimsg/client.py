@@ -1,0 +1,514 @@
+"""``multimsg.Client``: the Python client of a multimsg server (the ``multimsg`` command uses it).
+
+    from multimsg import Client
+
+    client = Client("http://127.0.0.1:8080")          # or MULTIMSG_URL; token= or MULTIMSG_TOKEN
+    message_id = client.send(Path("photo.jpg"), serv="telegram", dest="12345")
+    status = client.wait(message_id, timeout=60)      # Status(state="delivered", ...)
+
+``send`` uploads (encrypted by default: the server's ``/key`` wraps a fresh
+AES-256 key, see ``multimsg.crypto``), queues, and returns the message id.
+Content is ``bytes``, a ``pathlib.Path`` (or any ``os.PathLike``), a binary
+file object, or a ``str``, which is the text itself (not a path). ``type`` is
+inferred from the content when omitted (``infer_type``).
+
+Every failure is a ``ClientError`` subclass whose ``str()`` is one line: the
+server's own reason when it gave one. ``exit_code`` is what the CLI exits with.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Callable, Union
+
+import requests
+
+from .crypto import encrypt_upload
+
+__all__ = [
+    "Client", "Status", "infer_type", "DEFAULT_URL", "FINAL_STATES",
+    "ClientError", "ConnectionFailed", "RequestRejected", "TooLarge", "Unauthorized",
+    "NotFound", "RateLimited", "ServerError", "WaitTimeout", "EXIT_CODES",
+]
+
+DEFAULT_URL = "http://127.0.0.1:8080"
+FINAL_STATES = ("delivered", "failed")
+Content = Union[bytes, bytearray, str, os.PathLike, IO[bytes]]
+Progress = Callable[[int, int], None]
+
+
+# -- errors ----------------------------------------------------------------------
+class ClientError(Exception):
+    """Base of every client failure; ``str(error)`` is a one-line reason."""
+
+    exit_code = 10
+
+    def __init__(self, reason: str, status: int | None = None):
+        super().__init__(" ".join(str(reason).split()))
+        self.status = status
+
+    @property
+    def reason(self) -> str:
+        return str(self)
+
+
+class ConnectionFailed(ClientError):
+    """The server could not be reached (bad URL, refused, DNS, TLS, timeout)."""
+
+    exit_code = 3
+
+
+class RequestRejected(ClientError):
+    """The server refused the request as invalid (400, 405, 413, 415)."""
+
+    exit_code = 4
+
+
+class TooLarge(RequestRejected):
+    """The upload or its content is over a limit (413)."""
+
+
+class Unauthorized(ClientError):
+    """A credential is missing or wrong (401, 403)."""
+
+    exit_code = 5
+
+
+class NotFound(ClientError):
+    """Unknown, expired, foreign or already-reported id (404)."""
+
+    exit_code = 6
+
+
+class ServerError(ClientError):
+    """The server failed or cannot serve now (5xx)."""
+
+    exit_code = 7
+
+
+class RateLimited(ServerError):
+    """Too many requests (429); ``retry_after`` is in seconds."""
+
+    def __init__(self, reason: str, status: int | None = None, retry_after: float | None = None):
+        super().__init__(reason, status)
+        self.retry_after = retry_after
+
+
+class WaitTimeout(ClientError):
+    """``wait`` gave up before a final state; ``last`` is the last status seen."""
+
+    exit_code = 8
+
+    def __init__(self, reason: str, last: "Status | None" = None):
+        super().__init__(reason)
+        self.last = last
+
+
+EXIT_CODES = {
+    0: "success (with --wait: delivered)",
+    1: "the message failed (final state 'failed')",
+    2: "usage error, or a local file that cannot be read",
+    ConnectionFailed.exit_code: "the server could not be reached",
+    RequestRejected.exit_code: "the server rejected the request (bad input, too large)",
+    Unauthorized.exit_code: "unauthorized (missing or wrong token)",
+    NotFound.exit_code: "unknown, expired or already reported id",
+    ServerError.exit_code: "server error, unavailable, or rate limited",
+    WaitTimeout.exit_code: "--wait timed out before a final state",
+    ClientError.exit_code: "unexpected answer from the server",
+    130: "interrupted (Ctrl-C)",
+}
+
+
+def _error_for(response: requests.Response) -> ClientError:
+    reason = None
+    try:
+        body = response.json()
+        if isinstance(body, dict) and isinstance(body.get("error"), str):
+            reason = body["error"]
+    except ValueError:
+        pass
+    if reason is None:
+        text = (response.text or "").strip()
+        first = text.splitlines()[0][:200] if text and not text.lstrip().startswith("<") else ""
+        reason = first or f"HTTP {response.status_code} {response.reason or ''}".strip()
+    status = response.status_code
+    if status == 413:
+        return TooLarge(reason, status)
+    if status in (401, 403):
+        return Unauthorized(reason, status)
+    if status == 404:
+        return NotFound(reason, status)
+    if status == 429:
+        try:
+            after = float(response.headers.get("Retry-After", ""))
+        except ValueError:
+            after = None
+        return RateLimited(reason, status, after)
+    if status >= 500:
+        return ServerError(reason, status)
+    if 400 <= status < 500:
+        return RequestRejected(reason, status)
+    return ClientError(f"unexpected answer: HTTP {status}", status)
+
+
+def _root_reason(exc: BaseException) -> str:
+    """The most specific one-line cause of a requests exception (e.g. 'Connection refused')."""
+    seen, stack = set(), [exc]
+    while stack:
+        current = stack.pop()
+        if id(current) in seen or current is None:
+            continue
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.strerror:
+            return current.strerror
+        for attr in ("reason", "__cause__", "__context__"):
+            nxt = getattr(current, attr, None)
+            if isinstance(nxt, BaseException):
+                stack.append(nxt)
+        stack.extend(a for a in getattr(current, "args", ()) if isinstance(a, BaseException))
+    if isinstance(exc, requests.Timeout):
+        return "timed out"
+    text = str(exc)
+    return text.split(": ", 1)[-1][:200] if text else type(exc).__name__
+
+
+# -- status ---------------------------------------------------------------------
+@dataclass(frozen=True)
+class Status:
+    """A message's state as ``/cons`` reported it."""
+
+    id: str
+    state: str
+    serv: str | None = None
+    dest: str | None = None
+    type: str | None = None
+    attempts: int = 0
+    last_error: str | None = None
+    platform_ids: list = field(default_factory=list)
+    created_at: str | None = None
+    updated_at: str | None = None
+    next_attempt_at: str | None = None
+    raw: dict = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_json(cls, body: dict) -> "Status":
+        names = set(cls.__dataclass_fields__) - {"raw"}
+        values = {name: value for name, value in body.items() if name in names and value is not None}
+        return cls(**{"id": "", "state": "", **values}, raw=dict(body))
+
+    @property
+    def final(self) -> bool:
+        return self.state in FINAL_STATES
+
+    @property
+    def delivered(self) -> bool:
+        return self.state == "delivered"
+
+    @property
+    def failed(self) -> bool:
+        return self.state == "failed"
+
+
+# -- content --------------------------------------------------------------------
+def infer_type(head: bytes, serv: str | None = None) -> str:
+    """The datatype that fits content starting with ``head`` (8 KiB is plenty).
+
+    Uses the server's content sniffing (``multimsg.services.sniff``) and, when
+    ``serv`` is a service this package knows, the formats it declares: an image
+    it takes as a photo is ``image``, OGG/Opus is ``voice``, and so on; text is
+    ``text``; anything else is ``document``.
+    """
+    try:
+        from .services.sniff import OGG_OPUS, sniff_bytes
+    except ImportError:  # no sniffing available: text or not
+        return "text" if _is_utf8_text(head) else "document"
+    mime = sniff_bytes(head)
+    if mime is None:
+        return "document"
+    if mime == "text/plain":
+        return "text"
+    formats: dict = {}
+    if serv:
+        try:
+            from .services import SERVICES
+
+            formats = dict(getattr(SERVICES.get(serv), "formats", {}) or {})
+        except Exception:
+            formats = {}
+    if formats:
+        for datatype in ("voice", "image", "video", "audio"):
+            allowed = formats.get(datatype)
+            if allowed is not None and mime in allowed:
+                return datatype
+        return "document"
+    family = mime.split("/", 1)[0]
+    if mime == OGG_OPUS:
+        return "voice"
+    return {"image": "image", "video": "video", "audio": "audio"}.get(family, "document")
+
+
+def _is_utf8_text(head: bytes) -> bool:
+    if b"\x00" in head:
+        return False
+    try:
+        head.decode("utf-8")
+        return True
+    except UnicodeDecodeError as exc:
+        return exc.start >= len(head) - 3  # cut inside a character at the end
+
+
+class _Source:
+    """Where an upload's bytes come from: memory, or a file streamed in chunks."""
+
+    def __init__(self, content: Content, filename: str | None):
+        self.path: Path | None = None
+        self.data: bytes | None = None
+        if isinstance(content, (bytes, bytearray, memoryview)):
+            self.data = bytes(content)
+        elif isinstance(content, str):
+            self.data = content.encode("utf-8")
+        elif isinstance(content, os.PathLike):
+            self.path = Path(content)
+            self.size = self.path.stat().st_size
+        elif hasattr(content, "read"):
+            self.data = content.read()
+            if isinstance(self.data, str):
+                self.data = self.data.encode("utf-8")
+        else:
+            raise TypeError("content must be bytes, str (the text), a path, or a binary file object")
+        if self.data is not None:
+            self.size = len(self.data)
+        default = self.path.name if self.path else ("text.txt" if isinstance(content, str) else "data")
+        self.filename = filename or default
+
+    def head(self, n: int = 8192) -> bytes:
+        if self.data is not None:
+            return self.data[:n]
+        with open(self.path, "rb") as handle:
+            return handle.read(n)
+
+    def read_all(self) -> bytes:
+        return self.data if self.data is not None else self.path.read_bytes()
+
+
+class _MultipartBody:
+    """A multipart/form-data body read in chunks, reporting progress; its length is known up front.
+
+    A plain object with ``read`` and ``__len__`` (no ``__iter__``, no ``tell``), so
+    requests sends it with a Content-Length and urllib3 reads it block by block.
+    """
+
+    CHUNK = 256 * 1024
+
+    def __init__(self, fields: list[tuple[str, str, bytes | Path]], progress: Progress | None):
+        self.boundary = "multimsg-" + secrets.token_hex(12)
+        self.parts: list[bytes | Path] = []
+        for name, filename, payload in fields:
+            header = (
+                f"--{self.boundary}\r\nContent-Disposition: form-data; name=\"{name}\"; filename=\"{_quote(filename)}\"\r\n"
+                "Content-Type: application/octet-stream\r\n\r\n"
+            )
+            self.parts += [header.encode(), payload, b"\r\n"]
+        self.parts.append(f"--{self.boundary}--\r\n".encode())
+        self.total = sum(p.stat().st_size if isinstance(p, Path) else len(p) for p in self.parts)
+        self.sent = 0
+        self.progress = progress
+        self._index = 0
+        self._offset = 0
+        self._handle = None
+
+    @property
+    def content_type(self) -> str:
+        return f"multipart/form-data; boundary={self.boundary}"
+
+    def __len__(self) -> int:
+        return self.total
+
+    def read(self, size: int = -1) -> bytes:
+        size = self.CHUNK if size is None or size < 0 else size
+        while self._index < len(self.parts):
+            part = self.parts[self._index]
+            if isinstance(part, Path):
+                if self._handle is None:
+                    self._handle = open(part, "rb")
+                chunk = self._handle.read(size)
+                if not chunk:
+                    self._handle.close()
+                    self._handle = None
+                    self._index += 1
+                    continue
+            else:
+                chunk = part[self._offset:self._offset + size]
+                if not chunk:
+                    self._index, self._offset = self._index + 1, 0
+                    continue
+                self._offset += len(chunk)
+            self.sent += len(chunk)
+            if self.progress:
+                self.progress(self.sent, self.total)
+            return chunk
+        return b""
+
+    def close(self) -> None:
+        if self._handle:
+            self._handle.close()
+            self._handle = None
+
+
+def _quote(filename: str) -> str:
+    return "".join(c for c in filename if c >= " " and c not in '"\\')[:200] or "data"
+
+
+# -- the client ------------------------------------------------------------------
+class Client:
+    """A multimsg server, seen from a client.
+
+    Args:
+        url: the server's base URL (default: ``MULTIMSG_URL``, else http://127.0.0.1:8080).
+        token: a client token for ``MULTIMSG_IDENTITY=token`` servers (default: ``MULTIMSG_TOKEN``).
+        timeout: seconds for each HTTP request (uploads get ``timeout`` per chunk, not in total).
+    """
+
+    def __init__(self, url: str | None = None, token: str | None = None, timeout: float = 30.0,
+                 session: requests.Session | None = None):
+        self.url = (url or os.environ.get("MULTIMSG_URL") or DEFAULT_URL).rstrip("/")
+        self.token = token if token is not None else (os.environ.get("MULTIMSG_TOKEN") or None)
+        self.timeout = timeout
+        self.http = session or requests.Session()
+        self.http.trust_env = False  # a loopback gateway is never reached through an HTTP proxy by accident
+        self._public_pem: str | None = None
+
+    def __repr__(self) -> str:
+        return f"Client({self.url!r}{', token=***' if self.token else ''})"
+
+    def close(self) -> None:
+        """Close pooled connections (also done by ``with Client(...) as client:``)."""
+        self.http.close()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- HTTP ------------------------------------------------------------------
+    def _request(self, method: str, path: str, **kwargs) -> requests.Response:
+        headers = {"Accept": "application/json", **kwargs.pop("headers", {})}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        try:
+            response = self.http.request(method, self.url + path, headers=headers, timeout=kwargs.pop("timeout", self.timeout), **kwargs)
+        except requests.exceptions.InvalidURL as exc:
+            raise ConnectionFailed(f"bad server URL {self.url!r}: {_root_reason(exc)}") from None
+        except (requests.exceptions.MissingSchema, requests.exceptions.InvalidSchema):
+            raise ConnectionFailed(f"bad server URL {self.url!r}: use http://host:port or https://host") from None
+        except requests.RequestException as exc:
+            raise ConnectionFailed(f"cannot reach the server at {self.url}: {_root_reason(exc)}") from None
+        if response.status_code >= 400:
+            raise _error_for(response)
+        return response
+
+    def _json(self, response: requests.Response) -> dict:
+        try:
+            body = response.json()
+        except ValueError:
+            raise ClientError(f"unexpected answer from {self.url}: not JSON (is this a multimsg server?)", response.status_code) from None
+        if not isinstance(body, dict):
+            raise ClientError(f"unexpected answer from {self.url}: not a JSON object", response.status_code)
+        return body
+
+    # -- the API ---------------------------------------------------------------
+    def public_key(self, refresh: bool = False) -> str:
+        """The server's RSA public key (PEM), fetched once per client unless ``refresh``."""
+        if self._public_pem is None or refresh:
+            pem = self._json(self._request("GET", "/key")).get("key")
+            if not isinstance(pem, str) or "BEGIN PUBLIC KEY" not in pem:
+                raise ClientError(f"unexpected answer from {self.url}/key: no public key")
+            self._public_pem = pem
+        return self._public_pem
+
+    def upload(self, content: Content, *, filename: str | None = None, encrypt: bool = True,
+               progress: Progress | None = None) -> str:
+        """Upload content (``POST /data``), encrypted unless ``encrypt=False``; returns the data id."""
+        return self._upload(_Source(content, filename), encrypt, progress)
+
+    def _upload(self, source: _Source, encrypt: bool, progress: Progress | None) -> str:
+        for attempt in (1, 2):
+            if encrypt:
+                blob, wrapped = encrypt_upload(self.public_key(refresh=attempt > 1), source.read_all())
+                fields = [("data", source.filename, blob), ("key", "key.bin", wrapped)]
+            else:
+                fields = [("data", source.filename, source.path if source.path else source.data)]
+            body = _MultipartBody(fields, progress)
+            try:
+                response = self._request("POST", "/data", data=body, headers={"Content-Type": body.content_type})
+            except RequestRejected as exc:
+                # The server's key was rotated since we fetched it (and its grace period is over): fetch it again.
+                if encrypt and attempt == 1 and "fetch it again" in exc.reason:
+                    continue
+                raise
+            finally:
+                body.close()
+            data_id = self._json(response).get("id")
+            if not isinstance(data_id, str):
+                raise ClientError(f"unexpected answer from {self.url}/data: no data id")
+            return data_id
+        raise AssertionError("unreachable")
+
+    def queue(self, data_id: str, serv: str, dest: str, type: str, *, caption: str | None = None,
+              filename: str | None = None) -> str:
+        """Queue a message for an uploaded data id (``POST /msg``); returns the message id."""
+        fields = {"id": data_id, "serv": serv, "dest": str(dest), "type": type}
+        if caption:
+            fields["caption"] = caption
+        if filename:
+            fields["filename"] = filename
+        message_id = self._json(self._request("POST", "/msg", data=fields)).get("id")
+        if not isinstance(message_id, str):
+            raise ClientError(f"unexpected answer from {self.url}/msg: no message id")
+        return message_id
+
+    def send(self, content: Content, serv: str, dest: str, type: str | None = None, *,
+             caption: str | None = None, filename: str | None = None, encrypt: bool = True,
+             progress: Progress | None = None) -> str:
+        """Upload and queue in one call; returns the message id.
+
+        ``filename`` names the upload (and, for documents, the file the recipient sees).
+        """
+        source = _Source(content, filename)
+        datatype = type or infer_type(source.head(), serv)
+        data_id = self._upload(source, encrypt, progress)
+        return self.queue(data_id, serv, dest, datatype, caption=caption,
+                          filename=filename if datatype == "document" else None)
+
+    def status(self, message_id: str) -> Status:
+        """The message's state (``POST /cons``). A final state is reported once; then the id is unknown."""
+        return Status.from_json(self._json(self._request("POST", "/cons", data={"id": message_id})))
+
+    def wait(self, message_id: str, timeout: float | None = None, *, interval: float = 0.2,
+             max_interval: float = 2.0, on_poll: Callable[[Status], None] | None = None) -> Status:
+        """Poll until the message is delivered or failed; returns that final status.
+
+        ``on_poll`` sees every status polled. ``WaitTimeout`` after ``timeout`` seconds.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        last = None
+        while True:
+            last = self.status(message_id)
+            if on_poll:
+                on_poll(last)
+            if last.final:
+                return last
+            if deadline is not None and time.monotonic() >= deadline:
+                raise WaitTimeout(f"message {message_id} is still {last.state} after {timeout:g} s", last)
+            pause = interval if deadline is None else min(interval, max(0.0, deadline - time.monotonic()))
+            time.sleep(pause)
+            interval = min(max_interval, interval * 1.5)
+
+    def health(self) -> dict:
+        """``GET /health`` (ServerError when the server says it is unhealthy)."""
+        return self._json(self._request("GET", "/health"))

@@ -1,0 +1,170 @@
+"""Prometheus metrics: what ``GET /metrics`` serves, and where each figure comes from.
+
+Two sources, so that every process sharing one data folder serves the same figures:
+
+- Request counts (``multimsg_http_requests_total{endpoint,status}``) are per
+  process by nature; they use prometheus-client's multiprocess mode, one small
+  mmap file per process in ``metrics/`` of the data folder (or
+  ``PROMETHEUS_MULTIPROC_DIR`` if set), summed at scrape time. Files of
+  processes that ended stay and keep counting in the totals.
+- Queue figures come from the counters file (``queue/counters.py``), updated on
+  each state change by whichever process made it, read once per scrape:
+  ``multimsg_queue_messages{service,state}``,
+  ``multimsg_queue_oldest_age_seconds{service}``,
+  ``multimsg_deliveries_total{service,outcome}`` (delivered, failed, retried),
+  ``multimsg_send_latency_seconds{service,outcome}`` (histogram: from /msg
+  accepting the message to its final state), ``multimsg_drain_pass_duration_seconds``
+  (histogram), ``multimsg_drain_last_pass_timestamp_seconds``; plus
+  ``multimsg_service_configured{service}`` from the process's settings.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from pathlib import Path
+
+from .config import settings
+from .fsutil import ensure_private_dir
+from .queue.counters import DRAIN_BOUNDS, LATENCY_BOUNDS, OUTCOMES, Counters
+from .queue.layout import Layout
+from .queue.states import ALL_STATES
+
+__all__ = ["count_request", "render", "CONTENT_TYPE", "QueueCollector"]
+
+log = logging.getLogger("multimsg.metrics")
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+_lock = threading.Lock()
+_requests = None  # the Counter, made on first use (after the multiprocess folder is set)
+_failed = False
+
+
+def _multiprocess_dir() -> str:
+    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "").strip()
+    if not path:
+        path = str(ensure_private_dir(Layout(settings().home).metrics))
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+    else:
+        ensure_private_dir(Path(path))
+    return path
+
+
+def _request_counter():
+    global _requests
+    with _lock:
+        if _requests is None:
+            _multiprocess_dir()
+            from prometheus_client import Counter, values
+
+            if not getattr(values.ValueClass, "_multiprocess", False):
+                # prometheus_client picks its value class at import; if it was
+                # imported before the folder was set, switch it now (before our
+                # first metric is made).
+                values.ValueClass = values.MultiProcessValue()
+            _requests = Counter(
+                "multimsg_http_requests", "HTTP requests answered, by endpoint and status code",
+                ["endpoint", "status"], registry=None,
+            )
+        return _requests
+
+
+def count_request(endpoint: str, status: int) -> None:
+    """Count one answered request. Never raises: metrics must not break a request."""
+    global _failed
+    if _failed:
+        return
+    try:
+        _request_counter().labels(endpoint.lstrip("_"), str(status)).inc()
+    except Exception:
+        _failed = True
+        log.exception("request metrics are off in this process")
+
+
+def _cumulative(histogram: dict, bounds: tuple) -> list[tuple[str, float]]:
+    from prometheus_client.utils import floatToGoString
+
+    running, out = 0, []
+    buckets = histogram.get("buckets") or [0] * len(bounds)
+    for bound, count in zip(bounds, buckets):
+        running += count
+        out.append((floatToGoString(bound), running))
+    out.append(("+Inf", running + histogram.get("inf", 0)))
+    return out
+
+
+class QueueCollector:
+    """Queue figures from the counters file, read once per scrape."""
+
+    def __init__(self, counters: Counters):
+        self.counters = counters
+
+    def collect(self):
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+
+        from .services import SERVICES, get_service
+
+        snapshot = self.counters.snapshot()
+        services = sorted(set(SERVICES) | set(snapshot["services"]))
+        depth = GaugeMetricFamily(
+            "multimsg_queue_messages",
+            "Messages in the store by service and state (delivered/failed: not yet reported by /cons)",
+            labels=["service", "state"],
+        )
+        oldest = GaugeMetricFamily(
+            "multimsg_queue_oldest_age_seconds", "Age of the oldest queued message (0 when none; to the minute)",
+            labels=["service"],
+        )
+        outcomes = CounterMetricFamily(
+            "multimsg_deliveries", "Delivery attempts by outcome: delivered, failed (for good), retried",
+            labels=["service", "outcome"],
+        )
+        latency = HistogramMetricFamily(
+            "multimsg_send_latency_seconds", "Time from /msg accepting a message to its final state",
+            labels=["service", "outcome"],
+        )
+        configured = GaugeMetricFamily(
+            "multimsg_service_configured", "1 if the service has its credentials on this server", labels=["service"],
+        )
+        for serv in services:
+            figures = snapshot["services"].get(serv, {})
+            states = figures.get("states", {})
+            for state in sorted(set(ALL_STATES) | set(states)):
+                depth.add_metric([serv, state], states.get(state, 0))
+            oldest.add_metric([serv], figures.get("oldest_queued_age") or 0.0)
+            for outcome in OUTCOMES:
+                outcomes.add_metric([serv, outcome], figures.get("outcomes", {}).get(outcome, 0))
+            for outcome in ("delivered", "failed"):
+                histogram = figures.get("latency", {}).get(outcome, {})
+                latency.add_metric([serv, outcome], _cumulative(histogram, LATENCY_BOUNDS), histogram.get("sum", 0.0))
+            if serv in SERVICES:
+                try:
+                    configured.add_metric([serv], 1.0 if get_service(serv).configured() else 0.0)
+                except Exception:
+                    configured.add_metric([serv], 0.0)
+        drain = snapshot.get("drain", {})
+        durations = drain.get("duration", {})
+        passes = HistogramMetricFamily("multimsg_drain_pass_duration_seconds", "Duration of drain passes that ran")
+        passes.add_metric([], _cumulative(durations, DRAIN_BOUNDS), durations.get("sum", 0.0))
+        last = GaugeMetricFamily("multimsg_drain_last_pass_timestamp_seconds", "When the last drain pass ended (0: never)")
+        last.add_metric([], drain.get("last_at") or 0.0)
+        yield from (depth, oldest, outcomes, latency, passes, last, configured)
+
+
+def render(counters: Counters | None = None) -> bytes:
+    """The Prometheus text exposition of every multimsg figure (``counters``: the gateway's)."""
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    if counters is None:
+        from .gateway import gateway
+
+        counters = gateway().store.counters
+
+    registry = CollectorRegistry()
+    _request_counter()  # this process's file exists, so the request series are there from the first scrape
+    MultiProcessCollector(registry, path=_multiprocess_dir())
+    registry.register(QueueCollector(counters))
+    return generate_latest(registry)
