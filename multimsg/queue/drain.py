@@ -1,34 +1,78 @@
-"""One drain pass: claim the due messages, hand each to its service, record the outcome.
+"""One drain pass: claim the due messages, send them as fast as each platform allows, record each outcome.
 
 At most one pass runs per data folder (a non-blocking FileLock); a pass started
-meanwhile answers ``busy`` at once. A pass claims messages before sending them,
-so a pass that dies leaves claims that the next pass takes back (see
+meanwhile answers ``busy`` at once. Within a pass:
+
+- Messages are claimed lazily, one shard at a time, and at most ``window``
+  are held in memory (waiting or in flight), however long the backlog.
+- Each service has its own lane: a bounded thread pool (``concurrency``) and a
+  heap of destinations ordered by when each may receive its next message, so a
+  destination that must wait never holds up the others. A destination has at
+  most one message in flight, and those the pass holds for it go oldest first.
+- The service paces itself: right before each request it calls
+  ``data["pace"]()``, which sleeps until both the service and the destination
+  have a free slot (``pacing.ServicePacer``). A rate-limit answer holds the
+  service (or the destination) for the platform's ``retry_after``; a hold
+  longer than ``horizon`` is not slept through: the messages it concerns stay
+  queued, untouched, for a later pass.
+- A destination takes at most what its limit lets through in ``horizon``
+  seconds per pass (the rest waits for the next pass), so a slow destination
+  cannot fill the pass's window and starve the others.
+- Each outcome is written to the store by the thread that sent the message,
+  right after the answer: a crash duplicates at most the messages in flight.
+- A service whose credentials are refused (or missing) is put on hold: its
+  messages stay queued, untouched, and every pass reports it (and logs an
+  ERROR) until a probe message gets through; the validity period still applies.
+
+A pass that dies leaves claims that the next pass takes back (see
 ``store.is_due``): delivery is at-least-once, and the only duplicates are the
 messages in flight at the instant of a crash.
 """
 
 from __future__ import annotations
 
+import heapq
 import logging
+import queue
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from filelock import FileLock, Timeout
 
+from ..errors import InvalidInput
 from ..ids import new_id
 from ..services.base import DELIVERED, FAILED, MISCONFIGURED, RETRY, Outcome, ServiceBase
 from . import states
+from .pacing import DEST, SERVICE, Held, ServicePacer
 from .retry import RetryPolicy
 from .spool import Spool
 from .store import MessageStore
 
-__all__ = ["Drain", "transition"]
+__all__ = ["Drain", "Summary", "Tuning", "transition", "throttle_scope"]
 
 log = logging.getLogger("multimsg.drain")
 
-MISCONFIGURED_RECHECK = 60.0  # seconds between tries of a service whose credentials were refused
+MISCONFIGURED_RECHECK = 60.0  # seconds between probes of a service whose credentials were refused
+PRUNE_EVERY = 5.0  # seconds between clean-ups of idle destination buckets
+IDLE_WAKE = 0.5  # the scheduler looks around at least this often
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """The drain's knobs (settings ``MULTIMSG_PACE_MARGIN`` etc.; see ``from_settings``)."""
+
+    margin: float = 0.92  # fraction of each declared limit used
+    expected_latency: float = 0.25  # seconds a platform takes to answer; sizes the default pools
+    window: int = 1000  # messages a pass holds in memory at once (waiting + in flight)
+    horizon: float = 60.0  # a destination takes at most what its limit lets through in this many seconds per pass
+    sweep_interval: float = 600.0  # seconds between sweeps of expired uploads
+
+    @classmethod
+    def from_settings(cls, s) -> "Tuning":
+        return cls(s.pace_margin, s.expected_latency, max(1, s.drain_window), s.drain_horizon, s.sweep_interval)
 
 
 @dataclass
@@ -39,6 +83,7 @@ class Summary:
     retried: int = 0
     failed: int = 0
     misconfigured: dict[str, str] = field(default_factory=dict)
+    deferred: int = 0  # left queued, untouched, for a later pass (logged, not in the JSON)
 
     def as_dict(self) -> dict:
         return {
@@ -51,26 +96,51 @@ class Summary:
         }
 
 
-def transition(record: dict, outcome: Outcome, policy: RetryPolicy, now: float) -> dict:
-    """The changes an outcome makes to a record (a pure function of its inputs)."""
+def throttle_scope(outcome: Outcome) -> str | None:
+    """Whether an outcome says "too fast", and for what: the whole service or the destination.
+
+    A service says so with ``Outcome.throttle`` ("service" or "dest");
+    otherwise a retry with the platform's ``retry_after`` is taken as a
+    throttle of the whole service (Telegram's 429).
+    """
+    if outcome.kind != RETRY:
+        return None
+    if outcome.throttle in (SERVICE, DEST):
+        return outcome.throttle
+    return SERVICE if outcome.retry_after is not None else None
+
+
+def transition(record: dict, outcome: Outcome, policy: RetryPolicy, now: float, attempted: bool = True) -> dict:
+    """The changes an outcome makes to a record (a pure function of its inputs, but for jitter).
+
+    ``attempted``: whether the outcome came from a send attempt (an expired
+    message fails without one, and keeps its count of attempts).
+    """
     changes: dict = {"claim": None, "updated_at": now, "platform_ids": record.get("platform_ids", []) + outcome.platform_ids}
     if outcome.kind == DELIVERED:
         return {**changes, "state": states.DELIVERED, "last_error": None}
     if outcome.kind == FAILED:
-        return {**changes, "state": states.FAILED, "last_error": outcome.reason, "attempts": record["attempts"] + 1}
+        return {**changes, "state": states.FAILED, "last_error": outcome.reason, "attempts": record["attempts"] + (1 if attempted else 0)}
     if outcome.kind == MISCONFIGURED:
         # Not the message's fault: it keeps its attempts and waits.
-        return {**changes, "last_error": outcome.reason, "next_attempt_at": now + MISCONFIGURED_RECHECK}
+        next_at = policy.next_attempt_at(record["created_at"], now, MISCONFIGURED_RECHECK)
+        return {**changes, "last_error": outcome.reason, "next_attempt_at": next_at}
     assert outcome.kind == RETRY, outcome.kind
+    if throttle_scope(outcome):
+        # "Too fast" is not the message's fault either: no attempt used up.
+        next_at = policy.next_attempt_at(record["created_at"], now, policy.throttle_delay(outcome.retry_after))
+        return {**changes, "last_error": outcome.reason, "next_attempt_at": next_at}
     attempts = record["attempts"] + 1
     if policy.exhausted(attempts):
         reason = f"gave up after {attempts} attempts: {outcome.reason}"
         return {**changes, "state": states.FAILED, "last_error": reason, "attempts": attempts}
-    delay = policy.delay(attempts, outcome.retry_after)
-    return {**changes, "attempts": attempts, "last_error": outcome.reason, "next_attempt_at": now + delay}
+    next_at = policy.next_attempt_at(record["created_at"], now, policy.delay(attempts, outcome.retry_after))
+    return {**changes, "attempts": attempts, "last_error": outcome.reason, "next_attempt_at": next_at}
 
 
 class Drain:
+    """The delivery engine of one data folder; ``run_pass`` is what every trigger calls."""
+
     def __init__(
         self,
         store: MessageStore,
@@ -79,6 +149,7 @@ class Drain:
         policy: RetryPolicy,
         lock_path: Path,
         clock: Callable[[], float] = time.time,
+        tuning: Tuning | None = None,
     ):
         self.store = store
         self.spool = spool
@@ -86,6 +157,12 @@ class Drain:
         self.policy = policy
         self.lock_path = lock_path
         self.clock = clock
+        self.tuning = tuning or Tuning()
+        # Kept across the passes of one process (the runner's timer, POST /drain):
+        self._pacers: dict[str, ServicePacer] = {}
+        self._on_hold: dict[str, tuple[float, str]] = {}  # serv -> (monotonic time of the next probe, reason)
+        self._hooked: set[str] = set()  # services seen calling data["pace"] themselves
+        self._last_sweep = float("-inf")
 
     def run_pass(self) -> dict:
         lock = FileLock(self.lock_path)
@@ -94,58 +171,397 @@ class Drain:
         except Timeout:
             return Summary(busy=True).as_dict()
         try:
-            return self._pass().as_dict()
+            started = time.monotonic()
+            summary = _Pass(self).run()
+            self._sweep()
+            if summary.claimed or summary.deferred or summary.misconfigured:
+                log.info("drain pass: %s, %d deferred, %.1f s", summary.as_dict(), summary.deferred, time.monotonic() - started)
+            return summary.as_dict()
         finally:
             lock.release()
 
-    def _pass(self) -> Summary:
-        summary = Summary()
-        claim = new_id()
-        for record in self.store.claim_due(self.clock(), claim):
-            summary.claimed += 1
-            outcome = self._attempt(record)
-            self._record(record, outcome, summary)
-        self.spool.sweep(self.clock())
-        return summary
+    # -- kept across passes ----------------------------------------------------
+    def pacer(self, serv: str, service: ServiceBase) -> ServicePacer:
+        if serv not in self._pacers:
+            self._pacers[serv] = ServicePacer(service, margin=self.tuning.margin, expected_latency=self.tuning.expected_latency)
+        return self._pacers[serv]
 
-    def _attempt(self, record: dict) -> Outcome:
-        if self.policy.expired(record["created_at"], self.clock()):
-            return Outcome.failed(f"expired: not delivered within {self.policy.validity:g} s ({record.get('last_error') or 'no error'})")
-        service = self.service_for(record["serv"])
+    def hold_reason(self, serv: str) -> str | None:
+        """Why ``serv`` is on hold, or None (a hold lapses so that a probe can go through)."""
+        held = self._on_hold.get(serv)
+        if held is None:
+            return None
+        if time.monotonic() >= held[0]:
+            return None
+        return held[1]
+
+    def put_on_hold(self, serv: str, reason: str, recheck: float = MISCONFIGURED_RECHECK) -> None:
+        self._on_hold[serv] = (time.monotonic() + recheck, reason)
+        log.error("service %s is misconfigured; its messages stay queued (next try in %g s): %s", serv, recheck, reason)
+
+    def release_hold(self, serv: str) -> None:
+        if self._on_hold.pop(serv, None) is not None:
+            log.warning("service %s works again; sending its queued messages", serv)
+
+    def _sweep(self) -> None:
+        if time.monotonic() - self._last_sweep < self.tuning.sweep_interval:
+            return
+        self._last_sweep = time.monotonic()
+        try:
+            removed = self.spool.sweep(self.clock())
+        except Exception:
+            log.exception("sweeping expired uploads failed")
+            return
+        if removed:
+            log.info("swept %d expired upload(s)", removed)
+
+
+@dataclass
+class _Done:
+    lane: "_Lane"
+    record: dict
+    outcome: Outcome
+    state: str
+
+
+class _Lane:
+    """One service within a pass: its pool, its waiting messages, its ready destinations."""
+
+    def __init__(self, serv: str, service: ServiceBase | None, pacer: ServicePacer | None, hold: str | None, probing: bool):
+        self.serv = serv
+        self.service = service
+        self.pacer = pacer
+        self.hold = hold  # why the service is on hold, or None
+        self.size = pacer.concurrency if pacer else 1
+        # A service coming off hold gets one message at a time until one is delivered.
+        self.concurrency = 1 if probing else self.size
+        self.pool: ThreadPoolExecutor | None = None
+        self.inflight = 0
+        self.waiting: dict[str, list[tuple[float, str, dict]]] = {}  # dest -> heap of (created_at, id, record)
+        self.ready: list[tuple[float, int, str]] = []  # heap of (ready_at, seq, dest)
+        self.scheduled: set[str] = set()  # dests in ``ready``
+        self.busy: set[str] = set()  # dests with a message in flight
+        self.expired: list[dict] = []  # to be failed without sending
+
+    def submit(self, fn, *args) -> None:
+        if self.pool is None:
+            self.pool = ThreadPoolExecutor(self.size, thread_name_prefix=f"drain-{self.serv}")
+        self.inflight += 1
+        self.pool.submit(fn, *args)
+
+    def queued_for(self, dest: str) -> int:
+        return len(self.waiting.get(dest, ())) + (dest in self.busy)
+
+
+class _Pass:
+    """The state of one pass; ``run`` is its scheduler loop (one thread) over the lanes' pools."""
+
+    def __init__(self, drain: Drain):
+        self.drain = drain
+        self.tuning = drain.tuning
+        self.policy = drain.policy
+        self.claim = new_id()
+        self.summary = Summary()
+        self.lanes: dict[str, _Lane] = {}
+        self.done: queue.Queue[_Done] = queue.Queue()
+        self.pending = 0  # claimed and not yet finished
+        self.seq = 0
+        self.pruned_at = time.monotonic()
+        for serv in list(drain._on_hold):  # a service on hold is reported by every pass until it works again
+            reason = drain.hold_reason(serv)
+            if reason:
+                self.summary.misconfigured[serv] = reason
+
+    # -- the loop ---------------------------------------------------------------
+    def run(self) -> Summary:
+        stream = self.drain.store.claim_due(self.drain.clock(), self.claim, self._accept)
+        exhausted = False
+        try:
+            while True:
+                self._collect(0)
+                self._dispatch()
+                if not exhausted and self.pending < self.tuning.window:
+                    try:
+                        record = next(stream)
+                    except StopIteration:
+                        exhausted = True
+                    else:
+                        self._take(record)
+                        continue
+                if exhausted and self.pending == 0:
+                    break
+                self._collect(self._next_wake())
+                self._prune()
+        finally:
+            stream.close()
+            for lane in self.lanes.values():
+                if lane.pool is not None:
+                    lane.pool.shutdown(wait=True)  # in-flight sends finish and write their outcomes
+            self._collect(0)
+        return self.summary
+
+    def _next_wake(self) -> float:
+        now = time.monotonic()
+        wake = now + IDLE_WAKE
+        for lane in self.lanes.values():
+            if lane.ready and lane.inflight < lane.concurrency and not lane.hold:
+                wake = min(wake, lane.ready[0][0])
+        return max(0.0, wake - now)
+
+    def _collect(self, timeout: float) -> None:
+        try:
+            item = self.done.get(timeout=timeout) if timeout > 0 else self.done.get_nowait()
+        except queue.Empty:
+            return
+        while True:
+            self._finish(item)
+            try:
+                item = self.done.get_nowait()
+            except queue.Empty:
+                return
+
+    # -- intake -----------------------------------------------------------------
+    def _accept(self, record: dict) -> bool:
+        """Whether to claim this due record now (asked once per record, before claiming)."""
+        serv = record.get("serv", "")
+        if self.policy.expired(record["created_at"], self.drain.clock()):
+            return True  # to be failed as expired, whatever the service's state
+        lane = self._lane(serv)
+        if lane.hold:
+            self.summary.misconfigured[serv] = lane.hold
+            self.summary.deferred += 1
+            return False
+        if lane.pacer.held_for(record["dest"]) > self.tuning.horizon:
+            self.summary.deferred += 1  # the platform told us to wait longer than a pass goes on
+            return False
+        cap = self._dest_cap(lane, record["dest"])
+        if cap is not None and lane.queued_for(record["dest"]) >= cap:
+            self.summary.deferred += 1
+            return False
+        return True
+
+    def _dest_cap(self, lane: _Lane, dest: str) -> int | None:
+        interval = lane.pacer.dest_interval(dest) if lane.pacer else 0.0
+        return max(1, int(self.tuning.horizon / interval)) if interval > 0 else None
+
+    def _lane(self, serv: str) -> _Lane:
+        lane = self.lanes.get(serv)
+        if lane is not None:
+            return lane
+        hold = self.drain.hold_reason(serv)
+        probing = serv in self.drain._on_hold
+        try:
+            service = self.drain.service_for(serv)
+        except Exception as exc:
+            service, pacer, hold = None, None, f"unknown service {serv!r} ({exc})"
+        else:
+            pacer = self.drain.pacer(serv, service)
+            if hold is None and not service.configured():
+                hold = f"{service.name} is not configured (set {', '.join(service.missing_credentials())})"
+                self.drain.put_on_hold(serv, hold)
+        lane = self.lanes[serv] = _Lane(serv, service, pacer, hold, probing)
+        if hold:
+            self.summary.misconfigured[serv] = hold
+        return lane
+
+    def _take(self, record: dict) -> None:
+        self.summary.claimed += 1
+        self.pending += 1
+        lane = self._lane(record["serv"])
+        if self.policy.expired(record["created_at"], self.drain.clock()):
+            lane.expired.append(record)
+        elif lane.hold:
+            self._defer(record)
+        else:
+            heapq.heappush(lane.waiting.setdefault(record["dest"], []), (record["created_at"], record["id"], record))
+            self._schedule(lane, record["dest"])
+
+    def _defer(self, record: dict) -> None:
+        """Leave a claimed record queued as it is (the next pass takes the claim back)."""
+        self.pending -= 1
+        self.summary.deferred += 1
+
+    def _schedule(self, lane: _Lane, dest: str) -> None:
+        if dest in lane.busy or dest in lane.scheduled or not lane.waiting.get(dest):
+            return
+        self.seq += 1
+        heapq.heappush(lane.ready, (lane.pacer.ready_at(dest), self.seq, dest))
+        lane.scheduled.add(dest)
+
+    # -- dispatch ---------------------------------------------------------------
+    def _dispatch(self) -> None:
+        now = time.monotonic()
+        for lane in self.lanes.values():
+            while lane.inflight < lane.concurrency:
+                if lane.expired:
+                    lane.submit(self._expire, lane, lane.expired.pop())
+                    continue
+                if lane.hold or not lane.ready or lane.ready[0][0] > now:
+                    break
+                _, _, dest = heapq.heappop(lane.ready)
+                lane.scheduled.discard(dest)
+                if lane.pacer.held_for(dest) > self.tuning.horizon:
+                    self._set_aside(lane, lane.waiting.pop(dest))  # held by the platform beyond this pass
+                    continue
+                _, _, record = heapq.heappop(lane.waiting[dest])
+                if not lane.waiting[dest]:
+                    del lane.waiting[dest]
+                lane.busy.add(dest)
+                lane.submit(self._send, lane, record)
+
+    def _put_on_hold(self, lane: _Lane, reason: str) -> None:
+        """The service refused our credentials: everything of it still waiting stays queued."""
+        lane.hold = reason
+        self.summary.misconfigured[lane.serv] = reason
+        self.drain.put_on_hold(lane.serv, reason)
+        for heap in lane.waiting.values():
+            self._set_aside(lane, heap)
+        lane.waiting.clear()
+        lane.ready.clear()
+        lane.scheduled.clear()
+
+    def _set_aside(self, lane: _Lane, heap: list[tuple[float, str, dict]]) -> None:
+        """Leave these waiting messages queued for a later pass (failing those that expired)."""
+        for _, _, record in heap:
+            if self.policy.expired(record["created_at"], self.drain.clock()):
+                lane.expired.append(record)
+            else:
+                self._defer(record)
+
+    # -- in the lanes' threads ----------------------------------------------------
+    def _expired(self, record: dict) -> Outcome:
+        return Outcome.failed(f"expired: not delivered within {self.policy.validity:g} s ({record.get('last_error') or 'never tried'})")
+
+    def _expire(self, lane: _Lane, record: dict) -> None:
+        self._record(lane, record, self._expired(record), attempted=False)
+
+    def _send(self, lane: _Lane, record: dict) -> None:
+        outcome, attempted = Outcome.retry("the drain stopped before the send was tried"), False
+        try:
+            if self.policy.expired(record["created_at"], self.drain.clock()):
+                outcome = self._expired(record)
+            else:
+                attempted = True
+                outcome = self._attempt(lane, record)
+        except Exception as exc:
+            log.exception("sending message %s with %s raised", record["id"], lane.serv)
+            outcome = Outcome.retry(f"internal error while sending ({type(exc).__name__})")
+        finally:
+            self._record(lane, record, outcome, attempted)
+
+    def _attempt(self, lane: _Lane, record: dict) -> Outcome:
+        service, pacer, dest = lane.service, lane.pacer, record["dest"]
         if not service.configured():
-            missing = ", ".join(service.missing_credentials())
-            return Outcome.misconfigured(f"{service.name} is not configured (set {missing})")
-        path = self.spool.message_path(record["client"], record["id"])
+            return Outcome.misconfigured(f"{service.name} is not configured (set {', '.join(service.missing_credentials())})")
+        path = self.drain.spool.message_path(record["client"], record["id"])
+        if not path.exists():
+            return Outcome.failed("the message's content is gone from the spool")
+        turns = _Turns(pacer, dest, prepaid=lane.serv not in self.drain._hooked, patience=self.tuning.horizon)
         data = {
             "id": record["id"],
             "dir": str(path.parent),
             "path": path,
-            "dest": record["dest"],
+            "dest": dest,
             "type": record["type"],
             "state": record["state"],
             "filename": record.get("filename"),
             "options": record.get("options", {}),
             "platform_ids": record.get("platform_ids", []),
+            "pace": turns,
         }
         try:
-            return service.send(data)
+            if turns.prepaid:
+                # Until the service is seen pacing itself, take its first slot for it.
+                pacer.wait_turn(dest, self.tuning.horizon)
+            outcome = service.send(data)
+        except Held as held:  # nothing was sent: a platform's hold outlasts this pass
+            return Outcome.retry(f"{lane.serv}: rate-limited by the platform for {held.seconds:.0f} s more", retry_after=held.seconds)
         except FileNotFoundError:
-            return Outcome.failed("the message's content is gone from the spool")
+            outcome = Outcome.failed("the message's content is gone from the spool")
+        except InvalidInput as exc:
+            outcome = Outcome.failed(f"{lane.serv}: {exc}")
+        if turns.calls:
+            self.drain._hooked.add(lane.serv)
+        if turns.requests:
+            pacer.answered(dest)
+        scope = throttle_scope(outcome)
+        if scope:
+            pacer.throttled(scope, dest, outcome.retry_after)
+            log.warning("%s says too fast (%s, retry_after=%s): slowing down", lane.serv, outcome.reason, outcome.retry_after)
+        elif outcome.kind == DELIVERED:
+            pacer.delivered()
+        return outcome
 
-    def _record(self, record: dict, outcome: Outcome, summary: Summary) -> None:
-        changes = transition(record, outcome, self.policy, self.clock())
-        self.store.update(record["id"], changes)
+    def _record(self, lane: _Lane, record: dict, outcome: Outcome, attempted: bool = True) -> None:
+        """Write the outcome durably, then tell the scheduler (whatever happens)."""
+        changes = transition(record, outcome, self.policy, self.drain.clock(), attempted)
         state = changes.get("state", states.QUEUED)
-        if state == states.DELIVERED:
-            summary.delivered += 1
-        elif state == states.FAILED:
-            summary.failed += 1
-        elif outcome.kind == MISCONFIGURED:
-            summary.misconfigured[record["serv"]] = outcome.reason
-            log.error("service %s is misconfigured, its messages stay queued: %s", record["serv"], outcome.reason)
-        else:
-            summary.retried += 1
+        try:
+            self.drain.store.update(record["id"], changes)
+        except Exception:
+            # The record keeps its claim and state: the next pass sends it again.
+            log.exception("could not record the outcome of message %s (%s); it stays queued", record["id"], outcome.kind)
+        finally:
+            self.done.put(_Done(lane, record, outcome, state))
         log.info(
-            "message %s serv=%s outcome=%s state=%s attempt=%s reason=%s",
-            record["id"], record["serv"], outcome.kind, state, changes.get("attempts", record["attempts"]), outcome.reason or "-",
+            "message %s serv=%s outcome=%s state=%s attempts=%s reason=%s",
+            record["id"], lane.serv, outcome.kind, state, changes.get("attempts", record["attempts"]), outcome.reason or "-",
         )
+
+    # -- back in the scheduler ----------------------------------------------------
+    def _finish(self, done: _Done) -> None:
+        lane, record = done.lane, done.record
+        lane.inflight -= 1
+        self.pending -= 1
+        lane.busy.discard(record["dest"])
+        if done.state == states.DELIVERED:
+            self.summary.delivered += 1
+            if lane.hold is None and lane.concurrency < lane.size:
+                lane.concurrency = lane.size
+                self.drain.release_hold(lane.serv)
+        elif done.state == states.FAILED:
+            self.summary.failed += 1
+        elif done.outcome.kind == MISCONFIGURED:
+            if lane.hold is None:
+                self._put_on_hold(lane, done.outcome.reason)
+        else:
+            self.summary.retried += 1
+        if lane.hold is None:
+            self._schedule(lane, record["dest"])
+
+    def _prune(self) -> None:
+        now = time.monotonic()
+        if now - self.pruned_at < PRUNE_EVERY:
+            return
+        self.pruned_at = now
+        for lane in self.lanes.values():
+            if lane.pacer is not None:
+                lane.pacer.forget_idle(lane.busy | lane.scheduled)
+
+
+class _Turns:
+    """The ``pace`` a service calls right before each message-sending request.
+
+    ``prepaid``: the drain already waited for the first slot (for a service
+    not yet seen calling ``pace``), so the first call returns at once.
+    """
+
+    def __init__(self, pacer: ServicePacer, dest: str, prepaid: bool, patience: float):
+        self.pacer = pacer
+        self.dest = dest
+        self.prepaid = prepaid
+        self.patience = patience
+        self.calls = 0
+        self.requests = 1 if prepaid else 0
+
+    def __call__(self) -> None:
+        self.calls += 1
+        if self.prepaid:
+            self.prepaid = False
+            return
+        if self.requests:
+            self.pacer.answered(self.dest)  # the previous part was just answered
+            self.pacer.wait_turn(self.dest)  # a later part waits as long as it takes: parts go in order
+        else:
+            self.pacer.wait_turn(self.dest, self.patience)  # may raise Held: nothing of this message sent yet
+        self.requests += 1

@@ -1,9 +1,19 @@
 """The retry policy: when a message is tried again, and when it is given up.
 
-Exponential backoff with "equal jitter": attempt n waits a random time between
-half and all of ``min(cap, base * factor ** (n - 1))``, and never less than
-what the platform asked for (``retry_after``). A message fails when its
-attempts run out or when it has waited longer than its validity period.
+Defaults (each one a setting): ``MULTIMSG_RETRY_BASE`` 5 s,
+``MULTIMSG_RETRY_FACTOR`` 2, ``MULTIMSG_RETRY_CAP`` 3600 s,
+``MULTIMSG_RETRY_MAX_ATTEMPTS`` 12, ``MULTIMSG_VALIDITY`` 24 h.
+
+- Backoff: exponential with "equal jitter": after its n-th failed attempt a
+  message waits a random time between half and all of
+  ``min(cap, base * factor ** (n - 1))`` (5-10 s, 10-20 s, 20-40 s, ... up to
+  30-60 min), and never less than what the platform asked for (``retry_after``).
+- Throttles (the platform said "too fast", with or without a ``retry_after``)
+  are not the message's fault: they do not use up an attempt, and the message
+  waits ``retry_after`` (or ``base``) plus up to 20% of jitter.
+- A message fails when its attempts run out, or when it has waited longer than
+  its validity period; a retry is never scheduled past that deadline, so an
+  expiring message fails on time instead of a backoff later.
 """
 
 from __future__ import annotations
@@ -32,6 +42,18 @@ class RetryPolicy:
         """Seconds to wait after the ``attempts``-th failed attempt."""
         ceiling = min(self.cap, self.base * self.factor ** max(0, attempts - 1))
         return max(random.uniform(ceiling / 2, ceiling), retry_after or 0.0)
+
+    def throttle_delay(self, retry_after: float | None = None) -> float:
+        """Seconds to wait after a rate-limit answer: what the platform asked, plus jitter."""
+        wait = retry_after if retry_after is not None else self.base
+        return wait * random.uniform(1.0, 1.2)
+
+    def next_attempt_at(self, created_at: float, now: float, delay: float) -> float:
+        """When to try again: after ``delay``, but no later than just past the validity deadline."""
+        return min(now + delay, max(now, self.deadline(created_at)) + 0.001)
+
+    def deadline(self, created_at: float) -> float:
+        return created_at + self.validity
 
     def exhausted(self, attempts: int) -> bool:
         return attempts >= self.max_attempts

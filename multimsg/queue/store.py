@@ -19,7 +19,7 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Callable, Iterable, Iterator
 
 from filelock import FileLock, Timeout
 from tinydb import Query, TinyDB
@@ -65,8 +65,14 @@ class MessageStore(ABC):
         """Apply ``changes`` and return the new record (None if there is none)."""
 
     @abstractmethod
-    def claim_due(self, now: float, claim: str) -> Iterator[dict]:
-        """Mark due queued records as claimed by ``claim`` and yield them, a batch at a time."""
+    def claim_due(self, now: float, claim: str, accept: Callable[[dict], bool] | None = None) -> Iterator[dict]:
+        """Mark due queued records as claimed by ``claim`` and yield them, a batch at a time.
+
+        Lazy: a batch is read and claimed only when the previous one has been
+        consumed, so a pass never holds the whole backlog in memory. ``accept``,
+        if given, is asked once per due record whether the pass wants it now;
+        a record it refuses is left as it is (not claimed, not yielded).
+        """
 
     @abstractmethod
     def archive(self, message_id: str) -> dict | None:
@@ -116,6 +122,22 @@ class TinyStore(MessageStore):
         with self._table(self.shard_of(record["id"])) as table:
             table.insert(record)
 
+    def records(self) -> Iterator[dict]:
+        """Every stored record: a full scan, for rebuilding figures (``queue.counters``), not for requests."""
+        for entry in sorted(os.scandir(self.layout.store), key=lambda e: e.name):
+            if entry.name.endswith(".json"):
+                yield from self._read_unlocked(entry.name[: -len(".json")])
+
+    def add_many(self, records: Iterable[dict]) -> int:
+        """Store many new records, one write per shard (imports, benchmarks); returns how many."""
+        by_shard: dict[str, list[dict]] = {}
+        for record in records:
+            by_shard.setdefault(self.shard_of(record["id"]), []).append(record)
+        for shard, batch in by_shard.items():
+            with self._table(shard) as table:
+                table.insert_multiple(batch)
+        return sum(len(batch) for batch in by_shard.values())
+
     def get(self, message_id: str) -> dict | None:
         for record in self._read_unlocked(self.shard_of(message_id)):
             if record.get("id") == message_id:
@@ -128,15 +150,17 @@ class TinyStore(MessageStore):
                 return None
             return dict(table.get(_ID == message_id))
 
-    def claim_due(self, now: float, claim: str) -> Iterator[dict]:
-        for entry in sorted(os.scandir(self.layout.store), key=lambda e: e.name):
-            if not entry.name.endswith(".json"):
-                continue
-            shard = entry.name[: -len(".json")]
-            if not any(is_due(r, now, claim) for r in self._read_unlocked(shard)):
+    def claim_due(self, now: float, claim: str, accept: Callable[[dict], bool] | None = None) -> Iterator[dict]:
+        # One shard is one batch. Shards are read without the lock first (files
+        # are replaced whole), so a shard with nothing wanted costs no lock and
+        # no write; the lock is held only to mark the batch, never while sending.
+        names = sorted(entry.name[: -len(".json")] for entry in os.scandir(self.layout.store) if entry.name.endswith(".json"))
+        for shard in names:
+            wanted = {r["id"] for r in self._read_unlocked(shard) if is_due(r, now, claim) and (accept is None or accept(r))}
+            if not wanted:
                 continue
             with self._table(shard) as table:
-                due = [doc for doc in table.all() if is_due(doc, now, claim)]
+                due = [doc for doc in table.all() if doc.get("id") in wanted and is_due(doc, now, claim)]
                 if not due:
                     continue
                 table.update({"claim": claim}, doc_ids=[doc.doc_id for doc in due])
@@ -170,6 +194,13 @@ class MemoryStore(MessageStore):
         with self._lock:
             self.records[record["id"]] = dict(record)
 
+    def add_many(self, records: Iterable[dict]) -> int:
+        count = 0
+        for record in records:
+            self.add(record)
+            count += 1
+        return count
+
     def get(self, message_id: str) -> dict | None:
         with self._lock:
             record = self.records.get(message_id)
@@ -182,13 +213,22 @@ class MemoryStore(MessageStore):
             self.records[message_id].update(changes)
             return dict(self.records[message_id])
 
-    def claim_due(self, now: float, claim: str) -> Iterator[dict]:
+    def claim_due(self, now: float, claim: str, accept: Callable[[dict], bool] | None = None) -> Iterator[dict]:
         with self._lock:
-            due = [r for r in self.records.values() if is_due(r, now, claim)]
-            for record in due:
+            ids = list(self.records)
+        for message_id in ids:
+            with self._lock:
+                record = self.records.get(message_id)
+                if record is None or not is_due(record, now, claim):
+                    continue
+            if accept is not None and not accept(dict(record)):
+                continue
+            with self._lock:
+                if not is_due(record, now, claim):
+                    continue
                 record["claim"] = claim
-            due = [dict(r) for r in due]
-        yield from due
+                taken = dict(record)
+            yield taken
 
     def archive(self, message_id: str) -> dict | None:
         with self._lock:

@@ -1,0 +1,121 @@
+"""What the benchmarks share: a runner and an emulator on loopback, bulk seeding, figures, the results file.
+
+The runner is the real ``local_runner.py`` (``tests.gatewayproc.Gateway``), the
+platforms are the test emulators (``tests.emulators``), which enforce their
+limits over any sliding window. Messages can be seeded straight into a data
+folder through the store API (one write per shard), which is how the 100k
+backlog is made in seconds instead of through 200k HTTP requests.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from multimsg.ids import new_id
+from multimsg.queue import states
+from multimsg.queue.counters import Counters
+from multimsg.queue.layout import Layout
+from multimsg.queue.spool import FileSpool
+from multimsg.queue.store import TinyStore
+from tests.emulators import TelegramEmulator, WhatsAppEmulator
+from tests.emulators.common import max_in_window
+from tests.gatewayproc import Gateway
+
+__all__ = ["RESULTS", "runner", "emulator_env", "seed", "worker_memory", "worker_cpu", "save", "machine", "max_in_window", "quantile"]
+
+RESULTS = Path(__file__).resolve().parent / "results.json"
+CLIENT = "mac:00:00:00:00:00:00"  # what a loopback client is (the seeded messages belong to it)
+
+
+def emulator_env(emulator) -> dict[str, str]:
+    if isinstance(emulator, TelegramEmulator):
+        return {"MULTIMSG_TELEGRAM_TOKEN": emulator.token, "MULTIMSG_TELEGRAM_API_URL": emulator.url}
+    assert isinstance(emulator, WhatsAppEmulator)
+    return {"MULTIMSG_WPP1_TOKEN": emulator.token, "MULTIMSG_WPP1_PHONE_NUMBER_ID": emulator.phone_id, "MULTIMSG_WPP1_API_URL": emulator.url}
+
+
+@contextmanager
+def runner(env: dict[str, str], home: Path | None = None) -> Iterator[Gateway]:
+    """A real runner with its own data folder (a fresh temporary one unless ``home``)."""
+    home = home or Path(tempfile.mkdtemp(prefix="multimsg-bench-")) / "home"
+    base = {"MULTIMSG_DRAIN_INTERVAL": "0", "MULTIMSG_RATE_LIMIT": "0"}
+    gateway = Gateway(home, {**base, **env}).start(timeout=120)
+    try:
+        yield gateway
+    finally:
+        gateway.stop()
+
+
+def seed(home: Path, serv: str, dests: Iterable[str], *, text: bytes = b"benchmark message", due: bool = True) -> int:
+    """Queue one message per ``dest`` straight into the data folder; returns how many."""
+    layout = Layout(home)
+    store = TinyStore(layout, fsync=False)
+    spool = FileSpool(layout, ttl=30 * 24 * 3600.0, fsync=False)
+    now = time.time()
+
+    def records():
+        for n, dest in enumerate(dests):
+            if n % 10_000 == 0:  # a file system allows some 65,000 links to one file
+                data = spool.put(CLIENT, [text], "bench.txt")
+            message_id = new_id()
+            spool.attach(CLIENT, data.data_id, message_id)
+            yield {
+                "id": message_id, "client": CLIENT, "data_id": data.data_id, "serv": serv, "dest": dest, "type": "text",
+                "filename": "bench.txt", "options": {}, "state": states.QUEUED, "attempts": 0, "created_at": now,
+                "updated_at": now, "next_attempt_at": now if due else now + 30 * 24 * 3600.0, "last_error": None,
+                "platform_ids": [], "claim": None,
+            }
+
+    count = store.add_many(records())
+    Counters(layout, records=store.records).rebuild()  # the runner's queue figures, as if they had been enqueued
+    return count
+
+
+def worker_memory(gateway: Gateway) -> dict[str, int]:
+    """VmHWM (peak) and VmRSS of the runner's gunicorn worker, in KiB."""
+    children = subprocess.run(["pgrep", "-P", str(gateway.proc.pid)], capture_output=True, text=True).stdout.split()
+    pid = children[0] if children else str(gateway.proc.pid)
+    figures = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmHWM", "VmRSS"):
+            figures[key] = int(value.split()[0])
+    return figures
+
+
+def worker_cpu(gateway: Gateway) -> float:
+    """CPU seconds (user + system) the runner's gunicorn worker has used so far."""
+    children = subprocess.run(["pgrep", "-P", str(gateway.proc.pid)], capture_output=True, text=True).stdout.split()
+    pid = children[0] if children else str(gateway.proc.pid)
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def quantile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * (len(ordered) - 1) + 0.5))]
+
+
+def machine() -> dict:
+    return {
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "system": f"{platform.system()} {platform.release()}",
+        "load_at_start": os.getloadavg()[0],
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
+
+
+def save(section: str, figures: dict) -> None:
+    """Merge ``figures`` into results.json under ``section``."""
+    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    results[section] = figures
+    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
