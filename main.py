@@ -7,5 +7,10 @@ Each target is one endpoint of the HTTP API; they share the data folder
 """
 
 from multimsg.functions import cons, data, drain, key, msg
+from multimsg.functions import openapi
+from multimsg.functions import health, metrics
+from multimsg.logs import setup as _setup_logs
 
-__all__ = ["key", "data", "msg", "cons", "drain"]
+_setup_logs()  # one log format for every handler (MULTIMSG_LOG_FORMAT), secrets redacted
+
+__all__ = ["key", "data", "msg", "cons", "drain", "openapi", "health", "metrics"]

@@ -4,11 +4,18 @@ One owner for configuration. Everything is read from the environment (names
 start with ``MULTIMSG_``, plus ``PORT``); ``settings()`` parses them once per
 process. Services declare their own credentials as data and read them through
 ``env()`` so that their names stay next to the code that uses them.
+
+A TOML file can hold the same settings (``MULTIMSG_CONFIG``, else
+``multimsg.toml`` in the data folder); the environment wins over it. A key maps
+to the variable of the same name, upper-cased, with tables joined by ``_`` and
+``MULTIMSG_`` put in front (``[telegram] token`` is ``MULTIMSG_TELEGRAM_TOKEN``;
+``host`` and ``port`` are ``HOST`` and ``PORT``).
 """
 
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -21,9 +28,73 @@ DAY = 24 * 3600.0
 
 
 def env(name: str, default: str | None = None) -> str | None:
-    """The variable's value, or ``default`` when it is unset or empty."""
+    """The variable's value, else the config file's, or ``default`` when both are unset or empty."""
+    READ.setdefault(name, default)
     value = os.environ.get(name, "")
+    if not value.strip():
+        value = file_values().get(name, "")
     return value if value.strip() else default
+
+
+# -- the TOML file -------------------------------------------------------------
+READ: dict[str, str | None] = {}  # every name env() was asked for, with its default (``multimsg config``)
+UNPREFIXED = frozenset({"HOST", "PORT"})
+_SECRET_RE = re.compile(r"(^|_)(TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIALS|APIKEY|API_KEY)(_|$)|_KEY$")
+
+
+def is_secret(name: str) -> bool:
+    """Whether a setting holds a credential (masked by ``multimsg config``, redacted from logs)."""
+    return bool(_SECRET_RE.search(name))
+
+
+def config_path() -> tuple[Path, bool]:
+    """The config file, and whether it was named explicitly (by MULTIMSG_CONFIG)."""
+    given = os.environ.get("MULTIMSG_CONFIG", "").strip()
+    if given:
+        return Path(given).expanduser(), True
+    home = os.environ.get("MULTIMSG_HOME", "").strip() or DEFAULT_HOME
+    return Path(home).expanduser() / "multimsg.toml", False
+
+
+def file_values() -> dict[str, str]:
+    """The config file's settings by variable name ({} when there is no file)."""
+    path, explicit = config_path()
+    try:
+        stat = path.stat()
+    except (FileNotFoundError, NotADirectoryError):
+        if explicit:
+            raise SystemExit(f"MULTIMSG_CONFIG: no such file: {path}") from None
+        return {}
+    return _read_toml(str(path), stat.st_mtime_ns, stat.st_size)
+
+
+@lru_cache(maxsize=4)
+def _read_toml(path: str, _mtime_ns: int, _size: int) -> dict[str, str]:
+    import tomllib
+
+    try:
+        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise SystemExit(f"{path}: not valid TOML ({exc})") from None
+    except OSError as exc:
+        raise SystemExit(f"{path}: {exc.strerror}") from None
+    return dict(_flatten(path, data, ()))
+
+
+def _flatten(path: str, table: dict, prefix: tuple[str, ...]):
+    for key, value in table.items():
+        keys = prefix + (str(key),)
+        if isinstance(value, dict):
+            yield from _flatten(path, value, keys)
+            continue
+        name = "_".join(keys).upper().replace("-", "_")
+        if not (name.startswith("MULTIMSG_") or name in UNPREFIXED):
+            name = "MULTIMSG_" + name
+        if isinstance(value, bool):
+            value = "true" if value else "false"
+        elif not isinstance(value, (str, int, float)):
+            raise SystemExit(f"{path}: {'.'.join(keys)} must be a string, a number or a boolean")
+        yield name, str(value)
 
 
 def env_float(name: str, default: float) -> float:
@@ -47,6 +118,25 @@ def env_bool(name: str, default: bool) -> bool:
     return value.strip().lower() not in ("0", "false", "no", "off")
 
 
+def env_choice(name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = (env(name) or default).strip().lower()
+    if value not in choices:
+        raise SystemExit(f"{name} must be one of {', '.join(choices)}, not {value!r}")
+    return value
+
+
+def env_hops(name: str) -> int:
+    """How many proxies to trust: off/false/0 is none, on/true/yes is one, or a count."""
+    value = (env(name) or "off").strip().lower()
+    if value in ("0", "false", "no", "off"):
+        return 0
+    if value in ("1", "true", "yes", "on"):
+        return 1
+    if value.isdigit():
+        return int(value)
+    raise SystemExit(f"{name} must be off, on, or a number of proxies, not {value!r}")
+
+
 @dataclass(frozen=True)
 class Settings:
     """The effective configuration of this process."""
@@ -64,8 +154,19 @@ class Settings:
     retry_factor: float
     retry_cap: float
     retry_max_attempts: int
+    pace_margin: float
+    expected_latency: float
+    drain_window: int
+    drain_horizon: float
+    sweep_interval: float
     connect_timeout: float
     read_timeout: float
+    identity: str
+    trust_proxy: int
+    tokens_file: Path | None
+    rate_limit: float
+    rate_burst: int
+    key_grace: float
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -83,8 +184,19 @@ class Settings:
             retry_factor=env_float("MULTIMSG_RETRY_FACTOR", 2.0),
             retry_cap=env_float("MULTIMSG_RETRY_CAP", 3600.0),
             retry_max_attempts=env_int("MULTIMSG_RETRY_MAX_ATTEMPTS", 12),
+            pace_margin=env_float("MULTIMSG_PACE_MARGIN", 0.92),
+            expected_latency=env_float("MULTIMSG_EXPECTED_LATENCY", 0.25),
+            drain_window=env_int("MULTIMSG_DRAIN_WINDOW", 1000),
+            drain_horizon=env_float("MULTIMSG_DRAIN_HORIZON", 60.0),
+            sweep_interval=env_float("MULTIMSG_SWEEP_INTERVAL", 600.0),
             connect_timeout=env_float("MULTIMSG_CONNECT_TIMEOUT", 5.0),
             read_timeout=env_float("MULTIMSG_READ_TIMEOUT", 30.0),
+            identity=env_choice("MULTIMSG_IDENTITY", "mac", ("mac", "token", "ip")),
+            trust_proxy=env_hops("MULTIMSG_TRUST_PROXY"),
+            tokens_file=Path(env("MULTIMSG_TOKENS_FILE")).expanduser().resolve() if env("MULTIMSG_TOKENS_FILE") else None,
+            rate_limit=env_float("MULTIMSG_RATE_LIMIT", 20.0),
+            rate_burst=env_int("MULTIMSG_RATE_BURST", 200),
+            key_grace=env_float("MULTIMSG_KEY_GRACE", 7 * DAY),
         )
 
 

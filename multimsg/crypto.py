@@ -24,15 +24,18 @@ file is deleted. Each process re-reads ``keys/`` when the folder or
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import re
 import threading
 import time
 from dataclasses import dataclass
+from typing import BinaryIO, Iterator
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from filelock import FileLock
 
@@ -49,6 +52,7 @@ RSA_BITS = 3072
 NONCE_SIZE = 12
 TAG_SIZE = 16
 AES_KEY_SIZES = (16, 24, 32)
+_CHUNK = 1 << 20  # decryption reads and writes this much at a time
 OAEP = padding.OAEP(mgf=padding.MGF1(algorithm=hashes.SHA256()), algorithm=hashes.SHA256(), label=None)
 
 _RETIRED_RE = re.compile(r"retired-(\d+)(?:-\d+)?\.pem")
@@ -220,8 +224,8 @@ class ServerKeys:
         }
 
     # -- POST /data ----------------------------------------------------------
-    def decrypt_upload(self, blob: bytes, wrapped_key: bytes) -> bytes:
-        """The plaintext of an encrypted upload; InvalidInput if it does not decrypt.
+    def unwrap_key(self, wrapped_key: bytes) -> bytes:
+        """The AES key inside ``wrapped_key``; InvalidInput if it does not decrypt.
 
         The key is tried with the current private key, then with retired keys
         still inside their grace period.
@@ -248,9 +252,40 @@ class ServerKeys:
             )
         if len(aes_key) not in AES_KEY_SIZES:
             raise InvalidInput(f"the AES key must be 16, 24 or 32 bytes, got {len(aes_key)}")
-        if len(blob) < NONCE_SIZE + TAG_SIZE:
+        return aes_key
+
+    def decrypt_upload(self, blob: bytes, wrapped_key: bytes) -> bytes:
+        """The plaintext of an encrypted upload held in memory (see ``decrypt_stream``)."""
+        return b"".join(self.decrypt_stream(io.BytesIO(blob), wrapped_key))
+
+    def decrypt_stream(self, data: BinaryIO, wrapped_key: bytes) -> Iterator[bytes]:
+        """The plaintext of an encrypted upload, chunk by chunk, from a seekable file.
+
+        The key is unwrapped before the first chunk. GCM's tag sits at the end
+        of the blob, so it is read first and checked by ``finalize()`` after the
+        last chunk: a consumer that writes chunks to a temporary file must drop
+        that file when this raises (``fsutil.write_stream_atomic`` does), so
+        unauthenticated plaintext is never kept.
+        """
+        aes_key = self.unwrap_key(wrapped_key)
+        size = data.seek(0, io.SEEK_END)
+        if size < NONCE_SIZE + TAG_SIZE:
             raise InvalidInput("'data' is too short for a 12-byte nonce and a 16-byte GCM tag")
+        data.seek(size - TAG_SIZE)
+        tag = data.read(TAG_SIZE)
+        data.seek(0)
+        nonce = data.read(NONCE_SIZE)
+        return self._decrypt_chunks(data, Cipher(algorithms.AES(aes_key), modes.GCM(nonce, tag)).decryptor(), size - NONCE_SIZE - TAG_SIZE)
+
+    @staticmethod
+    def _decrypt_chunks(data: BinaryIO, decryptor, left: int) -> Iterator[bytes]:
+        while left > 0:
+            chunk = data.read(min(_CHUNK, left))
+            if not chunk:
+                break
+            left -= len(chunk)
+            yield decryptor.update(chunk)
         try:
-            return AESGCM(aes_key).decrypt(blob[:NONCE_SIZE], blob[NONCE_SIZE:], None)
+            yield decryptor.finalize()
         except InvalidTag:
             raise InvalidInput("'data' failed authentication (wrong key, or the ciphertext was altered)") from None

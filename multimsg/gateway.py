@@ -18,16 +18,18 @@ from .errors import InvalidInput, NotConfigured, NotFound
 from .fsutil import copy_stream
 from .ids import check_id, new_id
 from .queue import states
-from .queue.drain import Drain
+from .queue.counters import Counters, CountingStore
+from .queue.drain import Drain, Tuning
 from .queue.layout import Layout
 from .queue.retry import RetryPolicy
 from .queue.spool import FileSpool, Spool
 from .queue.store import MessageStore, TinyStore
 from .services import ServiceBase, get_service, service_class
 
-__all__ = ["Gateway", "gateway", "MSG_FIELDS"]
+__all__ = ["Gateway", "gateway", "MSG_FIELDS", "MSG_OPTIONS"]
 
 MSG_FIELDS = ("id", "serv", "dest", "type")
+MSG_OPTIONS = ("caption", "filename")  # optional; checked by the service
 
 
 @dataclass
@@ -41,9 +43,9 @@ class Gateway:
     @classmethod
     def from_settings(cls, s: Settings) -> "Gateway":
         layout = Layout(s.home)
-        store = TinyStore(layout, fsync=s.fsync)
+        store = CountingStore(TinyStore(layout, fsync=s.fsync), Counters(layout))
         spool = FileSpool(layout, ttl=s.data_ttl, fsync=s.fsync)
-        drain = Drain(store, spool, get_service, RetryPolicy.from_settings(s), layout.lock("drain"))
+        drain = Drain(store, spool, get_service, RetryPolicy.from_settings(s), layout.lock("drain"), tuning=Tuning.from_settings(s))
         return cls(ServerKeys(layout), store, spool, drain, get_service)
 
     # -- GET /key ----------------------------------------------------------
@@ -56,7 +58,7 @@ class Gateway:
         if wrapped_key is None:
             chunks = copy_stream(data)
         else:
-            chunks = [self.keys.decrypt_upload(data.read(), wrapped_key)]
+            chunks = self.keys.decrypt_stream(data, wrapped_key)
         return self.spool.put(client, chunks, filename).data_id
 
     # -- POST /msg ---------------------------------------------------------
@@ -74,7 +76,7 @@ class Gateway:
         if not service.configured():
             raise NotConfigured(f"service {service.name} is not configured on this server (missing {', '.join(service.missing_credentials())})")
         info = self.spool.get(client, data_id)
-        service.check_content(datatype, info.path, info.size)
+        options = service.check_content(datatype, info.path, info.size, {k: fields[k] for k in MSG_OPTIONS if k in fields})
 
         message_id = new_id()
         now = time.time()
@@ -86,8 +88,8 @@ class Gateway:
             "serv": service.name,
             "dest": dest,
             "type": datatype,
-            "filename": info.filename,
-            "options": {},
+            "filename": options.pop("filename", None) or info.filename,
+            "options": options,
             "state": states.QUEUED,
             "attempts": 0,
             "created_at": now,
@@ -118,7 +120,11 @@ class Gateway:
 
     # -- POST /drain -------------------------------------------------------
     def drain(self) -> dict:
-        return self.drain_engine.run_pass()
+        started = time.monotonic()
+        summary = self.drain_engine.run_pass()
+        if not summary.get("busy") and isinstance(self.store, CountingStore):
+            self.store.counters.drain_pass(time.monotonic() - started, summary)
+        return summary
 
 
 @lru_cache(maxsize=1)

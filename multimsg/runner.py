@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import threading
 
 from .config import settings
 from .functions.app import create_app
 from .gateway import gateway
+from .logs import setup as setup_logs
 
 __all__ = ["main", "DrainTimer"]
 
@@ -21,7 +23,9 @@ log = logging.getLogger("multimsg.runner")
 
 
 class DrainTimer(threading.Thread):
-    """Runs a drain pass, waits ``interval`` seconds, and again, until stopped."""
+    """Runs drain passes until stopped: the next one at once after a pass that
+    claimed messages (it may have left some for later, and more may have come
+    in meanwhile), else after ``interval`` seconds."""
 
     def __init__(self, interval: float):
         super().__init__(name="multimsg-drain-timer", daemon=True)
@@ -30,13 +34,13 @@ class DrainTimer(threading.Thread):
 
     def run(self) -> None:
         while not self.stopped.is_set():
+            busy_or_idle = True
             try:
                 summary = gateway().drain()
-                if summary["claimed"] or summary["misconfigured"]:
-                    log.info("drain pass: %s", summary)
+                busy_or_idle = summary["busy"] or not summary["claimed"]
             except Exception:
                 log.exception("drain pass failed")
-            self.stopped.wait(self.interval)
+            self.stopped.wait(self.interval if busy_or_idle else 0.05)
 
 
 def _start_timer() -> None:
@@ -76,12 +80,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--debug", action="store_true", help="Flask's development server, with reloader and debugger")
     args = parser.parse_args(argv)
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    print(f"multimsg: data folder {s.home}", flush=True)
+    os.umask(0o077)  # whatever the service or a library it uses creates (metrics files, temp files) is private to its user
+    setup_logs()  # human lines, or JSON lines with MULTIMSG_LOG_FORMAT=json; secrets redacted
+    log.info("data folder %s", s.home)
     gateway().public_key()  # make the key pair before serving, so /key is the same from the first call
     app = create_app()
     app.config["MAX_CONTENT_LENGTH"] = s.max_upload
-    print(f"multimsg: listening on http://{args.host}:{args.port} (drain every {s.drain_interval:g} s)", flush=True)
+    log.info("listening on http://%s:%s (drain every %g s)", args.host, args.port, s.drain_interval)
     if args.debug:
         _start_timer()
         app.run(host=args.host, port=args.port, debug=True, use_reloader=False)

@@ -10,8 +10,14 @@ from .data import data
 from .drain import drain
 from .key import key
 from .msg import msg
+from .openapi import openapi
+from .health import health
+from .metrics import metrics
 
-__all__ = ["HANDLERS", "key", "data", "msg", "cons", "drain"]
+__all__ = ["HANDLERS", "key", "data", "msg", "cons", "drain", "openapi", "health", "metrics"]
 
 # URL path -> handler; the public contract's endpoint names.
 HANDLERS = {"/key": key, "/data": data, "/msg": msg, "/cons": cons, "/drain": drain}
+HANDLERS["/openapi.json"] = openapi
+HANDLERS["/health"] = health
+HANDLERS["/metrics"] = metrics

@@ -11,7 +11,7 @@ MAX_WRAPPED_KEY = 4096
 
 
 @functions_framework.http
-@endpoint("POST")
+@endpoint("POST", identify=True, rate_limit=True)
 def data(request):
     if request.mimetype != "multipart/form-data":
         raise NotMultipart("send multipart/form-data with the file in field 'data' (and optionally 'key')")

@@ -4,15 +4,30 @@
 method, and so that every domain error becomes a 4xx with a one-line reason
 (plain text, or ``{"error": ...}`` when the client accepts JSON). The mapping
 from error types to status codes lives here and nowhere else.
+
+``endpoint(..., identify=True)`` establishes who the client is (``client_of``,
+the ``MULTIMSG_IDENTITY`` rule) before the handler runs, so that a missing
+token is a 401 whatever the body; ``rate_limit=True`` also charges the client's
+bucket (``multimsg.ratelimit``) before the body is read. Request bodies are
+capped at ``SMALL_BODY`` bytes unless the handler raises
+``request.max_content_length`` itself (``/data`` does, to MULTIMSG_MAX_UPLOAD).
+
+Operator endpoints (``/drain``, ``/metrics``) call ``require_operator``: the
+bearer ``MULTIMSG_DRAIN_TOKEN`` when it is set, else loopback callers only.
+Client tokens are never accepted there.
+
+Every rendered answer has the values of secret settings replaced by ``***``,
+and a refused request's unread body is read away (up to 1 MB) so that the
+client's keep-alive connection stays usable.
 """
 
 from __future__ import annotations
 
 import functools
 import hmac
-import ipaddress
 import json
 import logging
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -21,9 +36,18 @@ from werkzeug.exceptions import HTTPException
 
 from .. import errors
 from ..config import settings
-from ..identity import client_for_address
+from ..metrics import count_request
+from ..identity import TOKEN, identify, peer_address
+from ..logs import Redactor
+from ..ratelimit import check_rate
+from ..tokens import token_file
 
-__all__ = ["Reply", "endpoint", "wants_json", "fields", "client_of", "require_operator"]
+__all__ = ["Reply", "endpoint", "wants_json", "fields", "client_of", "require_operator", "SMALL_BODY"]
+
+SMALL_BODY = 64 * 1024  # every body but an upload's: a few short fields
+DISCARD_LIMIT = 1 << 20  # how much of a refused request's unread body is read away to keep its connection usable
+_CLIENT_KEY = "multimsg.client"  # where client_of caches its answer in the WSGI environ
+FORWARDING_HEADERS = ("X-Forwarded-For", "Forwarded", "X-Real-IP")
 
 log = logging.getLogger("multimsg.http")
 
@@ -47,6 +71,7 @@ class Reply:
     data: dict
     status: int = 200
     always_json: bool = False
+    content_type: str | None = None  # a fixed type for ``text``, no negotiation (/metrics)
 
 
 def wants_json(request: flask.Request) -> bool:
@@ -54,12 +79,29 @@ def wants_json(request: flask.Request) -> bool:
     return accept["application/json"] > accept["text/plain"]
 
 
+_redactor = Redactor()
+
+
+def _without_secrets(body: str) -> str:
+    """``body`` with the values of secret settings (platform tokens, ...) replaced by ``***``.
+
+    Reasons and ``/cons`` reports can quote a platform's error text; a platform
+    that echoes our credential must not hand it to a client. Only the exact
+    values are replaced (the log redactor's shape rules would also mangle
+    legitimate text, such as this API's own description).
+    """
+    for secret in _redactor.secrets():
+        if secret in body:
+            body = body.replace(secret, "***")
+    return body
+
+
 def _render(request: flask.Request, status: int, text: str, data: dict, headers: dict | None = None, always_json: bool = False) -> flask.Response:
     if always_json or wants_json(request):
         body, mimetype = json.dumps(data), "application/json"
     else:
         body, mimetype = text, "text/plain"
-    return flask.Response(body, status=status, mimetype=mimetype, headers=headers)
+    return flask.Response(_without_secrets(body), status=status, mimetype=mimetype, headers=headers)
 
 
 def _error(request: flask.Request, status: int, reason: str, headers: dict | None = None) -> flask.Response:
@@ -67,26 +109,74 @@ def _error(request: flask.Request, status: int, reason: str, headers: dict | Non
     return _render(request, status, reason, {"error": reason}, headers)
 
 
-def endpoint(*methods: str) -> Callable:
-    """Make ``handler(request) -> Reply`` a complete HTTP function."""
+def _discard_unread_body(request: flask.Request) -> None:
+    """Read away what is left of a refused request's body, up to DISCARD_LIMIT.
+
+    An error can be answered before the body is read (401, 413, 429, ...).
+    gunicorn then closes a keep-alive connection with over 64 KB left unread
+    while its answer still says keep-alive, and the client's next request on
+    that connection fails. Bodies over DISCARD_LIMIT are not worth reading:
+    for those the connection closes.
+    """
+    if not request.environ.get("wsgi.input_terminated"):
+        return  # the server does not frame the body (Flask's development server): reading could wait for ever
+    length = request.content_length
+    if length is not None and length > DISCARD_LIMIT:
+        return
+    stream = request.environ.get("wsgi.input")
+    left = DISCARD_LIMIT
+    try:
+        while left > 0 and (chunk := stream.read(min(1 << 16, left))):
+            left -= len(chunk)
+    except Exception:  # the client went away, or the framing is broken: the server closes
+        pass
+
+
+def _error_headers(exc: errors.MultimsgError) -> dict | None:
+    if isinstance(exc, errors.RateLimited):
+        return {"Retry-After": str(max(1, math.ceil(exc.retry_after)))}
+    if isinstance(exc, errors.Unauthorized):
+        return {"WWW-Authenticate": 'Bearer realm="multimsg"'}
+    return None
+
+
+def endpoint(*methods: str, identify: bool = False, rate_limit: bool = False) -> Callable:
+    """Make ``handler(request) -> Reply`` a complete HTTP function.
+
+    ``identify``: the client must be identified (401 in token mode) before the
+    handler runs. ``rate_limit``: and it must be within its request rate (429).
+    """
 
     def decorate(handler: Callable[[flask.Request], Reply]) -> Callable[[flask.Request], flask.Response]:
-        @functools.wraps(handler)
-        def http_function(request: flask.Request) -> flask.Response:
+        def respond(request: flask.Request) -> flask.Response:
             if request.method not in methods:
                 return _error(request, 405, f"use {' or '.join(methods)} on this endpoint", {"Allow": ", ".join(methods)})
             try:
+                request.max_content_length = SMALL_BODY
+                if identify or rate_limit:
+                    client = client_of(request)
+                    if rate_limit:
+                        check_rate(client)
                 reply = handler(request)
             except errors.MultimsgError as exc:
                 status = next(code for cls, code in STATUS.items() if isinstance(exc, cls))
-                headers = {"Retry-After": str(int(exc.retry_after + 0.999))} if isinstance(exc, errors.RateLimited) else None
-                return _error(request, status, exc.reason, headers)
+                return _error(request, status, exc.reason, _error_headers(exc))
             except HTTPException as exc:  # raised by werkzeug while parsing (413, bad multipart, ...)
                 return _error(request, exc.code or 400, exc.description or exc.name)
             except Exception:
                 log.exception("internal error in %s", handler.__name__)
                 return _error(request, 500, "internal error; the server log has the details")
+            if reply.content_type:
+                return flask.Response(reply.text, status=reply.status, content_type=reply.content_type)
             return _render(request, reply.status, reply.text, reply.data, always_json=reply.always_json)
+
+        @functools.wraps(handler)
+        def http_function(request: flask.Request) -> flask.Response:
+            response = respond(request)
+            if response.status_code >= 400:
+                _discard_unread_body(request)
+            count_request(handler.__name__, response.status_code)  # GET /metrics
+            return response
 
         return http_function
 
@@ -96,9 +186,7 @@ def endpoint(*methods: str) -> Callable:
 def fields(request: flask.Request, names: tuple[str, ...]) -> dict[str, str]:
     """The named fields from a form or a JSON object body, as strings."""
     if request.is_json:
-        body = request.get_json(silent=True)
-        if not isinstance(body, dict):
-            raise errors.InvalidInput("the JSON body must be an object")
+        body = _json_object(request.get_data(cache=True))
         values = {}
         for name in names:
             value = body.get(name)
@@ -115,28 +203,76 @@ def fields(request: flask.Request, names: tuple[str, ...]) -> dict[str, str]:
             raise errors.InvalidInput(f"field '{name}' was given {len(given)} times; give it once")
         if given:
             values[name] = given[0]
+        elif name in request.files:
+            raise errors.InvalidInput(f"field '{name}' must be a text field, not a file")
     return values
 
 
-def client_of(request: flask.Request) -> str:
-    """The requesting client's key (see ``multimsg.identity``)."""
-    return client_for_address(request.remote_addr)
+def _reject_duplicates(pairs: list[tuple[str, object]]) -> dict:
+    seen = {}
+    for name, value in pairs:
+        if name in seen:
+            raise errors.InvalidInput(f"field '{name}' was given more than once in the JSON body; give it once")
+        seen[name] = value
+    return seen
 
 
-def _is_loopback(address: str | None) -> bool:
+def _json_object(raw: bytes) -> dict:
     try:
-        return ipaddress.ip_address((address or "").split("%", 1)[0]).is_loopback
-    except ValueError:
+        body = json.loads(raw, object_pairs_hook=_reject_duplicates)
+    except UnicodeDecodeError:
+        raise errors.InvalidInput("the JSON body is not valid UTF-8") from None
+    except RecursionError:
+        raise errors.InvalidInput("the JSON body is nested too deeply") from None
+    except ValueError as exc:
+        raise errors.InvalidInput(f"the JSON body is not valid JSON ({exc.msg if hasattr(exc, 'msg') else exc})") from None
+    if not isinstance(body, dict):
+        raise errors.InvalidInput("the JSON body must be an object")
+    return body
+
+
+def client_of(request: flask.Request) -> str:
+    """The requesting client's key under ``MULTIMSG_IDENTITY`` (see ``multimsg.identity``).
+
+    Computed once per request (the MAC lookup or token check is not repeated).
+    """
+    client = request.environ.get(_CLIENT_KEY)
+    if client is None:
+        s = settings()
+        client = identify(
+            s.identity,
+            request.remote_addr,
+            request.headers.getlist("X-Forwarded-For"),
+            request.headers.get("Authorization"),
+            trust_proxy=s.trust_proxy,
+            tokens=token_file() if s.identity == TOKEN else None,
+        )
+        request.environ[_CLIENT_KEY] = client
+    return client
+
+
+def _from_loopback(request: flask.Request) -> bool:
+    """A caller on this host. Through a proxy that is the address the trusted proxy saw;
+    a loopback peer that forwards for someone else (a local proxy MULTIMSG_TRUST_PROXY
+    does not know about) is not."""
+    s = settings()
+    if not s.trust_proxy and any(name in request.headers for name in FORWARDING_HEADERS):
+        return False
+    try:
+        return peer_address(request.remote_addr, request.headers.getlist("X-Forwarded-For"), s.trust_proxy).is_loopback
+    except errors.InvalidInput:
         return False
 
 
 def require_operator(request: flask.Request) -> None:
-    """Operator endpoints: the bearer MULTIMSG_DRAIN_TOKEN if set, else loopback callers only."""
+    """Operator endpoints: the bearer MULTIMSG_DRAIN_TOKEN if set, else loopback callers only.
+
+    Client tokens (token identity mode) never open these endpoints.
+    """
     token = settings().drain_token
     if token:
-        header = request.headers.get("Authorization", "")
-        given = header[7:] if header.startswith("Bearer ") else ""
-        if not hmac.compare_digest(given.encode(), token.encode()):
+        scheme, _, given = request.headers.get("Authorization", "").strip().partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode("utf-8", "surrogatepass"), token.encode()):
             raise errors.Unauthorized("this endpoint needs 'Authorization: Bearer <MULTIMSG_DRAIN_TOKEN>'")
-    elif not _is_loopback(request.remote_addr):
+    elif not _from_loopback(request):
         raise errors.Unauthorized("this endpoint is open to loopback callers only unless MULTIMSG_DRAIN_TOKEN is set")

@@ -9,6 +9,9 @@
       spool/<client>/msg/<message_id>  the message's own link to its content
       archive/messages-YYYY-MM.jsonl   archived records, append-only
       locks/*.lock                     FileLock files (folder 0700)
+      tokens                           client token hashes, name:sha256hex (0600; MULTIMSG_TOKENS_FILE moves it)
+      counters.json                    queue figures for /metrics and `multimsg stats` (queue/counters.py)
+      metrics/                         prometheus-client multiprocess files (request counts per process)
 """
 
 from __future__ import annotations
@@ -63,6 +66,18 @@ class Layout:
     @property
     def locks(self) -> Path:
         return self.home / "locks"
+
+    @property
+    def tokens(self) -> Path:
+        return self.home / "tokens"
+
+    @property
+    def counters(self) -> Path:
+        return self.home / "counters.json"
+
+    @property
+    def metrics(self) -> Path:
+        return self.home / "metrics"
 
     def lock(self, name: str) -> Path:
         return self.locks / f"{name}.lock"
