@@ -90,10 +90,11 @@ class Gateway:
             self.proc.wait(10)
 
     def stop(self) -> None:
+        self.http.close()  # gunicorn waits for kept-alive connections before it exits
         if self.proc and self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGINT)  # gunicorn: quick shutdown
             try:
-                self.proc.wait(10)
+                self.proc.wait(3)
             except subprocess.TimeoutExpired:
                 self.kill9()
 

@@ -86,3 +86,21 @@ def test_several_processes_adding_at_once_lose_nothing(tmp_path):
         assert all(store.get(i) is not None for i in ids)
     finally:
         TinyStore.SHARD_HEX_DIGITS = saved
+
+
+def test_a_message_gets_a_copy_when_its_upload_cannot_take_another_link(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    from multimsg.queue.spool import FileSpool
+
+    spool = FileSpool(Layout(tmp_path), ttl=3600, fsync=False)
+    info = spool.put("ip:127.0.0.2", [b"shared content"], "f.txt")
+
+    def too_many_links(source, target):
+        raise OSError(errno.EMLINK, "Too many links")
+
+    monkeypatch.setattr(os, "link", too_many_links)  # what ext4 says after ~65,000 links
+    path = spool.attach("ip:127.0.0.2", info.data_id, "M" * 16)
+    assert path.read_bytes() == b"shared content"
+    assert path.stat().st_ino != info.path.stat().st_ino

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Iterable
 
 from ..errors import NotFound
-from ..fsutil import ensure_private_dir, fsync_dir, write_atomic, write_stream_atomic
+from ..fsutil import copy_stream, ensure_private_dir, fsync_dir, write_atomic, write_stream_atomic
 from ..ids import new_id
 from .layout import Layout
 
@@ -96,6 +96,12 @@ class FileSpool(Spool):
             os.link(source, target)
         except FileNotFoundError:
             raise NotFound("data id has expired; upload the file again") from None
+        except OSError:
+            # Too many links to one file (ext4 allows ~65,000), or a filesystem
+            # without hard links: the message gets its own copy instead.
+            with open(source, "rb") as content:
+                write_stream_atomic(target, copy_stream(content), fsync=self.fsync)
+            return target
         if self.fsync:
             fsync_dir(target.parent)
         return target
