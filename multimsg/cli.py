@@ -433,6 +433,7 @@ def _passthrough(command: str, rest: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    os.umask(0o077)  # drain, stats, keys and token write into the data folder: private to its user
     try:
         if argv and argv[0] in PASSTHROUGH:
             return _passthrough(argv[0], argv[1:])
