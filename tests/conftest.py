@@ -20,6 +20,7 @@ import pytest
 
 from tests.emulators import TelegramEmulator, WhatsAppEmulator
 from tests.gatewayproc import Gateway
+from tests.services_support import emulator_env
 
 
 @pytest.fixture(scope="session")
@@ -49,11 +50,7 @@ def whatsapp(whatsapp_server):
 @pytest.fixture
 def gateway_env(telegram, whatsapp) -> dict[str, str]:
     return {
-        "MULTIMSG_TELEGRAM_TOKEN": telegram.token,
-        "MULTIMSG_TELEGRAM_API_URL": telegram.url,
-        "MULTIMSG_WPP1_TOKEN": whatsapp.token,
-        "MULTIMSG_WPP1_PHONE_NUMBER_ID": whatsapp.phone_id,
-        "MULTIMSG_WPP1_API_URL": whatsapp.url,
+        **emulator_env(telegram, whatsapp),
         "MULTIMSG_DRAIN_INTERVAL": "0",
         "MULTIMSG_RETRY_BASE": "0.05",
         "MULTIMSG_READ_TIMEOUT": "3",
