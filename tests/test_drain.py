@@ -18,7 +18,7 @@ import threading
 import time
 from datetime import datetime
 
-from multimsg.queue.drain import transition
+from multimsg.queue.retry import transition
 from multimsg.queue.retry import RetryPolicy
 from multimsg.services.base import Outcome
 from tests.gatewayproc import ROOT

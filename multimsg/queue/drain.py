@@ -44,18 +44,17 @@ from filelock import FileLock, Timeout
 
 from ..errors import InvalidInput
 from ..ids import new_id
-from ..services.base import DELIVERED, FAILED, MISCONFIGURED, RETRY, Outcome, ServiceBase
+from ..services.base import DELIVERED, MISCONFIGURED, Outcome, ServiceBase
 from . import states
-from .pacing import DEST, SERVICE, Held, ServicePacer
-from .retry import RetryPolicy
+from .pacing import Held, ServicePacer
+from .retry import MISCONFIGURED_RECHECK, RetryPolicy, throttle_scope, transition
 from .spool import Spool
 from .store import MessageStore
 
-__all__ = ["Drain", "Summary", "Tuning", "transition", "throttle_scope"]
+__all__ = ["Drain", "Summary", "Tuning"]
 
 log = logging.getLogger("multimsg.drain")
 
-MISCONFIGURED_RECHECK = 60.0  # seconds between probes of a service whose credentials were refused
 PRUNE_EVERY = 5.0  # seconds between clean-ups of idle destination buckets
 IDLE_WAKE = 0.5  # the scheduler looks around at least this often
 
@@ -94,48 +93,6 @@ class Summary:
             "failed": self.failed,
             "misconfigured": self.misconfigured,
         }
-
-
-def throttle_scope(outcome: Outcome) -> str | None:
-    """Whether an outcome says "too fast", and for what: the whole service or the destination.
-
-    A service says so with ``Outcome.throttle`` ("service" or "dest");
-    otherwise a retry with the platform's ``retry_after`` is taken as a
-    throttle of the whole service (Telegram's 429).
-    """
-    if outcome.kind != RETRY:
-        return None
-    if outcome.throttle in (SERVICE, DEST):
-        return outcome.throttle
-    return SERVICE if outcome.retry_after is not None else None
-
-
-def transition(record: dict, outcome: Outcome, policy: RetryPolicy, now: float, attempted: bool = True) -> dict:
-    """The changes an outcome makes to a record (a pure function of its inputs, but for jitter).
-
-    ``attempted``: whether the outcome came from a send attempt (an expired
-    message fails without one, and keeps its count of attempts).
-    """
-    changes: dict = {"claim": None, "updated_at": now, "platform_ids": record.get("platform_ids", []) + outcome.platform_ids}
-    if outcome.kind == DELIVERED:
-        return {**changes, "state": states.DELIVERED, "last_error": None}
-    if outcome.kind == FAILED:
-        return {**changes, "state": states.FAILED, "last_error": outcome.reason, "attempts": record["attempts"] + (1 if attempted else 0)}
-    if outcome.kind == MISCONFIGURED:
-        # Not the message's fault: it keeps its attempts and waits.
-        next_at = policy.next_attempt_at(record["created_at"], now, MISCONFIGURED_RECHECK)
-        return {**changes, "last_error": outcome.reason, "next_attempt_at": next_at}
-    assert outcome.kind == RETRY, outcome.kind
-    if throttle_scope(outcome):
-        # "Too fast" is not the message's fault either: no attempt used up.
-        next_at = policy.next_attempt_at(record["created_at"], now, policy.throttle_delay(outcome.retry_after))
-        return {**changes, "last_error": outcome.reason, "next_attempt_at": next_at}
-    attempts = record["attempts"] + 1
-    if policy.exhausted(attempts):
-        reason = f"gave up after {attempts} attempts: {outcome.reason}"
-        return {**changes, "state": states.FAILED, "last_error": reason, "attempts": attempts}
-    next_at = policy.next_attempt_at(record["created_at"], now, policy.delay(attempts, outcome.retry_after))
-    return {**changes, "attempts": attempts, "last_error": outcome.reason, "next_attempt_at": next_at}
 
 
 class Drain:
