@@ -159,6 +159,7 @@ class Settings:
     drain_window: int
     drain_horizon: float
     sweep_interval: float
+    result_ttl: float
     connect_timeout: float
     read_timeout: float
     identity: str
@@ -189,6 +190,7 @@ class Settings:
             drain_window=env_int("MULTIMSG_DRAIN_WINDOW", 1000),
             drain_horizon=env_float("MULTIMSG_DRAIN_HORIZON", 60.0),
             sweep_interval=env_float("MULTIMSG_SWEEP_INTERVAL", 600.0),
+            result_ttl=env_float("MULTIMSG_RESULT_TTL", 7 * DAY),
             connect_timeout=env_float("MULTIMSG_CONNECT_TIMEOUT", 5.0),
             read_timeout=env_float("MULTIMSG_READ_TIMEOUT", 30.0),
             identity=env_choice("MULTIMSG_IDENTITY", "mac", ("mac", "token", "ip")),

@@ -65,3 +65,22 @@ def test_the_sweep_runs_at_most_once_per_sweep_interval_not_per_pass(make_gatewa
         gateway.drain()
     assert gateway.msg(id=data_id, serv="telegram", dest="830000003", type="text").status_code == 404  # expired...
     assert len(spool_files(gateway.home, data_id)) == 2  # ...but only swept by the pass due in 10 minutes
+
+
+def test_a_result_nobody_asks_for_is_archived_after_the_result_ttl(make_gateway, telegram):
+    env = {"MULTIMSG_RESULT_TTL": "1", "MULTIMSG_SWEEP_INTERVAL": "0", "MULTIMSG_TELEGRAM_DEST_INTERVAL": "0"}
+    gateway = make_gateway(env=env)
+    unread = gateway.send(b"nobody will ask about me", "telegram", "830000010")
+    gateway.drain()
+    telegram.wait_for(count=1)
+    assert in_store(gateway.home, unread)  # delivered, waiting for /cons
+
+    deadline = time.monotonic() + 10
+    while in_store(gateway.home, unread):  # older than 1 s: a later pass archives it
+        assert time.monotonic() < deadline, "the unreported result stayed in the store"
+        gateway.drain()
+        time.sleep(0.1)
+    [archive] = (gateway.home / "archive").glob("messages-*.jsonl")
+    assert [json.loads(line)["id"] for line in archive.read_text().splitlines()] == [unread]
+    assert not spool_files(gateway.home, f"msg/{unread}")
+    assert gateway.cons(unread).status_code == 404

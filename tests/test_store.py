@@ -104,3 +104,12 @@ def test_a_message_gets_a_copy_when_its_upload_cannot_take_another_link(tmp_path
     path = spool.attach("ip:127.0.0.2", info.data_id, "M" * 16)
     assert path.read_bytes() == b"shared content"
     assert path.stat().st_ino != info.path.stat().st_ino
+
+
+def test_unreported_lists_final_records_older_than_the_cutoff(store):
+    old_final = record(state=states.DELIVERED, updated_at=100.0)
+    new_final = record(state=states.FAILED, updated_at=time.time())
+    old_queued = record(updated_at=100.0)
+    for r in (old_final, new_final, old_queued):
+        store.add(r)
+    assert list(store.unreported(time.time() - 60)) == [old_final["id"]]

@@ -67,11 +67,12 @@ class Tuning:
     expected_latency: float = 0.25  # seconds a platform takes to answer; sizes the default pools
     window: int = 1000  # messages a pass holds in memory at once (waiting + in flight)
     horizon: float = 60.0  # a destination takes at most what its limit lets through in this many seconds per pass
-    sweep_interval: float = 600.0  # seconds between sweeps of expired uploads
+    sweep_interval: float = 600.0  # seconds between sweeps of expired uploads and unreported results
+    result_ttl: float = 7 * 24 * 3600.0  # seconds a final state waits for /cons before it is archived unread
 
     @classmethod
     def from_settings(cls, s) -> "Tuning":
-        return cls(s.pace_margin, s.expected_latency, max(1, s.drain_window), s.drain_horizon, s.sweep_interval)
+        return cls(s.pace_margin, s.expected_latency, max(1, s.drain_window), s.drain_horizon, s.sweep_interval, s.result_ttl)
 
 
 @dataclass
@@ -164,13 +165,20 @@ class Drain:
         if time.monotonic() - self._last_sweep < self.tuning.sweep_interval:
             return
         self._last_sweep = time.monotonic()
+        now = self.clock()
         try:
-            removed = self.spool.sweep(self.clock())
+            removed = self.spool.sweep(now)
+            # Results nobody asked for would otherwise stay in the store for ever.
+            unreported = list(self.store.unreported(now - self.tuning.result_ttl))
+            for message_id in unreported:
+                record = self.store.archive(message_id)
+                if record is not None:
+                    self.spool.release(record["client"], message_id)
         except Exception:
-            log.exception("sweeping expired uploads failed")
+            log.exception("sweeping expired uploads and unreported results failed")
             return
-        if removed:
-            log.info("swept %d expired upload(s)", removed)
+        if removed or unreported:
+            log.info("swept %d expired upload(s), archived %d unreported result(s)", removed, len(unreported))
 
 
 @dataclass

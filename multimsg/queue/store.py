@@ -27,7 +27,7 @@ from tinydb import Query, TinyDB
 from ..errors import Unavailable
 from ..fsutil import append_durable
 from .layout import Layout
-from .states import QUEUED
+from .states import FINAL_STATES, QUEUED
 from .storage import AtomicJSONStorage
 
 __all__ = ["MessageStore", "TinyStore", "MemoryStore", "is_due"]
@@ -73,6 +73,10 @@ class MessageStore(ABC):
         if given, is asked once per due record whether the pass wants it now;
         a record it refuses is left as it is (not claimed, not yielded).
         """
+
+    @abstractmethod
+    def unreported(self, before: float) -> Iterator[str]:
+        """Ids of records in a final state since before ``before`` (never asked for by /cons)."""
 
     @abstractmethod
     def archive(self, message_id: str) -> dict | None:
@@ -127,6 +131,11 @@ class TinyStore(MessageStore):
         for entry in sorted(os.scandir(self.layout.store), key=lambda e: e.name):
             if entry.name.endswith(".json"):
                 yield from self._read_unlocked(entry.name[: -len(".json")])
+
+    def unreported(self, before: float) -> Iterator[str]:
+        for record in self.records():
+            if record.get("state") in FINAL_STATES and record.get("updated_at", 0) < before:
+                yield record["id"]
 
     def add_many(self, records: Iterable[dict]) -> int:
         """Store many new records, one write per shard (imports, benchmarks); returns how many."""
@@ -229,6 +238,11 @@ class MemoryStore(MessageStore):
                 record["claim"] = claim
                 taken = dict(record)
             yield taken
+
+    def unreported(self, before: float) -> Iterator[str]:
+        with self._lock:
+            return iter([r["id"] for r in self.records.values()
+                         if r.get("state") in FINAL_STATES and r.get("updated_at", 0) < before])
 
     def archive(self, message_id: str) -> dict | None:
         with self._lock:
