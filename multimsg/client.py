@@ -19,7 +19,6 @@ server's own reason when it gave one. ``exit_code`` is what the CLI exits with.
 from __future__ import annotations
 
 import os
-import secrets
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +27,8 @@ from typing import IO, Callable, Union
 import requests
 
 from .crypto import encrypt_upload
+from .multipart import MultipartBody
+from .queue.states import DELIVERED, FAILED, FINAL_STATES
 
 __all__ = [
     "Client", "Status", "infer_type", "DEFAULT_URL", "FINAL_STATES",
@@ -36,9 +37,9 @@ __all__ = [
 ]
 
 DEFAULT_URL = "http://127.0.0.1:8080"
-FINAL_STATES = ("delivered", "failed")
 Content = Union[bytes, bytearray, str, os.PathLike, IO[bytes]]
 Progress = Callable[[int, int], None]
+OCTET_STREAM = "application/octet-stream"
 
 
 # -- errors ----------------------------------------------------------------------
@@ -206,11 +207,11 @@ class Status:
 
     @property
     def delivered(self) -> bool:
-        return self.state == "delivered"
+        return self.state == DELIVERED
 
     @property
     def failed(self) -> bool:
-        return self.state == "failed"
+        return self.state == FAILED
 
 
 # -- content --------------------------------------------------------------------
@@ -295,74 +296,6 @@ class _Source:
         return self.data if self.data is not None else self.path.read_bytes()
 
 
-class _MultipartBody:
-    """A multipart/form-data body read in chunks, reporting progress; its length is known up front.
-
-    A plain object with ``read`` and ``__len__`` (no ``__iter__``, no ``tell``), so
-    requests sends it with a Content-Length and urllib3 reads it block by block.
-    """
-
-    CHUNK = 256 * 1024
-
-    def __init__(self, fields: list[tuple[str, str, bytes | Path]], progress: Progress | None):
-        self.boundary = "multimsg-" + secrets.token_hex(12)
-        self.parts: list[bytes | Path] = []
-        for name, filename, payload in fields:
-            header = (
-                f"--{self.boundary}\r\nContent-Disposition: form-data; name=\"{name}\"; filename=\"{_quote(filename)}\"\r\n"
-                "Content-Type: application/octet-stream\r\n\r\n"
-            )
-            self.parts += [header.encode(), payload, b"\r\n"]
-        self.parts.append(f"--{self.boundary}--\r\n".encode())
-        self.total = sum(p.stat().st_size if isinstance(p, Path) else len(p) for p in self.parts)
-        self.sent = 0
-        self.progress = progress
-        self._index = 0
-        self._offset = 0
-        self._handle = None
-
-    @property
-    def content_type(self) -> str:
-        return f"multipart/form-data; boundary={self.boundary}"
-
-    def __len__(self) -> int:
-        return self.total
-
-    def read(self, size: int = -1) -> bytes:
-        size = self.CHUNK if size is None or size < 0 else size
-        while self._index < len(self.parts):
-            part = self.parts[self._index]
-            if isinstance(part, Path):
-                if self._handle is None:
-                    self._handle = open(part, "rb")
-                chunk = self._handle.read(size)
-                if not chunk:
-                    self._handle.close()
-                    self._handle = None
-                    self._index += 1
-                    continue
-            else:
-                chunk = part[self._offset:self._offset + size]
-                if not chunk:
-                    self._index, self._offset = self._index + 1, 0
-                    continue
-                self._offset += len(chunk)
-            self.sent += len(chunk)
-            if self.progress:
-                self.progress(self.sent, self.total)
-            return chunk
-        return b""
-
-    def close(self) -> None:
-        if self._handle:
-            self._handle.close()
-            self._handle = None
-
-
-def _quote(filename: str) -> str:
-    return "".join(c for c in filename if c >= " " and c not in '"\\')[:200] or "data"
-
-
 # -- the client ------------------------------------------------------------------
 class Client:
     """A multimsg server, seen from a client.
@@ -440,10 +373,10 @@ class Client:
         for attempt in (1, 2):
             if encrypt:
                 blob, wrapped = encrypt_upload(self.public_key(refresh=attempt > 1), source.read_all())
-                fields = [("data", source.filename, blob), ("key", "key.bin", wrapped)]
+                files = [("data", source.filename, OCTET_STREAM, blob), ("key", "key.bin", OCTET_STREAM, wrapped)]
             else:
-                fields = [("data", source.filename, source.path if source.path else source.data)]
-            body = _MultipartBody(fields, progress)
+                files = [("data", source.filename, OCTET_STREAM, source.path if source.path else source.data)]
+            body = MultipartBody(files=files, progress=progress)
             try:
                 response = self._request("POST", "/data", data=body, headers={"Content-Type": body.content_type})
             except RequestRejected as exc:

@@ -16,7 +16,7 @@ from werkzeug.formparser import parse_form_data
 
 from multimsg.errors import InvalidInput, TooLarge
 from multimsg.services import Datatypes
-from multimsg.services.multipart import MultipartFile
+from multimsg.multipart import MultipartBody
 from multimsg.services.sniff import OGG_OPUS, sniff_bytes
 from multimsg.services.telegram import Telegram
 from multimsg.services.template import load_template
@@ -138,7 +138,7 @@ def test_the_streamed_multipart_body_parses_back_to_the_same_fields_and_bytes(tm
     path = tmp_path / "file"
     content = bytes(range(256)) * 300
     path.write_bytes(content)
-    with MultipartFile({"chat_id": "-100", "caption": "añ \"q\""}, "document", path, 'Informe "final" ñ.pdf', "application/pdf") as body:
+    with MultipartBody({"chat_id": "-100", "caption": "añ \"q\""}, [("document", 'Informe "final" ñ.pdf', "application/pdf", path)]) as body:
         raw = b"".join(iter(lambda: body.read(1000), b""))
         assert len(raw) == len(body)
         content_type = body.content_type

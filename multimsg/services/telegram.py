@@ -33,13 +33,14 @@ any other 4xx (413 too, even as HTML)      failed, with the ``description`` (or 
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import requests
 
 from ..errors import MultimsgError
 from .base import MB, Outcome, ServiceBase, file_name, json_or_none
 from .datatypes import Datatypes
-from .multipart import MultipartFile
+from ..multipart import MultipartBody
 from .sniff import OCTET_STREAM, OGG_OPUS, sniff
 
 __all__ = ["Telegram"]
@@ -113,7 +114,7 @@ class Telegram(ServiceBase):
         if caption:
             fields["caption"] = caption
         filename = file_name(data, mime)
-        with MultipartFile(fields, file_field, data["path"], filename, mime.split(";")[0]) as body:
+        with MultipartBody(fields, [(file_field, filename, mime.split(";")[0], Path(data["path"]))]) as body:
             return self.post(self._url(method), self.classify, pace=pace, data=body, headers={"Content-Type": body.content_type})
 
     @staticmethod

@@ -57,7 +57,7 @@ import requests
 from ..errors import MultimsgError
 from .base import MB, THROTTLE_DEST, THROTTLE_SERVICE, Outcome, ServiceBase, file_name, json_or_none
 from .datatypes import Datatypes
-from .multipart import MultipartFile
+from ..multipart import MultipartBody
 from .sniff import OCTET_STREAM, OGG_OPUS, sniff
 from .template import TEMPLATE_MAX_BYTES, load_template
 
@@ -183,7 +183,7 @@ class WhatsApp(ServiceBase):
         """Upload a file to /media; returns its media id, or the Outcome of a failed upload."""
         mime = mime.split(";")[0]
         fields = {"messaging_product": "whatsapp", "type": mime}
-        with MultipartFile(fields, "file", path, filename, mime) as body:
+        with MultipartBody(fields, [("file", filename, mime, Path(path))]) as body:
             outcome_or_id = self.post(self._url("media"), self._classify_upload, data=body,
                                       headers={**self._auth, "Content-Type": body.content_type})
         return outcome_or_id
