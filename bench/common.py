@@ -22,7 +22,7 @@ from typing import Iterable, Iterator
 from multimsg.ids import new_id
 from multimsg.queue import states
 from multimsg.queue.counters import Counters
-from multimsg.queue.layout import Layout
+from multimsg.layout import Layout
 from multimsg.queue.spool import FileSpool
 from multimsg.queue.store import TinyStore
 from tests.emulators import TelegramEmulator, WhatsAppEmulator

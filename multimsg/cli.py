@@ -177,7 +177,7 @@ def cmd_status(args) -> int:
     else:
         print(f"{status.id} {StatusLine.describe(status)}")
         if status.final:
-            print("(a final state is reported once: this id is now archived)", file=sys.stderr)
+            print("(a final state stays readable for MULTIMSG_REPORT_GRACE after it is first read, then it is archived)", file=sys.stderr)
     return 1 if status.failed else 0
 
 
@@ -243,19 +243,14 @@ def _paint_drain(counters, stop: threading.Event) -> None:
 
 
 def cmd_stats(args) -> int:
-    from .config import settings
-    from .queue.counters import Counters
-    from .queue.layout import Layout
+    from .gateway import gateway
     from .services import SERVICES
 
-    layout = Layout(settings().home)
-    if args.rebuild or not layout.counters.exists():  # no counters yet (a data folder from before them): count now
-        from .gateway import gateway
-
-        counted = gateway().store.rebuild()
-        if args.rebuild:
-            print(f"counted {counted} stored messages again", file=sys.stderr)
-    snapshot = Counters(layout).snapshot()
+    store = gateway().store
+    if args.rebuild:
+        counted = store.rebuild()
+        print(f"counted {counted} stored messages again", file=sys.stderr)
+    snapshot = store.counters.snapshot()
     for serv in SERVICES:
         snapshot["services"].setdefault(serv, {
             "states": {}, "oldest_queued_age": None, "outcomes": {}, "last_hour": {}, "latency": {},
@@ -289,7 +284,7 @@ def cmd_stats(args) -> int:
 def cmd_keys(args) -> int:
     from .config import settings
     from .crypto import ServerKeys, fingerprint
-    from .queue.layout import Layout
+    from .layout import Layout
 
     keys = ServerKeys(Layout(settings().home))
     if args.action == "rotate":
@@ -387,7 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("--wait", action="store_true", help="wait for delivered (exit 0) or failed (exit 1), showing the state")
     send.set_defaults(run=cmd_send)
 
-    status = commands.add_parser("status", parents=[remote, waiting], help="a message's state (a final state is reported once)")
+    status = commands.add_parser("status", parents=[remote, waiting], help="a message's state (a final state is archived after it has been read)")
     status.add_argument("id", metavar="ID")
     status.add_argument("--wait", action="store_true", help="wait for a final state")
     status.set_defaults(run=cmd_status)

@@ -28,7 +28,9 @@ import requests
 
 from .crypto import encrypt_upload
 from .multipart import MultipartBody
-from .queue.states import DELIVERED, FAILED, FINAL_STATES
+from .model import FINAL_STATES, State
+
+DELIVERED, FAILED = State.DELIVERED, State.FAILED
 
 __all__ = [
     "Client", "Status", "infer_type", "DEFAULT_URL", "FINAL_STATES",
@@ -419,7 +421,7 @@ class Client:
                           filename=filename if datatype == "document" else None)
 
     def status(self, message_id: str) -> Status:
-        """The message's state (``POST /cons``). A final state is reported once; then the id is unknown."""
+        """The message's state (``POST /cons``). A final state is archived a grace period after it is first read; then the id is unknown."""
         return Status.from_json(self._json(self._request("POST", "/cons", data={"id": message_id})))
 
     def wait(self, message_id: str, timeout: float | None = None, *, interval: float = 0.2,

@@ -2,8 +2,10 @@
 
 One owner for configuration. Everything is read from the environment (names
 start with ``MULTIMSG_``, plus ``PORT``); ``settings()`` parses them once per
-process. Services declare their own credentials as data and read them through
-``env()`` so that their names stay next to the code that uses them.
+process. Global settings are declared once, as the fields of ``Settings``
+(name, type, default, secret); services declare theirs as data in their class
+and receive them in a ``ServiceConfig`` when built: nothing else reads the
+environment.
 
 A TOML file can hold the same settings (``MULTIMSG_CONFIG``, else
 ``multimsg.toml`` in the data folder); the environment wins over it. A key maps
@@ -16,11 +18,11 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from functools import lru_cache
 from pathlib import Path
 
-__all__ = ["Settings", "settings", "env", "env_float", "env_int", "DEFAULT_HOME"]
+__all__ = ["Settings", "ServiceConfig", "settings", "service_config", "setting", "env", "env_float", "env_int", "DEFAULT_HOME"]
 
 DEFAULT_HOME = "~/.local/share/multimsg"
 
@@ -137,69 +139,117 @@ def env_hops(name: str) -> int:
     raise SystemExit(f"{name} must be off, on, or a number of proxies, not {value!r}")
 
 
+def _path(value: str) -> Path:
+    return Path(value).expanduser().resolve()
+
+
+def _kind(kind):
+    """The parser of a setting of type ``kind`` (str, int, float, bool, Path, or a parser)."""
+    if kind is str:
+        return lambda name, default: env(name, default)
+    if kind is float:
+        return env_float
+    if kind is int:
+        return env_int
+    if kind is bool:
+        return env_bool
+    if kind is Path:
+        return lambda name, default: _path(env(name, default))
+    if kind == "path?":
+        return lambda name, default: _path(env(name)) if env(name) else None
+    return kind
+
+
+def setting(variable: str, default, kind=str, *, secret: bool = False, help: str = ""):
+    """Declare a setting once: its environment name, default, type, whether it is secret, what it does."""
+    return field(default=default, metadata={"env": variable, "parse": _kind(kind), "secret": secret, "help": help})
+
+
+def _identity(name: str, default: str) -> str:
+    return env_choice(name, default, ("mac", "token", "ip"))
+
+
+def _hops(name: str, default: str) -> int:
+    return env_hops(name)
+
+
 @dataclass(frozen=True)
 class Settings:
-    """The effective configuration of this process."""
+    """The effective configuration of this process: every global setting, declared once.
 
-    home: Path
-    host: str
-    port: int
-    drain_interval: float
-    drain_token: str | None
-    max_upload: int
-    data_ttl: float
-    validity: float
-    fsync: bool
-    retry_base: float
-    retry_factor: float
-    retry_cap: float
-    retry_max_attempts: int
-    pace_margin: float
-    expected_latency: float
-    drain_window: int
-    drain_horizon: float
-    sweep_interval: float
-    result_ttl: float
-    connect_timeout: float
-    read_timeout: float
-    identity: str
-    trust_proxy: int
-    tokens_file: Path | None
-    rate_limit: float
-    rate_burst: int
-    key_grace: float
+    Each field is one setting (its metadata names the variable); services
+    declare their own (credentials, options) as data in their class and get
+    them in a ``ServiceConfig`` when built (``service_config``).
+    """
+
+    home: Path = setting("MULTIMSG_HOME", DEFAULT_HOME, Path, help="the data folder")
+    host: str = setting("HOST", "127.0.0.1", help="address the runner binds")
+    port: int = setting("PORT", 8080, int, help="port the runner binds")
+    drain_interval: float = setting("MULTIMSG_DRAIN_INTERVAL", 5.0, float)
+    drain_token: str | None = setting("MULTIMSG_DRAIN_TOKEN", None, secret=True)
+    drain_lock: bool = setting("MULTIMSG_DRAIN_LOCK", True, bool, help="one pass at a time per data folder (an optimisation; leases keep several safe)")
+    lease: float = setting("MULTIMSG_LEASE", 60.0, float, help="seconds a drain pass holds a message it claimed (extended while it sends)")
+    max_upload: int = setting("MULTIMSG_MAX_UPLOAD", 105 * 1000 * 1000, int)
+    data_ttl: float = setting("MULTIMSG_DATA_TTL", DAY, float)
+    validity: float = setting("MULTIMSG_VALIDITY", DAY, float)
+    fsync: bool = setting("MULTIMSG_FSYNC", True, bool)
+    retry_base: float = setting("MULTIMSG_RETRY_BASE", 5.0, float)
+    retry_factor: float = setting("MULTIMSG_RETRY_FACTOR", 2.0, float)
+    retry_cap: float = setting("MULTIMSG_RETRY_CAP", 3600.0, float)
+    retry_max_attempts: int = setting("MULTIMSG_RETRY_MAX_ATTEMPTS", 12, int)
+    pace_margin: float = setting("MULTIMSG_PACE_MARGIN", 0.92, float)
+    expected_latency: float = setting("MULTIMSG_EXPECTED_LATENCY", 0.25, float)
+    drain_window: int = setting("MULTIMSG_DRAIN_WINDOW", 1000, int)
+    drain_horizon: float = setting("MULTIMSG_DRAIN_HORIZON", 60.0, float)
+    sweep_interval: float = setting("MULTIMSG_SWEEP_INTERVAL", 600.0, float)
+    result_ttl: float = setting("MULTIMSG_RESULT_TTL", 7 * DAY, float)
+    report_grace: float = setting("MULTIMSG_REPORT_GRACE", 3600.0, float, help="seconds a reported final state stays readable by /cons before it is archived")
+    archive_months: int = setting("MULTIMSG_ARCHIVE_MONTHS", 12, int, help="monthly archive files kept (0: keep all)")
+    connect_timeout: float = setting("MULTIMSG_CONNECT_TIMEOUT", 5.0, float)
+    read_timeout: float = setting("MULTIMSG_READ_TIMEOUT", 30.0, float)
+    identity: str = setting("MULTIMSG_IDENTITY", "mac", _identity)
+    trust_proxy: int = setting("MULTIMSG_TRUST_PROXY", "off", _hops)
+    tokens_file: Path | None = setting("MULTIMSG_TOKENS_FILE", None, "path?")
+    rate_limit: float = setting("MULTIMSG_RATE_LIMIT", 20.0, float)
+    rate_burst: int = setting("MULTIMSG_RATE_BURST", 200, int)
+    key_grace: float = setting("MULTIMSG_KEY_GRACE", 7 * DAY, float)
+    log_format: str = setting("MULTIMSG_LOG_FORMAT", "text")
 
     @classmethod
     def from_env(cls) -> "Settings":
-        return cls(
-            home=Path(env("MULTIMSG_HOME", DEFAULT_HOME)).expanduser().resolve(),
-            host=env("HOST", "127.0.0.1"),
-            port=env_int("PORT", 8080),
-            drain_interval=env_float("MULTIMSG_DRAIN_INTERVAL", 5.0),
-            drain_token=env("MULTIMSG_DRAIN_TOKEN"),
-            max_upload=env_int("MULTIMSG_MAX_UPLOAD", 105 * 1000 * 1000),
-            data_ttl=env_float("MULTIMSG_DATA_TTL", DAY),
-            validity=env_float("MULTIMSG_VALIDITY", DAY),
-            fsync=env_bool("MULTIMSG_FSYNC", True),
-            retry_base=env_float("MULTIMSG_RETRY_BASE", 5.0),
-            retry_factor=env_float("MULTIMSG_RETRY_FACTOR", 2.0),
-            retry_cap=env_float("MULTIMSG_RETRY_CAP", 3600.0),
-            retry_max_attempts=env_int("MULTIMSG_RETRY_MAX_ATTEMPTS", 12),
-            pace_margin=env_float("MULTIMSG_PACE_MARGIN", 0.92),
-            expected_latency=env_float("MULTIMSG_EXPECTED_LATENCY", 0.25),
-            drain_window=env_int("MULTIMSG_DRAIN_WINDOW", 1000),
-            drain_horizon=env_float("MULTIMSG_DRAIN_HORIZON", 60.0),
-            sweep_interval=env_float("MULTIMSG_SWEEP_INTERVAL", 600.0),
-            result_ttl=env_float("MULTIMSG_RESULT_TTL", 7 * DAY),
-            connect_timeout=env_float("MULTIMSG_CONNECT_TIMEOUT", 5.0),
-            read_timeout=env_float("MULTIMSG_READ_TIMEOUT", 30.0),
-            identity=env_choice("MULTIMSG_IDENTITY", "mac", ("mac", "token", "ip")),
-            trust_proxy=env_hops("MULTIMSG_TRUST_PROXY"),
-            tokens_file=Path(env("MULTIMSG_TOKENS_FILE")).expanduser().resolve() if env("MULTIMSG_TOKENS_FILE") else None,
-            rate_limit=env_float("MULTIMSG_RATE_LIMIT", 20.0),
-            rate_burst=env_int("MULTIMSG_RATE_BURST", 200),
-            key_grace=env_float("MULTIMSG_KEY_GRACE", 7 * DAY),
-        )
+        values = {}
+        for f in fields(cls):
+            values[f.name] = f.metadata["parse"](f.metadata["env"], f.default)
+        return cls(**values)
+
+    @classmethod
+    def variables(cls) -> dict[str, str]:
+        """Field name -> environment name, for every global setting."""
+        return {f.name: f.metadata["env"] for f in fields(cls)}
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    """What a service instance is built with: its declared credentials and options, pacing overrides, timeouts."""
+
+    values: dict[str, str | None]
+    rate: float | None = None  # MULTIMSG_<SERV>_RATE: sends per second (0: no service pacing)
+    dest_interval: float | None = None  # MULTIMSG_<SERV>_DEST_INTERVAL: seconds between sends to one destination
+    concurrency: int | None = None  # MULTIMSG_<SERV>_CONCURRENCY: sends in flight at once
+    connect_timeout: float = 5.0
+    read_timeout: float = 30.0
+
+
+def service_config(name: str, credentials: dict[str, str], options: dict[str, tuple[str, str]]) -> ServiceConfig:
+    """Read one service's section: the variables its class declares, and ``MULTIMSG_<NAME>_*`` pacing."""
+    prefix = f"MULTIMSG_{name.upper()}_"
+    values: dict[str, str | None] = {attr: env(variable) for attr, variable in credentials.items()}
+    values.update({attr: env(variable, default) for attr, (variable, default) in options.items()})
+    optional_float = lambda variable: None if env(variable) is None else env_float(variable, 0.0)  # noqa: E731
+    concurrency = env(prefix + "CONCURRENCY")
+    s = settings()
+    return ServiceConfig(values, optional_float(prefix + "RATE"), optional_float(prefix + "DEST_INTERVAL"),
+                         None if concurrency is None else env_int(prefix + "CONCURRENCY", 1), s.connect_timeout, s.read_timeout)
 
 
 @lru_cache(maxsize=1)

@@ -41,7 +41,7 @@ from filelock import FileLock
 
 from .errors import InvalidInput
 from .fsutil import write_atomic
-from .queue.layout import Layout
+from .layout import Layout
 
 __all__ = [
     "ServerKeys", "RetiredKey", "encrypt_upload", "fingerprint",
@@ -253,10 +253,6 @@ class ServerKeys:
         if len(aes_key) not in AES_KEY_SIZES:
             raise InvalidInput(f"the AES key must be 16, 24 or 32 bytes, got {len(aes_key)}")
         return aes_key
-
-    def decrypt_upload(self, blob: bytes, wrapped_key: bytes) -> bytes:
-        """The plaintext of an encrypted upload held in memory (see ``decrypt_stream``)."""
-        return b"".join(self.decrypt_stream(io.BytesIO(blob), wrapped_key))
 
     def decrypt_stream(self, data: BinaryIO, wrapped_key: bytes) -> Iterator[bytes]:
         """The plaintext of an encrypted upload, chunk by chunk, from a seekable file.

@@ -8,7 +8,7 @@ together; handlers parse HTTP, call one method here, and format the answer.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import BinaryIO, Callable
 
@@ -17,13 +17,15 @@ from .crypto import ServerKeys
 from .errors import InvalidInput, NotConfigured, NotFound
 from .fsutil import copy_stream
 from .ids import check_id, new_id
-from .queue import states
-from .queue.counters import Counters, CountingStore
+from .layout import Layout
+from .model import Message, State
+from .queue.backends.files import FileSpool
+from .queue.backends.tiny import TinyStore
+from .queue.clock import SteadyClock
 from .queue.drain import Drain, Tuning
-from .queue.layout import Layout
 from .queue.retry import RetryPolicy
-from .queue.spool import FileSpool, Spool
-from .queue.store import MessageStore, TinyStore
+from .queue.spool import Spool
+from .queue.store import MessageStore
 from .services import ServiceBase, get_service, service_class
 
 __all__ = ["Gateway", "gateway", "MSG_FIELDS", "MSG_OPTIONS"]
@@ -39,14 +41,18 @@ class Gateway:
     spool: Spool
     drain_engine: Drain
     service_for: Callable[[str], ServiceBase]
+    report_grace: float = 3600.0
+    clock: SteadyClock = field(default_factory=SteadyClock)
 
     @classmethod
     def from_settings(cls, s: Settings) -> "Gateway":
         layout = Layout(s.home)
-        store = CountingStore(TinyStore(layout, fsync=s.fsync), Counters(layout))
+        store = TinyStore(layout, fsync=s.fsync)
         spool = FileSpool(layout, ttl=s.data_ttl, fsync=s.fsync)
-        drain = Drain(store, spool, get_service, RetryPolicy.from_settings(s), layout.lock("drain"), tuning=Tuning.from_settings(s))
-        return cls(ServerKeys(layout), store, spool, drain, get_service)
+        clock = SteadyClock()
+        drain = Drain(store, spool, get_service, RetryPolicy.from_settings(s), layout.lock("drain") if s.drain_lock else None,
+                      clock=clock, tuning=Tuning.from_settings(s), archive_folder=layout.archive)
+        return cls(ServerKeys(layout), store, spool, drain, get_service, s.report_grace, clock)
 
     # -- GET /key ----------------------------------------------------------
     def public_key(self) -> str:
@@ -76,53 +82,58 @@ class Gateway:
         if not service.configured():
             raise NotConfigured(f"service {service.name} is not configured on this server (missing {', '.join(service.missing_credentials())})")
         info = self.spool.get(client, data_id)
-        options = service.check_content(datatype, info.path, info.size, {k: fields[k] for k in MSG_OPTIONS if k in fields})
+        options = service.check_content(datatype, self.spool.content(client, data_id), {k: fields[k] for k in MSG_OPTIONS if k in fields})
 
-        message_id = new_id()
         now = time.time()
-        self.spool.attach(client, data_id, message_id)
-        record = {
-            "id": message_id,
-            "client": client,
-            "data_id": data_id,
-            "serv": service.name,
-            "dest": dest,
-            "type": datatype,
-            "filename": options.pop("filename", None) or info.filename,
-            "options": options,
-            "state": states.QUEUED,
-            "attempts": 0,
-            "created_at": now,
-            "updated_at": now,
-            "next_attempt_at": now,
-            "last_error": None,
-            "platform_ids": [],
-            "claim": None,
-        }
+        message = Message(
+            id=new_id(), client=client, data_id=data_id, serv=service.name, dest=dest, type=datatype,
+            filename=options.pop("filename", None) or info.filename, options=options,
+            state=State.QUEUED, created_at=now, updated_at=now, next_attempt_at=now,
+        )
+        self.spool.attach(client, data_id, message.id)
         try:
-            self.store.add(record)
+            self.store.add(message)
         except BaseException:
-            self.spool.release(client, message_id)
+            self.spool.release(client, message.id)
             raise
-        return message_id
+        return message.id
 
     # -- POST /cons --------------------------------------------------------
-    def consult(self, client: str, message_id: str | None) -> dict:
-        """The message's record; a final state is reported once, then archived."""
+    def consult(self, client: str, message_id: str | None) -> Message:
+        """The message; a reported final state stays readable for ``report_grace`` seconds, then is archived.
+
+        The first report of a final state is recorded before the answer goes
+        out; a client whose answer was lost on the way asks again and gets the
+        same state until the grace period ends (``MULTIMSG_REPORT_GRACE``).
+        """
         message_id = check_id(message_id, "message id")
-        record = self.store.get(message_id)
-        if record is None or record["client"] != client:
-            raise NotFound("unknown message id (or already reported in a final state and archived)")
-        if record["state"] in states.FINAL_STATES:
-            self.store.archive(message_id)
+        gone = "unknown message id (or already reported in a final state and archived)"
+        message = self.store.get(message_id)
+        if message is None or message.client != client:
+            raise NotFound(gone)
+        if not message.final:
+            return message
+        now = self.clock.now()
+        if message.reported_at is not None and self.clock.trusted() - message.reported_at > self.report_grace:
+            if self.store.archive(message_id, now, if_=lambda m: m.reported_at is not None) is not None:
+                self.spool.release(client, message_id)
+            raise NotFound(gone)
+        if self.report_grace <= 0:  # no grace: reported once, archived at once (the original API's rule)
+            archived = self.store.archive(message_id, now)
+            if archived is None:
+                raise NotFound(gone)
             self.spool.release(client, message_id)
-        return record
+            return archived
+        reported = self.store.report(message_id, now)
+        if reported is None:
+            raise NotFound(gone)
+        return reported
 
     # -- POST /drain -------------------------------------------------------
     def drain(self) -> dict:
         started = time.monotonic()
         summary = self.drain_engine.run_pass()
-        if not summary.get("busy") and isinstance(self.store, CountingStore):
+        if not summary.get("busy"):
             self.store.counters.drain_pass(time.monotonic() - started, summary)
         return summary
 

@@ -22,7 +22,7 @@ import re
 import sys
 import time
 
-from .config import READ, env, is_secret
+from .config import READ, env, is_secret, settings
 
 __all__ = ["setup", "JsonFormatter", "HumanFormatter", "Redactor", "FORMATS"]
 
@@ -125,7 +125,7 @@ def setup(level: int = logging.INFO, stream=None, fmt: str | None = None) -> log
 
     Replaces handlers a previous ``setup`` installed; returns the new handler.
     """
-    fmt = (fmt or env("MULTIMSG_LOG_FORMAT", "text")).strip().lower()
+    fmt = (fmt or settings().log_format or "text").strip().lower()
     if fmt not in FORMATS:
         raise SystemExit(f"MULTIMSG_LOG_FORMAT must be one of {', '.join(FORMATS)}, not {fmt!r}")
     handler = logging.StreamHandler(stream or sys.stderr)

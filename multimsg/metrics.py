@@ -7,8 +7,8 @@ Two sources, so that every process sharing one data folder serves the same figur
   mmap file per process in ``metrics/`` of the data folder (or
   ``PROMETHEUS_MULTIPROC_DIR`` if set), summed at scrape time. Files of
   processes that ended stay and keep counting in the totals.
-- Queue figures come from the counters file (``queue/counters.py``), updated on
-  each state change by whichever process made it, read once per scrape:
+- Queue figures come from the store's counters (``queue/counters.py``), changed
+  with each state change by whichever process made it, read once per scrape:
   ``multimsg_queue_messages{service,state}``,
   ``multimsg_queue_oldest_age_seconds{service}``,
   ``multimsg_deliveries_total{service,outcome}`` (delivered, failed, retried),
@@ -27,9 +27,10 @@ from pathlib import Path
 
 from .config import settings
 from .fsutil import ensure_private_dir
-from .queue.counters import DRAIN_BOUNDS, LATENCY_BOUNDS, OUTCOMES, Counters
-from .queue.layout import Layout
-from .queue.states import ALL_STATES
+from .layout import Layout
+from .model import State
+from .queue.counters import Counters
+from .queue.figures import DRAIN_BOUNDS, LATENCY_BOUNDS, OUTCOMES
 
 __all__ = ["count_request", "render", "CONTENT_TYPE", "QueueCollector"]
 
@@ -131,7 +132,7 @@ class QueueCollector:
         for serv in services:
             figures = snapshot["services"].get(serv, {})
             states = figures.get("states", {})
-            for state in sorted(set(ALL_STATES) | set(states)):
+            for state in sorted({str(x) for x in State} | set(states)):
                 depth.add_metric([serv, state], states.get(state, 0))
             oldest.add_metric([serv], figures.get("oldest_queued_age") or 0.0)
             for outcome in OUTCOMES:

@@ -13,9 +13,11 @@ import secrets
 from pathlib import Path
 from typing import Callable, Iterable
 
+from .content import Content
+
 __all__ = ["MultipartBody", "FilePart"]
 
-FilePart = tuple[str, str, str | None, "bytes | Path"]  # (field, filename, content type or None, content)
+FilePart = tuple[str, str, str | None, "bytes | Path | Content"]  # (field, filename, content type or None, content)
 Progress = Callable[[int, int], None]  # (bytes sent, total)
 
 CHUNK = 256 * 1024
@@ -37,18 +39,26 @@ class MultipartBody:
 
     def __init__(self, fields: dict[str, str] | None = None, files: Iterable[FilePart] = (), progress: Progress | None = None):
         self.boundary = "multimsg-" + secrets.token_hex(12)
-        self.parts: list[bytes | Path] = [
+        self.parts: list[bytes | Path | Content] = [
             self._header(name) + str(value).encode("utf-8") + b"\r\n" for name, value in (fields or {}).items()
         ]
         for name, filename, content_type, content in files:
             self.parts += [self._header(name, filename, content_type), content, b"\r\n"]
         self.parts.append(f"--{self.boundary}--\r\n".encode())
-        self.total = sum(part.stat().st_size if isinstance(part, Path) else len(part) for part in self.parts)
+        self.total = sum(self._size(part) for part in self.parts)
         self.sent = 0
         self.progress = progress
         self._index = 0
         self._offset = 0
         self._handle = None
+
+    @staticmethod
+    def _size(part: "bytes | Path | Content") -> int:
+        if isinstance(part, Path):
+            return part.stat().st_size
+        if isinstance(part, Content):
+            return part.size
+        return len(part)
 
     @property
     def content_type(self) -> str:
@@ -70,9 +80,9 @@ class MultipartBody:
         size = CHUNK if size is None or size < 0 else size
         while self._index < len(self.parts):
             part = self.parts[self._index]
-            if isinstance(part, Path):
+            if isinstance(part, (Path, Content)):
                 if self._handle is None:
-                    self._handle = open(part, "rb")
+                    self._handle = open(part, "rb") if isinstance(part, Path) else part.open()
                 chunk = self._handle.read(size)
                 if not chunk:
                     self._handle.close()

@@ -165,7 +165,7 @@ class TokenFile:
 def tokens_path(s=None) -> Path:
     """``MULTIMSG_TOKENS_FILE``, else ``tokens`` in the data folder."""
     from .config import settings
-    from .queue.layout import Layout
+    from .layout import Layout
 
     s = s or settings()
     return s.tokens_file or Layout(s.home).tokens

@@ -54,6 +54,7 @@ def gateway_env(telegram, whatsapp) -> dict[str, str]:
         "MULTIMSG_DRAIN_INTERVAL": "0",
         "MULTIMSG_RETRY_BASE": "0.05",
         "MULTIMSG_READ_TIMEOUT": "3",
+        "MULTIMSG_REPORT_GRACE": "0",  # a reported final state is archived at the next /cons (tests of the grace set their own)
     }
 
 
@@ -61,7 +62,7 @@ def gateway_env(telegram, whatsapp) -> dict[str, str]:
 def server_keys(tmp_path_factory) -> Path:
     """One key pair for the session's runners (made by the real code path)."""
     from multimsg.crypto import ServerKeys
-    from multimsg.queue.layout import Layout
+    from multimsg.layout import Layout
 
     home = tmp_path_factory.mktemp("keys-home")
     ServerKeys(Layout(home)).public_pem

@@ -107,6 +107,7 @@ def served(telegram_server, whatsapp_server, server_keys, tmp_path_factory):
         "MULTIMSG_WPP1_TOKEN": whatsapp_server.token,
         "MULTIMSG_WPP1_PHONE_NUMBER_ID": whatsapp_server.phone_id,
         "MULTIMSG_WPP1_API_URL": whatsapp_server.url,
+        "MULTIMSG_REPORT_GRACE": "0",
         "MULTIMSG_DRAIN_INTERVAL": "0.1",
         "MULTIMSG_RETRY_BASE": "0.05",
         "MULTIMSG_READ_TIMEOUT": "3",

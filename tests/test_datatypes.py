@@ -19,6 +19,7 @@ from multimsg.services import Datatypes
 from multimsg.multipart import MultipartBody
 from multimsg.services.sniff import OGG_OPUS, sniff_bytes
 from multimsg.services.telegram import Telegram
+from multimsg.queue.backends.files import FileContent
 from multimsg.services.template import load_template
 from multimsg.services.text import split_text, utf16_units
 from multimsg.services.wpp1 import WhatsApp
@@ -72,25 +73,27 @@ def test_size_limits_accept_the_limit_and_refuse_one_byte_more(tmp_path, service
         handle.write(head)
         handle.truncate(limit)
     instance = service()
-    assert instance.check_content(datatype, path, limit) == {}
+    assert instance.check_content(datatype, FileContent(path)) == {}
+    with open(path, "r+b") as handle:
+        handle.truncate(limit + 1)
     with pytest.raises(TooLarge, match=rf"takes at most {limit // MB} MB for {datatype}"):
-        instance.check_content(datatype, path, limit + 1)
+        instance.check_content(datatype, FileContent(path))
 
 
 def test_text_is_refused_when_it_would_take_too_many_messages(tmp_path):
     path = tmp_path / "huge.txt"
     path.write_text("palabra " * (4096 * 32 // 8 + 1000), encoding="utf-8")
     with pytest.raises(TooLarge, match="at most 32 messages"):
-        Telegram().check_content("text", path, path.stat().st_size)
+        Telegram().check_content("text", FileContent(path))
 
 
 def test_captions_are_counted_as_each_platform_counts(tmp_path):
     path = tmp_path / "photo"
     path.write_bytes(media.jpeg())
     emoji = "😀" * 600  # 600 characters, 1200 UTF-16 code units
-    assert WhatsApp().check_content("image", path, path.stat().st_size, {"caption": emoji}) == {"caption": emoji}
+    assert WhatsApp().check_content("image", FileContent(path), {"caption": emoji}) == {"caption": emoji}
     with pytest.raises(InvalidInput, match="1200 UTF-16 code units; telegram takes at most 1024"):
-        Telegram().check_content("image", path, path.stat().st_size, {"caption": emoji})
+        Telegram().check_content("image", FileContent(path), {"caption": emoji})
 
 
 # -- text splitting ------------------------------------------------------------------------
@@ -128,7 +131,7 @@ def test_a_template_document_becomes_the_cloud_api_template_object(tmp_path):
     path = tmp_path / "t.json"
     components = [{"type": "body", "parameters": [{"type": "text", "text": "Ana"}]}]
     path.write_text(json.dumps({"name": "order_update", "language": "es_AR", "components": components}))
-    assert load_template(path) == {"name": "order_update", "language": {"code": "es_AR"}, "components": components}
+    assert load_template(FileContent(path)) == {"name": "order_update", "language": {"code": "es_AR"}, "components": components}
 
 
 # -- the streamed multipart body -----------------------------------------------------------

@@ -18,6 +18,7 @@ import threading
 import time
 from datetime import datetime
 
+from multimsg.model import Message
 from multimsg.queue.retry import transition
 from multimsg.queue.retry import RetryPolicy
 from multimsg.services.base import Outcome
@@ -50,10 +51,11 @@ def drain_until(gateway, message_id: str, done, timeout: float = 15.0) -> dict:
 # -- the retry policy (a pure function: many samples) ---------------------------------------
 def test_backoff_is_jittered_exponential_and_never_before_retry_after():
     policy = RetryPolicy(base=2.0, factor=3.0, cap=60.0, max_attempts=10, validity=86400.0)
-    record = {"attempts": 0, "created_at": 1000.0, "platform_ids": []}
+    record = Message(id="m" * 16, client="ip:127.0.0.1", data_id="d" * 16, serv="telegram", dest="1", type="text",
+                     created_at=1000.0)
     for attempts in range(1, 6):
         ceiling = min(60.0, 2.0 * 3.0 ** (attempts - 1))
-        delays = {transition({**record, "attempts": attempts - 1}, Outcome.retry("5xx"), policy, 2000.0)["next_attempt_at"] - 2000.0
+        delays = {transition(record.with_changes(attempts=attempts - 1), Outcome.retry("5xx"), policy, 2000.0)["next_attempt_at"] - 2000.0
                   for _ in range(200)}
         assert all(ceiling / 2 <= d <= ceiling for d in delays), (attempts, min(delays), max(delays))
         assert len(delays) > 150  # jittered, not one fixed value
@@ -62,7 +64,7 @@ def test_backoff_is_jittered_exponential_and_never_before_retry_after():
         for _ in range(200):
             assert transition(record, outcome, policy, 2000.0)["next_attempt_at"] >= 2007.5
     # A retry is never scheduled past the validity deadline: it would only fail late.
-    old = {**record, "created_at": 2000.0 - 86400.0 + 3.0}
+    old = record.with_changes(created_at=2000.0 - 86400.0 + 3.0)
     assert transition(old, Outcome.retry("5xx"), RetryPolicy(base=600.0), 2000.0)["next_attempt_at"] <= 2003.01
 
 

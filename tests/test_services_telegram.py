@@ -11,6 +11,8 @@ from datetime import datetime
 
 import pytest
 
+from multimsg.queue.backends.files import FileContent
+
 from multimsg.services.telegram import Telegram
 from multimsg.services.text import utf16_units
 from tests import media
@@ -92,7 +94,7 @@ def test_a_retry_after_a_partial_text_resumes_without_duplicates(monkeypatch, te
     service, chat = Telegram(), new_chat()
     path = tmp_path / "long.txt"
     path.write_text(("palabra " * 600 + "\n") * 3, encoding="utf-8")  # about 14400 characters: 4 parts
-    parts = service.text_parts(path)
+    parts = service.text_parts(FileContent(path))
     assert len(parts) == 4
 
     calls = []
@@ -102,7 +104,7 @@ def test_a_retry_after_a_partial_text_resumes_without_duplicates(monkeypatch, te
         if len(calls) == 3:
             telegram.script("server_error", dest=chat)
 
-    data = {"id": "M" * 16, "path": path, "dest": chat, "type": "text", "options": {}, "platform_ids": [], "pace": pace}
+    data = {"id": "M" * 16, "content": FileContent(path), "dest": chat, "type": "text", "options": {}, "platform_ids": [], "pace": pace}
     first = service.send(data)
     assert first.kind == "retry" and len(first.platform_ids) == 2 and "Internal Server Error" in first.reason
 
@@ -193,5 +195,5 @@ def test_a_200_that_is_not_a_sent_message_is_retried(monkeypatch, telegram, what
     chat, path = new_chat(), tmp_path / "t.txt"
     path.write_text("hola")
     telegram.script({"status": 200, "raw": "<html>captive portal</html>"}, dest=chat)
-    outcome = Telegram().send({"id": "T" * 16, "path": path, "dest": chat, "type": "text", "options": {}, "platform_ids": []})
+    outcome = Telegram().send({"id": "T" * 16, "content": FileContent(path), "dest": chat, "type": "text", "options": {}, "platform_ids": []})
     assert outcome.kind == "retry" and "not a sent message" in outcome.reason

@@ -13,6 +13,8 @@ import json
 
 import pytest
 
+from multimsg.queue.backends.files import FileContent
+
 from multimsg.services.wpp1 import WhatsApp
 from tests import media
 from tests.services_support import emulator_env, new_number, queue, service_gateway, sha256  # noqa: F401  (fixture)
@@ -96,7 +98,7 @@ def test_a_retry_after_a_partial_text_resumes_without_duplicates(monkeypatch, te
     service, number = WhatsApp(), new_number()
     path = tmp_path / "long.txt"
     path.write_text("palabra " * 1500, encoding="utf-8")  # 12 000 characters: 3 parts
-    parts = service.text_parts(path)
+    parts = service.text_parts(FileContent(path))
     assert len(parts) == 3
 
     calls = []
@@ -106,7 +108,7 @@ def test_a_retry_after_a_partial_text_resumes_without_duplicates(monkeypatch, te
         if len(calls) == 2:
             whatsapp.script("131056", dest=number)
 
-    data = {"id": "W" * 16, "path": path, "dest": number, "type": "text", "options": {}, "platform_ids": [], "pace": pace}
+    data = {"id": "W" * 16, "content": FileContent(path), "dest": number, "type": "text", "options": {}, "platform_ids": [], "pace": pace}
     first = service.send(data)
     assert first.kind == "retry" and first.throttle == "dest" and len(first.platform_ids) == 1
 
@@ -233,7 +235,7 @@ def test_every_answer_maps_to_its_outcome(monkeypatch, telegram, whatsapp, tmp_p
     number, path = new_number(), tmp_path / "t.txt"
     path.write_text("hola")
     whatsapp.script(answer, dest=number)
-    outcome = WhatsApp().send({"id": "X" * 16, "path": path, "dest": number, "type": "text", "options": {}, "platform_ids": []})
+    outcome = WhatsApp().send({"id": "X" * 16, "content": FileContent(path), "dest": number, "type": "text", "options": {}, "platform_ids": []})
     assert (outcome.kind, outcome.throttle) == (kind, throttle)
     assert reason in outcome.reason and whatsapp.token not in outcome.reason
 
@@ -244,5 +246,5 @@ def test_a_wrong_phone_number_id_is_a_misconfiguration_not_a_bad_message(monkeyp
     monkeypatch.setenv("MULTIMSG_WPP1_PHONE_NUMBER_ID", "999999999999999")
     path = tmp_path / "t.txt"
     path.write_text("hola")
-    outcome = WhatsApp().send({"id": "P" * 16, "path": path, "dest": new_number(), "type": "text", "options": {}, "platform_ids": []})
+    outcome = WhatsApp().send({"id": "P" * 16, "content": FileContent(path), "dest": new_number(), "type": "text", "options": {}, "platform_ids": []})
     assert outcome.kind == "misconfigured" and "Unsupported post request" in outcome.reason

@@ -1,14 +1,12 @@
-"""POST /cons: a message's state (``queued``, ``delivered``, ``failed``); final states are reported once."""
+"""POST /cons: a message's state (``queued``, ``delivered``, ``failed``); a reported final state is archived after a grace period."""
 
 from datetime import datetime, timezone
 
 import functions_framework
 
 from ..gateway import gateway
-from ..queue.states import QUEUED
 from .http import Reply, client_of, endpoint, fields
 
-PUBLIC_FIELDS = ("id", "state", "serv", "dest", "type", "attempts", "last_error", "platform_ids")
 TIME_FIELDS = ("created_at", "updated_at", "next_attempt_at")
 
 
@@ -19,9 +17,7 @@ def _iso(epoch):
 @functions_framework.http
 @endpoint("POST", identify=True)
 def cons(request):
-    record = gateway().consult(client_of(request), fields(request, ("id",)).get("id"))
-    report = {name: record.get(name) for name in PUBLIC_FIELDS}
-    report.update({name: _iso(record.get(name)) for name in TIME_FIELDS})
-    if record["state"] != QUEUED:
-        report["next_attempt_at"] = None
-    return Reply(record["state"], report)
+    message = gateway().consult(client_of(request), fields(request, ("id",)).get("id"))
+    report = message.public()
+    report.update({name: _iso(report[name]) for name in TIME_FIELDS})
+    return Reply(str(message.state), report)

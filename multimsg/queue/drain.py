@@ -1,51 +1,57 @@
-"""The drain: claim the due messages, send them as fast as each platform allows, record each outcome.
+"""The drain: lease the due messages, send them as fast as each platform allows, record each outcome.
 
-``Drain`` is the engine of one data folder: ``run_pass`` (what every trigger
-calls) and what lasts across passes (pacers, services on hold, the sweep of
-expired uploads and unreported results); ``scheduler.Pass`` runs one pass.
+``Drain`` is the delivery engine of one store: ``run_pass`` (what every
+trigger calls) and what lasts across the passes of one process (the pacers,
+the holds, outcomes the store refused to take, the sweep). ``scheduler.Pass``
+runs one pass; it is built from explicit parts (store, spool, services,
+policy, tuning, holds, pacers, clock), so it runs alone in-process in tests.
 
-At most one pass runs per data folder (a non-blocking FileLock); a pass started
-meanwhile answers ``busy`` at once. Within a pass:
+Correctness rests on leases, not on running alone: every message a pass holds
+is leased to it (``MessageStore.claim_due``), the lease is extended while the
+pass holds it, and an outcome is written only while the lease is still the
+pass's own (``finish``). Any pass may take back a lapsed lease at any time, so
+several passes in several processes deliver every message once when nothing
+crashes. A non-blocking file lock still lets only one pass run at a time per
+data folder (``MULTIMSG_DRAIN_LOCK``, on by default) because one pass already
+uses each platform's whole limit; it is an optimisation, not a guarantee.
 
-- Messages are claimed lazily, one shard at a time, and at most ``window``
-  are held in memory (waiting or in flight), however long the backlog.
-- Each service has its own lane: a bounded thread pool (``concurrency``) and a
-  heap of destinations ordered by when each may receive its next message, so a
-  destination that must wait never holds up the others. A destination has at
-  most one message in flight, and those the pass holds for it go oldest first.
-- The service paces itself: right before each request it calls
-  ``data["pace"]()``, which sleeps until both the service and the destination
-  have a free slot (``pacing.ServicePacer``). A rate-limit answer holds the
-  service (or the destination) for the platform's ``retry_after``; a hold
-  longer than ``horizon`` is not slept through: the messages it concerns stay
-  queued, untouched, for a later pass.
-- A destination takes at most what its limit lets through in ``horizon``
-  seconds per pass (the rest waits for the next pass), so a slow destination
-  cannot fill the pass's window and starve the others.
-- Each outcome is written to the store by the thread that sent the message,
-  right after the answer: a crash duplicates at most the messages in flight.
-- A service whose credentials are refused (or missing) is put on hold: its
-  messages stay queued, untouched, and every pass reports it (and logs an
-  ERROR) until a probe message gets through; the validity period still applies.
+Within a pass:
 
-A pass that dies leaves claims that the next pass takes back (see
-``store.is_due``): delivery is at-least-once, and the only duplicates are the
-messages in flight at the instant of a crash.
+- Messages are leased lazily and at most ``window`` are held at once.
+- Each service has its own lane: a bounded pool and a heap of destinations
+  ordered by when each may next receive, so one that must wait holds up nobody.
+- The service paces itself (``data["pace"]``, ``pacing.ServicePacer``) right
+  before each request; a platform hold longer than ``horizon`` is not slept
+  through, for a first part or a later one: the message goes back to the queue
+  with the parts already delivered, for a later pass.
+- Each outcome is written right after the answer. An outcome the store cannot
+  take (full disk, I/O error) is kept and written again; while any is pending
+  the pass takes no new work, and the next pass writes it before it leases
+  anything: without a crash, nothing is sent twice.
+- A service whose credentials are refused (or missing) is put on hold.
+
+Delivery is at-least-once: a crash duplicates at most the messages in flight,
+and so does a platform that accepted a message but whose answer was lost (a
+read timeout, a 5xx after acceptance); see the README.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from filelock import FileLock, Timeout
 
+from ..model import Message
 from ..services.base import ServiceBase
-from .pacing import ServicePacer
-from .retry import MISCONFIGURED_RECHECK, RetryPolicy
+from .clock import SteadyClock
+from .holds import Holds
+from .pacing import Pacers
+from .retry import RetryPolicy
 from .scheduler import Pass, Summary
 from .spool import Spool
 from .store import MessageStore
@@ -65,14 +71,28 @@ class Tuning:
     horizon: float = 60.0  # a destination takes at most what its limit lets through in this many seconds per pass
     sweep_interval: float = 600.0  # seconds between sweeps of expired uploads and unreported results
     result_ttl: float = 7 * 24 * 3600.0  # seconds a final state waits for /cons before it is archived unread
+    report_grace: float = 3600.0  # seconds a reported final state stays readable before it is archived
+    lease: float = 60.0  # seconds a claim lasts unless extended
+    leftovers_age: float = 3600.0  # a leftover of an interrupted write is removed when older than this
+    archive_months: int = 12  # monthly archive files kept (0: all)
 
     @classmethod
     def from_settings(cls, s) -> "Tuning":
-        return cls(s.pace_margin, s.expected_latency, max(1, s.drain_window), s.drain_horizon, s.sweep_interval, s.result_ttl)
+        return cls(s.pace_margin, s.expected_latency, max(1, s.drain_window), s.drain_horizon, s.sweep_interval,
+                   s.result_ttl, s.report_grace, max(1.0, s.lease), archive_months=s.archive_months)
+
+
+@dataclass
+class Unwritten:
+    """An outcome the store refused to take: written again before anything else."""
+
+    claim: Message
+    changes: dict[str, Any]
+    state: str
 
 
 class Drain:
-    """The delivery engine of one data folder; ``run_pass`` is what every trigger calls."""
+    """The delivery engine of one store; ``run_pass`` is what every trigger calls."""
 
     def __init__(
         self,
@@ -80,77 +100,120 @@ class Drain:
         spool: Spool,
         service_for: Callable[[str], ServiceBase],
         policy: RetryPolicy,
-        lock_path: Path,
-        clock: Callable[[], float] = time.time,
+        lock_path: Path | None = None,
+        clock: SteadyClock | None = None,
         tuning: Tuning | None = None,
+        archive_folder: Path | None = None,
     ):
         self.store = store
         self.spool = spool
         self.service_for = service_for
         self.policy = policy
-        self.lock_path = lock_path
-        self.clock = clock
+        self.lock_path = lock_path  # None: no file lock (leases alone keep passes apart)
+        self.clock = clock or SteadyClock()
         self.tuning = tuning or Tuning()
-        # Kept across the passes of one process (the runner's timer, POST /drain):
-        self._pacers: dict[str, ServicePacer] = {}
-        self._on_hold: dict[str, tuple[float, str]] = {}  # serv -> (monotonic time of the next probe, reason)
-        self._hooked: set[str] = set()  # services seen calling data["pace"] themselves
+        self.archive_folder = archive_folder
+        self.pacers = Pacers(self.tuning.margin, self.tuning.expected_latency)
+        self.holds = Holds()
+        self.unwritten: list[Unwritten] = []
+        self._unwritten_lock = threading.Lock()
         self._last_sweep = float("-inf")
 
     def run_pass(self) -> dict:
-        lock = FileLock(self.lock_path)
-        try:
-            lock.acquire(blocking=False)
-        except Timeout:
-            return Summary(busy=True).as_dict()
+        lock = FileLock(self.lock_path) if self.lock_path is not None else None
+        if lock is not None:
+            try:
+                lock.acquire(blocking=False)
+            except Timeout:
+                return Summary(busy=True).as_dict()
         try:
             started = time.monotonic()
+            if not self.write_pending():
+                summary = Summary(unwritable=f"{len(self.unwritten)} outcome(s) still cannot be written to the store")
+                log.error("drain pass skipped: %s", summary.unwritable)
+                return summary.as_dict()
             summary = Pass(self).run()
             self._sweep()
-            if summary.claimed or summary.deferred or summary.misconfigured:
+            if summary.claimed or summary.deferred or summary.misconfigured or summary.unwritable:
                 log.info("drain pass: %s, %d deferred, %.1f s", summary.as_dict(), summary.deferred, time.monotonic() - started)
             return summary.as_dict()
         finally:
-            lock.release()
+            if lock is not None:
+                lock.release()
 
-    # -- kept across passes ----------------------------------------------------
-    def pacer(self, serv: str, service: ServiceBase) -> ServicePacer:
-        if serv not in self._pacers:
-            self._pacers[serv] = ServicePacer(service, margin=self.tuning.margin, expected_latency=self.tuning.expected_latency)
-        return self._pacers[serv]
+    # -- outcomes the store refused ------------------------------------------------
+    def keep_unwritten(self, item: Unwritten) -> None:
+        with self._unwritten_lock:
+            self.unwritten.append(item)
 
-    def hold_reason(self, serv: str) -> str | None:
-        """Why ``serv`` is on hold, or None (a hold lapses so that a probe can go through)."""
-        held = self._on_hold.get(serv)
-        if held is None:
-            return None
-        if time.monotonic() >= held[0]:
-            return None
-        return held[1]
+    def write_pending(self) -> bool:
+        """Write the outcomes kept from earlier failures; True when none is left."""
+        with self._unwritten_lock:
+            pending, self.unwritten = self.unwritten, []
+        left = []
+        for item in pending:
+            try:
+                written = self.store.finish(item.claim, item.changes, self.clock.now())
+            except Exception as exc:
+                left.append(item)
+                log.warning("outcome of message %s still not written (%s)", item.claim.id, exc)
+                continue
+            if written is None:
+                log.warning("message %s: its lease was taken over before its outcome could be written", item.claim.id)
+            else:
+                log.info("message %s: outcome written late, state=%s", item.claim.id, written.state)
+        with self._unwritten_lock:
+            self.unwritten = left + self.unwritten
+            return not self.unwritten
 
-    def put_on_hold(self, serv: str, reason: str, recheck: float = MISCONFIGURED_RECHECK) -> None:
-        self._on_hold[serv] = (time.monotonic() + recheck, reason)
-        log.error("service %s is misconfigured; its messages stay queued (next try in %g s): %s", serv, recheck, reason)
-
-    def release_hold(self, serv: str) -> None:
-        if self._on_hold.pop(serv, None) is not None:
-            log.warning("service %s works again; sending its queued messages", serv)
-
+    # -- housekeeping ----------------------------------------------------------------
     def _sweep(self) -> None:
         if time.monotonic() - self._last_sweep < self.tuning.sweep_interval:
             return
         self._last_sweep = time.monotonic()
-        now = self.clock()
         try:
-            removed = self.spool.sweep(now)
-            # Results nobody asked for would otherwise stay in the store for ever.
-            unreported = list(self.store.unreported(now - self.tuning.result_ttl))
-            for message_id in unreported:
-                record = self.store.archive(message_id)
-                if record is not None:
-                    self.spool.release(record["client"], message_id)
+            self.sweep()
         except Exception:
-            log.exception("sweeping expired uploads and unreported results failed")
-            return
-        if removed or unreported:
-            log.info("swept %d expired upload(s), archived %d unreported result(s)", removed, len(unreported))
+            log.exception("sweeping expired uploads, results and leftovers failed")
+
+    def sweep(self) -> dict[str, int]:
+        """Archive what is due for the archive, delete expired uploads and leftovers, recount figures."""
+        now = self.clock.now()
+        trusted = self.clock.trusted()
+        archived = 0
+        t = self.tuning
+
+        def due_for_archive(message: Message) -> bool:
+            if message.reported_at is not None:
+                return trusted - message.reported_at > t.report_grace
+            return trusted - message.updated_at > t.result_ttl  # never asked for
+
+        for message in list(self.store.final_messages()):
+            if due_for_archive(message) and self.store.archive(message.id, now, if_=due_for_archive) is not None:
+                self.spool.release(message.client, message.id)
+                archived += 1
+        live = [m.id for m in self.store.messages()]
+        removed = self.spool.sweep(now, live, t.leftovers_age) + self.store.sweep(now, t.leftovers_age)
+        pruned = self._prune_archive(now)
+        self.store.rebuild()
+        if archived or removed or pruned:
+            log.info("sweep: archived %d result(s), removed %d expired upload(s) or leftover(s), pruned %d archive file(s)",
+                     archived, removed, pruned)
+        return {"archived": archived, "removed": removed, "pruned": pruned}
+
+    def _prune_archive(self, now: float) -> int:
+        if self.archive_folder is None or self.tuning.archive_months <= 0:
+            return 0
+        year, month = (int(x) for x in time.strftime("%Y %m", time.gmtime(now)).split())
+        oldest = year * 12 + month - 1 - (self.tuning.archive_months - 1)
+        pruned = 0
+        for path in self.archive_folder.glob("messages-*.jsonl"):
+            try:
+                y, m = path.stem.split("-")[1:3]
+                index = int(y) * 12 + int(m) - 1
+            except ValueError:
+                continue
+            if index < oldest:
+                path.unlink(missing_ok=True)
+                pruned += 1
+        return pruned

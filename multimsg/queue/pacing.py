@@ -2,7 +2,8 @@
 
 Each service declares its limits as data: ``rate`` (sends per second for the
 whole service) and ``dest_limit(dest)`` (sends per seconds to one
-destination). The environment can override them per service:
+destination). The service's settings (its ``ServiceConfig``) can override
+them:
 
 - ``MULTIMSG_<SERV>_RATE``: sends per second (0 turns service pacing off);
 - ``MULTIMSG_<SERV>_DEST_INTERVAL``: seconds between two sends to one
@@ -33,26 +34,17 @@ import threading
 import time
 from typing import Callable
 
-from ..config import env, env_float, env_int
-from ..services.base import THROTTLE_DEST as DEST
-from ..services.base import THROTTLE_SERVICE as SERVICE
-from ..services.base import ServiceBase
+from ..services.base import Held, ServiceBase, Throttle
 
-__all__ = ["Slots", "ServicePacer", "Held", "SERVICE", "DEST"]
+__all__ = ["Slots", "ServicePacer", "Pacers", "Held", "SERVICE", "DEST"]
+
+SERVICE, DEST = Throttle.SERVICE, Throttle.DEST
 
 MAX_CONCURRENCY = 64
 SLOWDOWN_STEP = 1.5  # a throttle multiplies the service's spacing by this...
 SLOWDOWN_MAX = 4.0  # ...up to this...
 RECOVERY_STEP = 0.01  # ...and each delivered message takes this much of it back
 DEFAULT_HOLD = 0.5  # seconds to hold the service after a rate-limit answer that did not say how long
-
-
-class Held(Exception):
-    """The platform holds the service (or the destination) for longer than the caller will wait."""
-
-    def __init__(self, seconds: float):
-        super().__init__(f"held for {seconds:.0f} s")
-        self.seconds = seconds
 
 
 class Slots:
@@ -102,18 +94,17 @@ class ServicePacer:
 
     def __init__(self, service: ServiceBase, *, margin: float = 0.92, expected_latency: float = 0.25,
                  clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep):
-        prefix = f"MULTIMSG_{service.name.upper()}_"
+        config = service.config
         self.service = service
         self.margin = margin
         self.clock = clock
         self.sleep = sleep
-        self.declared_rate = env_float(prefix + "RATE", float(service.rate))
+        self.declared_rate = float(service.rate) if config.rate is None else config.rate
         self.rate = self.declared_rate * margin if self.declared_rate > 0 else 0.0
         self.slots = Slots(1.0 / self.rate if self.rate else 0.0, clock)
         sized = math.ceil(self.rate * expected_latency * 1.5) if self.rate else MAX_CONCURRENCY // 4
-        self.concurrency = max(1, env_int(prefix + "CONCURRENCY", min(MAX_CONCURRENCY, max(2, sized))))
-        override = env(prefix + "DEST_INTERVAL")
-        self.dest_override = None if override is None else env_float(prefix + "DEST_INTERVAL", 0.0)
+        self.concurrency = max(1, config.concurrency if config.concurrency is not None else min(MAX_CONCURRENCY, max(2, sized)))
+        self.dest_override = config.dest_interval
         self._dests: dict[str, Slots] = {}
         self._lock = threading.Lock()
 
@@ -172,7 +163,7 @@ class ServicePacer:
         slots = self._dest(dest)
         slots.not_before(self.clock() + slots.interval)
 
-    def throttled(self, scope: str, dest: str, retry_after: float | None) -> None:
+    def throttled(self, scope: Throttle, dest: str, retry_after: float | None) -> None:
         """The platform said we are too fast: hold (and slow down) the service, or hold the destination."""
         if scope == DEST:
             slots = self._dest(dest)
@@ -193,5 +184,19 @@ class ServicePacer:
                 del self._dests[dest]
         return len(idle)
 
-    def tracked(self) -> int:
-        return len(self._dests)
+
+class Pacers:
+    """The pacers of one process, one per service, kept across drain passes."""
+
+    def __init__(self, margin: float = 0.92, expected_latency: float = 0.25):
+        self.margin = margin
+        self.expected_latency = expected_latency
+        self._pacers: dict[str, ServicePacer] = {}
+        self._lock = threading.Lock()
+
+    def get(self, serv: str, service: ServiceBase) -> ServicePacer:
+        with self._lock:
+            pacer = self._pacers.get(serv)
+            if pacer is None:
+                pacer = self._pacers[serv] = ServicePacer(service, margin=self.margin, expected_latency=self.expected_latency)
+            return pacer

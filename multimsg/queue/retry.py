@@ -22,10 +22,11 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+from typing import Any
+
 from ..config import Settings
-from ..services.base import DELIVERED, FAILED, MISCONFIGURED, RETRY, Outcome
-from . import states
-from .pacing import DEST, SERVICE
+from ..model import Message, State
+from ..services.base import Outcome, OutcomeKind, Throttle
 
 __all__ = ["RetryPolicy", "transition", "throttle_scope", "MISCONFIGURED_RECHECK"]
 
@@ -68,43 +69,42 @@ class RetryPolicy:
         return now - created_at > self.validity
 
 
-def throttle_scope(outcome: Outcome) -> str | None:
+def throttle_scope(outcome: Outcome) -> Throttle | None:
     """Whether an outcome says "too fast", and for what: the whole service or the destination.
 
     A service says so with ``Outcome.throttle`` ("service" or "dest");
     otherwise a retry with the platform's ``retry_after`` is taken as a
     throttle of the whole service (Telegram's 429).
     """
-    if outcome.kind != RETRY:
+    if outcome.kind != OutcomeKind.RETRY:
         return None
-    if outcome.throttle in (SERVICE, DEST):
-        return outcome.throttle
-    return SERVICE if outcome.retry_after is not None else None
+    if outcome.throttle is not None:
+        return Throttle(outcome.throttle)
+    return Throttle.SERVICE if outcome.retry_after is not None else None
 
 
-def transition(record: dict, outcome: Outcome, policy: RetryPolicy, now: float, attempted: bool = True) -> dict:
+def transition(message: Message, outcome: Outcome, policy: RetryPolicy, now: float, attempted: bool = True) -> dict[str, Any]:
     """The changes an outcome makes to a record (a pure function of its inputs, but for jitter).
 
     ``attempted``: whether the outcome came from a send attempt (an expired
     message fails without one, and keeps its count of attempts).
     """
-    changes: dict = {"claim": None, "updated_at": now, "platform_ids": record.get("platform_ids", []) + outcome.platform_ids}
-    if outcome.kind == DELIVERED:
-        return {**changes, "state": states.DELIVERED, "last_error": None}
-    if outcome.kind == FAILED:
-        return {**changes, "state": states.FAILED, "last_error": outcome.reason, "attempts": record["attempts"] + (1 if attempted else 0)}
-    if outcome.kind == MISCONFIGURED:
+    changes: dict[str, Any] = {"updated_at": now, "platform_ids": list(message.platform_ids) + list(outcome.platform_ids)}
+    if outcome.kind == OutcomeKind.DELIVERED:
+        return {**changes, "state": State.DELIVERED, "last_error": None}
+    if outcome.kind == OutcomeKind.FAILED:
+        return {**changes, "state": State.FAILED, "last_error": outcome.reason, "attempts": message.attempts + (1 if attempted else 0)}
+    if outcome.kind == OutcomeKind.MISCONFIGURED:
         # Not the message's fault: it keeps its attempts and waits.
-        next_at = policy.next_attempt_at(record["created_at"], now, MISCONFIGURED_RECHECK)
+        next_at = policy.next_attempt_at(message.created_at, now, MISCONFIGURED_RECHECK)
         return {**changes, "last_error": outcome.reason, "next_attempt_at": next_at}
-    assert outcome.kind == RETRY, outcome.kind
     if throttle_scope(outcome):
         # "Too fast" is not the message's fault either: no attempt used up.
-        next_at = policy.next_attempt_at(record["created_at"], now, policy.throttle_delay(outcome.retry_after))
+        next_at = policy.next_attempt_at(message.created_at, now, policy.throttle_delay(outcome.retry_after))
         return {**changes, "last_error": outcome.reason, "next_attempt_at": next_at}
-    attempts = record["attempts"] + 1
+    attempts = message.attempts + 1
     if policy.exhausted(attempts):
         reason = f"gave up after {attempts} attempts: {outcome.reason}"
-        return {**changes, "state": states.FAILED, "last_error": reason, "attempts": attempts}
-    next_at = policy.next_attempt_at(record["created_at"], now, policy.delay(attempts, outcome.retry_after))
+        return {**changes, "state": State.FAILED, "last_error": reason, "attempts": attempts}
+    next_at = policy.next_attempt_at(message.created_at, now, policy.delay(attempts, outcome.retry_after))
     return {**changes, "attempts": attempts, "last_error": outcome.reason, "next_attempt_at": next_at}

@@ -1,12 +1,14 @@
 """The scheduler of one drain pass: lanes, heaps of destinations, pools, outcomes.
 
-``Pass.run`` is a loop in one thread: it takes claimed records from the store
+``Pass.run`` is a loop in one thread: it leases due messages from the store
 (``claim_due``, lazily, at most ``window`` held), sorts them into one lane per
 service (a bounded thread pool and a heap of destinations ordered by when each
 may next receive), hands ready messages to the pools, and finishes what the
-pools send back. The sending threads pace themselves (``_Turns``, through
-``data["pace"]``) and write each outcome to the store right after the answer.
-What lasts across passes (pacers, holds, the sweep) lives in ``drain.Drain``.
+pools send back. It extends the leases of everything it holds every third of
+a lease, and drops what it no longer holds. The sending threads pace
+themselves (``_Turns``, through ``data["pace"]``) and write each outcome to
+the store right after the answer, fenced by the lease. What lasts across
+passes (pacers, holds, unwritten outcomes, the sweep) lives in ``drain.Drain``.
 """
 
 from __future__ import annotations
@@ -20,10 +22,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ..errors import InvalidInput
-from ..ids import new_id
-from ..services.base import DELIVERED, MISCONFIGURED, Outcome, ServiceBase
-from . import states
-from .pacing import Held, ServicePacer
+from ..model import Message, State
+from ..services.base import Held, Outcome, OutcomeKind, ServiceBase
+from .pacing import ServicePacer
 from .retry import throttle_scope, transition
 
 if TYPE_CHECKING:
@@ -46,9 +47,12 @@ class Summary:
     failed: int = 0
     misconfigured: dict[str, str] = field(default_factory=dict)
     deferred: int = 0  # left queued, untouched, for a later pass (logged, not in the JSON)
+    unwritable: str | None = None  # why outcomes could not be written to the store
+    lost: int = 0  # leases taken over by another pass (logged, not in the JSON)
 
     def as_dict(self) -> dict:
-        return {
+        extra = {"unwritable": self.unwritable} if self.unwritable else {}
+        return {**extra,
             "busy": self.busy,
             "claimed": self.claimed,
             "delivered": self.delivered,
@@ -62,9 +66,13 @@ class Summary:
 @dataclass
 class _Done:
     lane: "_Lane"
-    record: dict
+    record: Message
     outcome: Outcome
-    state: str
+    state: str  # the state written, or UNWRITTEN / LOST
+
+
+UNWRITTEN = "unwritten"  # the store refused the outcome: kept by the drain, written later
+LOST = "lost"  # the lease was taken over: nothing written
 
 
 class _Lane:
@@ -80,11 +88,11 @@ class _Lane:
         self.concurrency = 1 if probing else self.size
         self.pool: ThreadPoolExecutor | None = None
         self.inflight = 0
-        self.waiting: dict[str, list[tuple[float, str, dict]]] = {}  # dest -> heap of (created_at, id, record)
+        self.waiting: dict[str, list[tuple[float, str, Message]]] = {}  # dest -> heap of (created_at, id, message)
         self.ready: list[tuple[float, int, str]] = []  # heap of (ready_at, seq, dest)
         self.scheduled: set[str] = set()  # dests in ``ready``
         self.busy: set[str] = set()  # dests with a message in flight
-        self.expired: list[dict] = []  # to be failed without sending
+        self.expired: list[Message] = []  # to be failed without sending
 
     def submit(self, fn, *args) -> None:
         if self.pool is None:
@@ -101,28 +109,34 @@ class Pass:
 
     def __init__(self, drain: "Drain"):
         self.drain = drain
+        self.store = drain.store
         self.tuning = drain.tuning
         self.policy = drain.policy
-        self.claim = new_id()
+        self.clock = drain.clock
+        self.holds = drain.holds
         self.summary = Summary()
+        self.held: dict[str, Message] = {}  # id -> our claim, for every message this pass holds
+        self.extended_at = time.monotonic()
         self.lanes: dict[str, _Lane] = {}
         self.done: queue.Queue[_Done] = queue.Queue()
         self.pending = 0  # claimed and not yet finished
         self.seq = 0
         self.pruned_at = time.monotonic()
-        for serv in list(drain._on_hold):  # a service on hold is reported by every pass until it works again
-            reason = drain.hold_reason(serv)
-            if reason:
-                self.summary.misconfigured[serv] = reason
+        self.summary.misconfigured.update(self.holds.held())  # reported by every pass until it works again
 
     # -- the loop ---------------------------------------------------------------
     def run(self) -> Summary:
-        stream = self.drain.store.claim_due(self.drain.clock(), self.claim, self._accept)
+        stream = self.store.claim_due(self.clock.now(), self.tuning.lease, self._accept)
         exhausted = False
         try:
             while True:
                 self._collect(0)
                 self._dispatch()
+                self._extend()
+                if self.drain.unwritten and not self.drain.write_pending():
+                    # The store refuses writes: take no new work until it takes them again.
+                    self.summary.unwritable = f"{len(self.drain.unwritten)} outcome(s) not yet written to the store"
+                    exhausted = True
                 if not exhausted and self.pending < self.tuning.window:
                     try:
                         record = next(stream)
@@ -141,7 +155,42 @@ class Pass:
                 if lane.pool is not None:
                     lane.pool.shutdown(wait=True)  # in-flight sends finish and write their outcomes
             self._collect(0)
+            if self.drain.unwritten and not self.drain.write_pending():
+                self.summary.unwritable = f"{len(self.drain.unwritten)} outcome(s) not yet written to the store"
         return self.summary
+
+    def _extend(self, force: bool = False) -> None:
+        """Extend the lease of every message the pass holds; forget those it no longer holds."""
+        if not self.held or (not force and time.monotonic() - self.extended_at < self.tuning.lease / 3):
+            return
+        self.extended_at = time.monotonic()
+        claims = list(self.held.values())
+        try:
+            held = self.store.extend(claims, self.clock.now() + self.tuning.lease)
+        except Exception:
+            log.exception("could not extend the leases of %d message(s)", len(claims))
+            return
+        lost = {claim.id for claim, ok in zip(claims, held) if not ok}
+        if not lost:
+            return
+        log.warning("%d lease(s) were taken over by another pass; those messages are left to it", len(lost))
+        for lane in self.lanes.values():
+            for dest in list(lane.waiting):
+                kept = [entry for entry in lane.waiting[dest] if entry[1] not in lost]
+                dropped = len(lane.waiting[dest]) - len(kept)
+                if dropped:
+                    heapq.heapify(kept)
+                    self.pending -= dropped
+                    self.summary.lost += dropped
+                    if kept:
+                        lane.waiting[dest] = kept
+                    else:
+                        del lane.waiting[dest]
+            for record in [r for r in lane.expired if r.id in lost]:
+                lane.expired.remove(record)
+                self.pending -= 1
+        for message_id in lost:
+            self.held.pop(message_id, None)
 
     def _next_wake(self) -> float:
         now = time.monotonic()
@@ -164,21 +213,21 @@ class Pass:
                 return
 
     # -- intake -----------------------------------------------------------------
-    def _accept(self, record: dict) -> bool:
-        """Whether to claim this due record now (asked once per record, before claiming)."""
-        serv = record.get("serv", "")
-        if self.policy.expired(record["created_at"], self.drain.clock()):
+    def _accept(self, record: Message) -> bool:
+        """Whether to lease this due message now (asked once per message, before leasing)."""
+        serv = record.serv
+        if self.policy.expired(record.created_at, self.clock.trusted()):
             return True  # to be failed as expired, whatever the service's state
         lane = self._lane(serv)
-        if lane.hold:
-            self.summary.misconfigured[serv] = lane.hold
+        if lane.hold or lane.pacer is None:
+            self.summary.misconfigured[serv] = lane.hold or "no pacer"
             self.summary.deferred += 1
             return False
-        if lane.pacer.held_for(record["dest"]) > self.tuning.horizon:
+        if lane.pacer.held_for(record.dest) > self.tuning.horizon:
             self.summary.deferred += 1  # the platform told us to wait longer than a pass goes on
             return False
-        cap = self._dest_cap(lane, record["dest"])
-        if cap is not None and lane.queued_for(record["dest"]) >= cap:
+        cap = self._dest_cap(lane, record.dest)
+        if cap is not None and lane.queued_for(record.dest) >= cap:
             self.summary.deferred += 1
             return False
         return True
@@ -191,38 +240,46 @@ class Pass:
         lane = self.lanes.get(serv)
         if lane is not None:
             return lane
-        hold = self.drain.hold_reason(serv)
-        probing = serv in self.drain._on_hold
+        hold = self.holds.reason(serv)
+        probing = self.holds.probing(serv)
+        service: ServiceBase | None
+        pacer: ServicePacer | None
         try:
             service = self.drain.service_for(serv)
         except Exception as exc:
             service, pacer, hold = None, None, f"unknown service {serv!r} ({exc})"
         else:
-            pacer = self.drain.pacer(serv, service)
+            pacer = self.drain.pacers.get(serv, service)
             if hold is None and not service.configured():
                 hold = f"{service.name} is not configured (set {', '.join(service.missing_credentials())})"
-                self.drain.put_on_hold(serv, hold)
+                self.holds.hold(serv, hold)
         lane = self.lanes[serv] = _Lane(serv, service, pacer, hold, probing)
         if hold:
             self.summary.misconfigured[serv] = hold
         return lane
 
-    def _take(self, record: dict) -> None:
+    def _take(self, record: Message) -> None:
         self.summary.claimed += 1
         self.pending += 1
-        lane = self._lane(record["serv"])
-        if self.policy.expired(record["created_at"], self.drain.clock()):
+        self.held[record.id] = record
+        lane = self._lane(record.serv)
+        if self.policy.expired(record.created_at, self.clock.trusted()):
             lane.expired.append(record)
         elif lane.hold:
             self._defer(record)
         else:
-            heapq.heappush(lane.waiting.setdefault(record["dest"], []), (record["created_at"], record["id"], record))
-            self._schedule(lane, record["dest"])
+            heapq.heappush(lane.waiting.setdefault(record.dest, []), (record.created_at, record.id, record))
+            self._schedule(lane, record.dest)
 
-    def _defer(self, record: dict) -> None:
-        """Leave a claimed record queued as it is (the next pass takes the claim back)."""
+    def _defer(self, record: Message) -> None:
+        """Give a leased message back to the queue as it is, for a later pass."""
         self.pending -= 1
         self.summary.deferred += 1
+        self.held.pop(record.id, None)
+        try:
+            self.store.finish(record, {}, self.clock.now())
+        except Exception:
+            log.warning("message %s: could not give its lease back; it is taken again when the lease lapses", record.id)
 
     def _schedule(self, lane: _Lane, dest: str) -> None:
         if dest in lane.busy or dest in lane.scheduled or not lane.waiting.get(dest):
@@ -256,66 +313,63 @@ class Pass:
         """The service refused our credentials: everything of it still waiting stays queued."""
         lane.hold = reason
         self.summary.misconfigured[lane.serv] = reason
-        self.drain.put_on_hold(lane.serv, reason)
+        self.holds.hold(lane.serv, reason)
         for heap in lane.waiting.values():
             self._set_aside(lane, heap)
         lane.waiting.clear()
         lane.ready.clear()
         lane.scheduled.clear()
 
-    def _set_aside(self, lane: _Lane, heap: list[tuple[float, str, dict]]) -> None:
+    def _set_aside(self, lane: _Lane, heap: list[tuple[float, str, Message]]) -> None:
         """Leave these waiting messages queued for a later pass (failing those that expired)."""
         for _, _, record in heap:
-            if self.policy.expired(record["created_at"], self.drain.clock()):
+            if self.policy.expired(record.created_at, self.clock.trusted()):
                 lane.expired.append(record)
             else:
                 self._defer(record)
 
     # -- in the lanes' threads ----------------------------------------------------
-    def _expired(self, record: dict) -> Outcome:
-        return Outcome.failed(f"expired: not delivered within {self.policy.validity:g} s ({record.get('last_error') or 'never tried'})")
+    def _expired(self, record: Message) -> Outcome:
+        return Outcome.failed(f"expired: not delivered within {self.policy.validity:g} s ({record.last_error or 'never tried'})")
 
-    def _expire(self, lane: _Lane, record: dict) -> None:
+    def _expire(self, lane: _Lane, record: Message) -> None:
         self._record(lane, record, self._expired(record), attempted=False)
 
-    def _send(self, lane: _Lane, record: dict) -> None:
+    def _send(self, lane: _Lane, record: Message) -> None:
         outcome, attempted = Outcome.retry("the drain stopped before the send was tried"), False
         try:
-            if self.policy.expired(record["created_at"], self.drain.clock()):
+            if self.policy.expired(record.created_at, self.clock.trusted()):
                 outcome = self._expired(record)
             else:
                 attempted = True
                 outcome = self._attempt(lane, record)
         except Exception as exc:
-            log.exception("sending message %s with %s raised", record["id"], lane.serv)
+            log.exception("sending message %s with %s raised", record.id, lane.serv)
             outcome = Outcome.retry(f"internal error while sending ({type(exc).__name__})")
         finally:
             self._record(lane, record, outcome, attempted)
 
-    def _attempt(self, lane: _Lane, record: dict) -> Outcome:
-        service, pacer, dest = lane.service, lane.pacer, record["dest"]
+    def _attempt(self, lane: _Lane, record: Message) -> Outcome:
+        service, pacer, dest = lane.service, lane.pacer, record.dest
+        assert service is not None and pacer is not None  # a lane without them is on hold
         if not service.configured():
             return Outcome.misconfigured(f"{service.name} is not configured (set {', '.join(service.missing_credentials())})")
-        path = self.drain.spool.message_path(record["client"], record["id"])
-        if not path.exists():
+        try:
+            content = self.drain.spool.message_content(record.client, record.id)
+        except FileNotFoundError:
             return Outcome.failed("the message's content is gone from the spool")
-        turns = _Turns(pacer, dest, prepaid=lane.serv not in self.drain._hooked, patience=self.tuning.horizon)
+        turns = _Turns(pacer, dest, patience=self.tuning.horizon)
         data = {
-            "id": record["id"],
-            "dir": str(path.parent),
-            "path": path,
+            "id": record.id,
+            "content": content,
             "dest": dest,
-            "type": record["type"],
-            "state": record["state"],
-            "filename": record.get("filename"),
-            "options": record.get("options", {}),
-            "platform_ids": record.get("platform_ids", []),
+            "type": record.type,
+            "filename": record.filename,
+            "options": dict(record.options),
+            "platform_ids": list(record.platform_ids),
             "pace": turns,
         }
         try:
-            if turns.prepaid:
-                # Until the service is seen pacing itself, take its first slot for it.
-                pacer.wait_turn(dest, self.tuning.horizon)
             outcome = service.send(data)
         except Held as held:  # nothing was sent: a platform's hold outlasts this pass
             return Outcome.retry(f"{lane.serv}: rate-limited by the platform for {held.seconds:.0f} s more", retry_after=held.seconds)
@@ -323,32 +377,40 @@ class Pass:
             outcome = Outcome.failed("the message's content is gone from the spool")
         except InvalidInput as exc:
             outcome = Outcome.failed(f"{lane.serv}: {exc}")
-        if turns.calls:
-            self.drain._hooked.add(lane.serv)
         if turns.requests:
             pacer.answered(dest)
         scope = throttle_scope(outcome)
         if scope:
             pacer.throttled(scope, dest, outcome.retry_after)
             log.warning("%s says too fast (%s, retry_after=%s): slowing down", lane.serv, outcome.reason, outcome.retry_after)
-        elif outcome.kind == DELIVERED:
+        elif outcome.kind == OutcomeKind.DELIVERED:
             pacer.delivered()
         return outcome
 
-    def _record(self, lane: _Lane, record: dict, outcome: Outcome, attempted: bool = True) -> None:
-        """Write the outcome durably, then tell the scheduler (whatever happens)."""
-        changes = transition(record, outcome, self.policy, self.drain.clock(), attempted)
-        state = changes.get("state", states.QUEUED)
+    def _record(self, lane: _Lane, record: Message, outcome: Outcome, attempted: bool = True) -> None:
+        """Write the outcome durably (fenced by the lease), then tell the scheduler, whatever happens."""
+        state, changes = UNWRITTEN, {}
         try:
-            self.drain.store.update(record["id"], changes)
-        except Exception:
-            # The record keeps its claim and state: the next pass sends it again.
-            log.exception("could not record the outcome of message %s (%s); it stays queued", record["id"], outcome.kind)
+            changes = transition(record, outcome, self.policy, self.clock.now(), attempted)
+            state = str(changes.get("state", State.QUEUED))
+            if self.store.finish(record, changes, self.clock.now()) is None:
+                state = LOST
+                log.warning("message %s: its lease was taken over by another pass; outcome %s not written", record.id, outcome.kind)
+        except Exception as exc:
+            if not changes:  # the record itself made the outcome unwritable: fail it, with the reason
+                changes = {"state": State.FAILED, "last_error": f"internal error recording the outcome ({type(exc).__name__})",
+                           "updated_at": self.clock.now()}
+            from .drain import Unwritten
+
+            log.error("could not write the outcome of message %s (%s: %s); kept, written again before new work",
+                      record.id, outcome.kind, exc)
+            self.drain.keep_unwritten(Unwritten(record, changes, str(changes.get("state", State.QUEUED))))
+            state = UNWRITTEN
         finally:
             self.done.put(_Done(lane, record, outcome, state))
         log.info(
             "message %s serv=%s outcome=%s state=%s attempts=%s reason=%s",
-            record["id"], lane.serv, outcome.kind, state, changes.get("attempts", record["attempts"]), outcome.reason or "-",
+            record.id, lane.serv, outcome.kind, state, changes.get("attempts", record.attempts), outcome.reason or "-",
         )
 
     # -- back in the scheduler ----------------------------------------------------
@@ -356,21 +418,24 @@ class Pass:
         lane, record = done.lane, done.record
         lane.inflight -= 1
         self.pending -= 1
-        lane.busy.discard(record["dest"])
-        if done.state == states.DELIVERED:
+        self.held.pop(record.id, None)
+        lane.busy.discard(record.dest)
+        if done.state in (UNWRITTEN, LOST):
+            self.summary.lost += done.state == LOST
+        elif done.state == State.DELIVERED:
             self.summary.delivered += 1
             if lane.hold is None and lane.concurrency < lane.size:
                 lane.concurrency = lane.size
-                self.drain.release_hold(lane.serv)
-        elif done.state == states.FAILED:
+                self.holds.release(lane.serv)
+        elif done.state == State.FAILED:
             self.summary.failed += 1
-        elif done.outcome.kind == MISCONFIGURED:
+        elif done.outcome.kind == OutcomeKind.MISCONFIGURED:
             if lane.hold is None:
                 self._put_on_hold(lane, done.outcome.reason)
         else:
             self.summary.retried += 1
         if lane.hold is None:
-            self._schedule(lane, record["dest"])
+            self._schedule(lane, record.dest)
 
     def _prune(self) -> None:
         now = time.monotonic()
@@ -385,26 +450,19 @@ class Pass:
 class _Turns:
     """The ``pace`` a service calls right before each message-sending request.
 
-    ``prepaid``: the drain already waited for the first slot (for a service
-    not yet seen calling ``pace``), so the first call returns at once.
+    Every part gets the same patience: a platform hold longer than the
+    horizon raises ``Held`` before a later part as before the first, and the
+    service returns a retry carrying the parts already delivered.
     """
 
-    def __init__(self, pacer: ServicePacer, dest: str, prepaid: bool, patience: float):
+    def __init__(self, pacer: ServicePacer, dest: str, patience: float):
         self.pacer = pacer
         self.dest = dest
-        self.prepaid = prepaid
         self.patience = patience
-        self.calls = 0
-        self.requests = 1 if prepaid else 0
+        self.requests = 0
 
     def __call__(self) -> None:
-        self.calls += 1
-        if self.prepaid:
-            self.prepaid = False
-            return
         if self.requests:
             self.pacer.answered(self.dest)  # the previous part was just answered
-            self.pacer.wait_turn(self.dest)  # a later part waits as long as it takes: parts go in order
-        else:
-            self.pacer.wait_turn(self.dest, self.patience)  # may raise Held: nothing of this message sent yet
+        self.pacer.wait_turn(self.dest, self.patience)  # may raise Held
         self.requests += 1

@@ -1,252 +1,112 @@
-"""The message store: where message records live while they are not archived.
+"""The message store contract: what the gateway and the drain ask of any backend.
 
-``MessageStore`` is the contract (a handful of methods) that the gateway and
-the drain use; ``TinyStore`` keeps records in TinyDB, ``MemoryStore`` in a
-dict (for tests of the engine). A shared engine (Redis) is a third class.
+``MessageStore`` is a handful of atomic operations; each backend in
+``queue/backends/`` implements all of them with the same meaning, and
+``tests/test_backend_contract.py`` runs one suite over every backend.
 
-TinyDB rewrites its whole file on every write, so ``TinyStore`` shards records
-by message id over up to 4096 small files, each guarded by its own FileLock:
-a request touches one shard of a few dozen records however many messages are
-stored. Archived records leave TinyDB for an append-only JSON-lines file.
+Leases: ``claim_due`` hands each due message out with a fresh token
+(``Message.claim``) and an expiry (``Message.claim_until``). ``finish`` and
+``extend`` succeed only with the current token, so a sender whose lease lapsed
+and was taken over by another pass is told so (``None``/``False``) and writes
+nothing. A lapsed lease makes the message due again for any pass, at any time:
+correctness never rests on only one pass running.
+
+Due index: ``claim_due`` costs O(due + log stored), not a scan of every record:
+100,000 queued messages none of which is due cost a pass about what an empty
+store costs. Retries and scheduled sends are all just a later due time.
+
+Figures (``counters``) change inside the same critical section as the record
+change they count.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import threading
-import time
 from abc import ABC, abstractmethod
-from contextlib import contextmanager
-from typing import Callable, Iterable, Iterator
-
-from filelock import FileLock, Timeout
-from tinydb import Query, TinyDB
+from typing import Any, Callable, Iterable, Iterator
 
 from ..errors import Unavailable
-from ..fsutil import append_durable
-from .layout import Layout
-from .states import FINAL_STATES, QUEUED
-from .storage import AtomicJSONStorage
+from ..model import Message
+from .counters import Counters
 
-__all__ = ["MessageStore", "TinyStore", "MemoryStore", "is_due"]
-
-_ID = Query().id
-_TABLE = "messages"
+__all__ = ["MessageStore", "Damaged", "StoreUnwritable"]
 
 
-def is_due(record: dict, now: float, claim: str) -> bool:
-    """Whether the drain pass holding ``claim`` may take this record now.
+class Damaged(Unavailable):
+    """The part of the store that holds this id was damaged and set aside (quarantined)."""
 
-    Only one pass runs at a time per data folder, so a claim by any other
-    pass is one left behind by a pass that died: it goes back to the queue.
-    """
-    return (
-        record.get("state") == QUEUED
-        and record.get("next_attempt_at", 0) <= now
-        and record.get("claim") != claim
-    )
+
+class StoreUnwritable(Unavailable):
+    """The store could not be written (full disk, I/O error, a lock that never came free)."""
 
 
 class MessageStore(ABC):
-    """Message records, keyed by their ``id``."""
+    """Message records keyed by id, with leases, a due index and figures."""
+
+    counters: Counters
 
     @abstractmethod
-    def add(self, record: dict) -> None:
-        """Store a new record durably before returning."""
+    def add(self, message: Message) -> None:
+        """Store a new message durably before returning (and count it)."""
 
     @abstractmethod
-    def get(self, message_id: str) -> dict | None:
-        """The record, or None."""
+    def get(self, message_id: str) -> Message | None:
+        """The message, or None. Raises ``Damaged`` if its part of the store was set aside."""
 
     @abstractmethod
-    def update(self, message_id: str, changes: dict) -> dict | None:
-        """Apply ``changes`` and return the new record (None if there is none)."""
+    def claim_due(self, now: float, lease: float, accept: Callable[[Message], bool] | None = None,
+                  limit: int | None = None) -> Iterator[Message]:
+        """Lease the messages due at ``now`` and yield them, each with a fresh token, lazily.
 
-    @abstractmethod
-    def claim_due(self, now: float, claim: str, accept: Callable[[dict], bool] | None = None) -> Iterator[dict]:
-        """Mark due queued records as claimed by ``claim`` and yield them, a batch at a time.
-
-        Lazy: a batch is read and claimed only when the previous one has been
-        consumed, so a pass never holds the whole backlog in memory. ``accept``,
-        if given, is asked once per due record whether the pass wants it now;
-        a record it refuses is left as it is (not claimed, not yielded).
+        A batch is leased only when the previous one has been consumed.
+        ``accept``, when given, is asked once per due message whether the pass
+        wants it now; a refused one is left untouched. A stored record that is
+        not a valid message is failed with the reason, not yielded.
         """
 
     @abstractmethod
-    def unreported(self, before: float) -> Iterator[str]:
-        """Ids of records in a final state since before ``before`` (never asked for by /cons)."""
+    def extend(self, claims: Iterable[Message], until: float) -> list[bool]:
+        """Push the leases of ``claims`` to ``until``; False for each lease no longer held."""
 
     @abstractmethod
-    def archive(self, message_id: str) -> dict | None:
-        """Move the record to the archive; return it (None if there is none)."""
+    def finish(self, claim: Message, changes: dict[str, Any], now: float) -> Message | None:
+        """Apply an outcome's ``changes`` and end the lease; None (nothing written) if the lease was lost."""
 
+    @abstractmethod
+    def report(self, message_id: str, now: float) -> Message | None:
+        """The message for ``/cons``; a final state gets ``reported_at`` the first time it is reported."""
 
-class TinyStore(MessageStore):
-    SHARD_HEX_DIGITS = 3  # 4096 shards: ~25 records each at 100k stored messages
-    LOCK_TIMEOUT = 30.0
+    @abstractmethod
+    def archive(self, message_id: str, now: float, if_: Callable[[Message], bool] | None = None) -> Message | None:
+        """Move the message to the archive and return it, atomically: of two callers, one gets None.
 
-    def __init__(self, layout: Layout, *, fsync: bool = True):
-        self.layout = layout
-        self.fsync = fsync
+        ``if_``: archive only if the stored message passes this check (judged
+        under the same lock as the move).
+        """
 
-    def shard_of(self, message_id: str) -> str:
-        digest = hashlib.blake2b(message_id.encode(), digest_size=4).hexdigest()
-        return digest[: self.SHARD_HEX_DIGITS]
+    @abstractmethod
+    def final_messages(self) -> Iterator[Message]:
+        """Every message in a final state: a scan, for the sweep, never for a request."""
 
-    @contextmanager
-    def _locked(self, name: str) -> Iterator[None]:
-        try:
-            with FileLock(self.layout.lock(name), timeout=self.LOCK_TIMEOUT):
-                yield
-        except Timeout:
-            raise Unavailable("the store is busy; try again") from None
+    @abstractmethod
+    def messages(self) -> Iterator[Message]:
+        """Every stored message: a scan, for rebuilding figures and imports, never for a request."""
 
-    @contextmanager
-    def _table(self, shard: str):
-        # A fresh TinyDB per operation, opened and closed under the shard's
-        # lock: TinyDB's caches are per object and go stale across processes.
-        with self._locked(f"shard-{shard}"):
-            db = TinyDB(self.layout.shard(shard), storage=AtomicJSONStorage, fsync=self.fsync)
-            try:
-                yield db.table(_TABLE, cache_size=0)
-            finally:
-                db.close()
+    @abstractmethod
+    def rebuild(self) -> int:
+        """Recount figures and the due index from the records; returns how many messages were counted."""
 
-    def _read_unlocked(self, shard: str) -> list[dict]:
-        # Safe without the lock: files are only ever replaced whole.
-        try:
-            raw = self.layout.shard(shard).read_bytes()
-        except FileNotFoundError:
-            return []
-        return list(json.loads(raw).get(_TABLE, {}).values()) if raw else []
-
-    def add(self, record: dict) -> None:
-        with self._table(self.shard_of(record["id"])) as table:
-            table.insert(record)
-
-    def records(self) -> Iterator[dict]:
-        """Every stored record: a full scan, for rebuilding figures (``queue.counters``), not for requests."""
-        for entry in sorted(os.scandir(self.layout.store), key=lambda e: e.name):
-            if entry.name.endswith(".json"):
-                yield from self._read_unlocked(entry.name[: -len(".json")])
-
-    def unreported(self, before: float) -> Iterator[str]:
-        for record in self.records():
-            if record.get("state") in FINAL_STATES and record.get("updated_at", 0) < before:
-                yield record["id"]
-
-    def add_many(self, records: Iterable[dict]) -> int:
-        """Store many new records, one write per shard (imports, benchmarks); returns how many."""
-        by_shard: dict[str, list[dict]] = {}
-        for record in records:
-            by_shard.setdefault(self.shard_of(record["id"]), []).append(record)
-        for shard, batch in by_shard.items():
-            with self._table(shard) as table:
-                table.insert_multiple(batch)
-        return sum(len(batch) for batch in by_shard.values())
-
-    def get(self, message_id: str) -> dict | None:
-        for record in self._read_unlocked(self.shard_of(message_id)):
-            if record.get("id") == message_id:
-                return record
-        return None
-
-    def update(self, message_id: str, changes: dict) -> dict | None:
-        with self._table(self.shard_of(message_id)) as table:
-            if not table.update(changes, _ID == message_id):
-                return None
-            return dict(table.get(_ID == message_id))
-
-    def claim_due(self, now: float, claim: str, accept: Callable[[dict], bool] | None = None) -> Iterator[dict]:
-        # One shard is one batch. Shards are read without the lock first (files
-        # are replaced whole), so a shard with nothing wanted costs no lock and
-        # no write; the lock is held only to mark the batch, never while sending.
-        names = sorted(entry.name[: -len(".json")] for entry in os.scandir(self.layout.store) if entry.name.endswith(".json"))
-        for shard in names:
-            wanted = {r["id"] for r in self._read_unlocked(shard) if is_due(r, now, claim) and (accept is None or accept(r))}
-            if not wanted:
-                continue
-            with self._table(shard) as table:
-                due = [doc for doc in table.all() if doc.get("id") in wanted and is_due(doc, now, claim)]
-                if not due:
-                    continue
-                table.update({"claim": claim}, doc_ids=[doc.doc_id for doc in due])
-            for doc in due:
-                yield {**doc, "claim": claim}
-
-    def archive(self, message_id: str) -> dict | None:
-        record = self.get(message_id)
-        if record is None:
-            return None
-        month = time.strftime("%Y-%m", time.gmtime())
-        line = (json.dumps(record, separators=(",", ":")) + "\n").encode()
-        # Archive first, then forget: a crash between leaves a record in both
-        # places (archived twice at worst), never in neither.
-        with self._locked("archive"):
-            append_durable(self.layout.archive / f"messages-{month}.jsonl", line, fsync=self.fsync)
-        with self._table(self.shard_of(message_id)) as table:
-            table.remove(_ID == message_id)
-        return record
-
-
-class MemoryStore(MessageStore):
-    """Records in a dict; for tests and single-process experiments."""
-
-    def __init__(self) -> None:
-        self.records: dict[str, dict] = {}
-        self.archived: list[dict] = []
-        self._lock = threading.Lock()
-
-    def add(self, record: dict) -> None:
-        with self._lock:
-            self.records[record["id"]] = dict(record)
-
-    def add_many(self, records: Iterable[dict]) -> int:
+    def add_many(self, messages: Iterable[Message]) -> int:
+        """Store many new messages (imports, benchmarks); returns how many."""
         count = 0
-        for record in records:
-            self.add(record)
+        for message in messages:
+            self.add(message)
             count += 1
         return count
 
-    def get(self, message_id: str) -> dict | None:
-        with self._lock:
-            record = self.records.get(message_id)
-            return dict(record) if record else None
+    def problems(self) -> list[str]:
+        """What is wrong with the store now, for ``/health`` (empty when nothing is)."""
+        return []
 
-    def update(self, message_id: str, changes: dict) -> dict | None:
-        with self._lock:
-            if message_id not in self.records:
-                return None
-            self.records[message_id].update(changes)
-            return dict(self.records[message_id])
-
-    def claim_due(self, now: float, claim: str, accept: Callable[[dict], bool] | None = None) -> Iterator[dict]:
-        with self._lock:
-            ids = list(self.records)
-        for message_id in ids:
-            with self._lock:
-                record = self.records.get(message_id)
-                if record is None or not is_due(record, now, claim):
-                    continue
-            if accept is not None and not accept(dict(record)):
-                continue
-            with self._lock:
-                if not is_due(record, now, claim):
-                    continue
-                record["claim"] = claim
-                taken = dict(record)
-            yield taken
-
-    def unreported(self, before: float) -> Iterator[str]:
-        with self._lock:
-            return iter([r["id"] for r in self.records.values()
-                         if r.get("state") in FINAL_STATES and r.get("updated_at", 0) < before])
-
-    def archive(self, message_id: str) -> dict | None:
-        with self._lock:
-            record = self.records.pop(message_id, None)
-            if record is not None:
-                self.archived.append(record)
-            return record
+    def sweep(self, now: float, older_than: float) -> int:
+        """Remove the backend's own leftovers older than ``older_than`` seconds; returns how many."""
+        return 0

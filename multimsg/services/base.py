@@ -9,18 +9,23 @@ A service is one class per platform, deriving from ``ServiceBase``:
   datatype, ``text_limit`` and ``text_measure`` (how the platform counts),
   ``max_text_parts``, ``caption_limit`` and ``caption_types``;
 - ``validate(datatype)`` (the seed's contract), ``check_dest(dest)`` and
-  ``check_content(datatype, path, size, options)``, which raise a domain error
+  ``check_content(datatype, content, options)``, which raise a domain error
   (``InvalidInput``, ``TooLarge``) before anything is queued;
 - ``send(data)``, which returns an ``Outcome``: delivered (with the platform's
   message ids), retry later (and when), failed for good (and why), or
   misconfigured (the server's fault, not the message's).
 
-``data`` keeps the seed's keys: ``id`` (the message id), ``dir`` (folder of the
-content file), ``dest``, ``type``, ``state``; plus ``path`` (the content file),
+``data`` keeps the seed's keys ``id`` (the message id), ``dest`` and ``type``;
+plus ``content`` (a ``multimsg.content.Content``: size, head, stream),
 ``filename``, ``options`` (``caption``), ``platform_ids`` (one per part
-delivered by earlier attempts: those parts are skipped) and optionally
-``pace``, a callable the engine may set: it is called right before each
-request that sends a message part (not before media uploads).
+delivered by earlier attempts: those parts are skipped) and ``pace``, which
+the service calls right before each request that sends a message part (not
+before media uploads); ``pace`` may raise ``Held`` when the platform holds
+the service longer than the engine will wait.
+
+A service is built with a ``ServiceConfig`` (``multimsg.config``): its
+declared credentials and options, pacing overrides and timeouts. It never
+reads the environment.
 
 ``send`` runs concurrently in a thread pool: services keep no per-message
 state on ``self`` (caches are locked), and their session pools 64 connections.
@@ -31,29 +36,49 @@ from __future__ import annotations
 import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field, replace
-from pathlib import Path
+from enum import StrEnum
 from typing import Callable, ClassVar, Sequence
 
 import requests
 from requests.adapters import HTTPAdapter
 
-from ..config import env, settings
+from ..config import ServiceConfig, service_config
+from ..content import Content
 from ..errors import InvalidInput, TooLarge
 from .datatypes import Datatypes
 from .sniff import describe, extension, sniff
 from .text import MEASURES, split_text
 
 __all__ = [
-    "ServiceBase", "Outcome", "read_text", "json_or_none", "file_name", "megabytes",
+    "ServiceBase", "Outcome", "OutcomeKind", "Throttle", "Held", "read_text", "json_or_none", "file_name", "megabytes",
     "DELIVERED", "RETRY", "FAILED", "MISCONFIGURED", "THROTTLE_SERVICE", "THROTTLE_DEST", "MB", "POOL_SIZE",
 ]
 
-DELIVERED = "delivered"
-RETRY = "retry"
-FAILED = "failed"
-MISCONFIGURED = "misconfigured"
-THROTTLE_SERVICE = "service"  # Outcome.throttle scopes (the drain's pacing.SERVICE / DEST)
-THROTTLE_DEST = "dest"
+
+class OutcomeKind(StrEnum):
+    DELIVERED = "delivered"  # the platform accepted every part
+    RETRY = "retry"  # try again later
+    FAILED = "failed"  # refused for good
+    MISCONFIGURED = "misconfigured"  # the server's credentials were refused: the message waits
+
+
+class Throttle(StrEnum):
+    """What a "too fast" answer concerns."""
+
+    SERVICE = "service"  # the whole service must slow down
+    DEST = "dest"  # this destination must wait
+
+
+DELIVERED, RETRY, FAILED, MISCONFIGURED = OutcomeKind
+THROTTLE_SERVICE, THROTTLE_DEST = Throttle
+
+
+class Held(Exception):
+    """Raised by ``pace``: the platform holds the service (or the destination) longer than the engine waits."""
+
+    def __init__(self, seconds: float):
+        super().__init__(f"held for {seconds:.0f} s")
+        self.seconds = seconds
 
 MB = 1000 * 1000  # platforms state limits in MB; the decimal reading is the stricter one
 POOL_SIZE = 64  # connections kept per host: the drain sends from a thread pool
@@ -65,21 +90,21 @@ _FILENAME_BAD = re.compile(r"[\x00-\x1f\x7f/\\]")
 class Outcome:
     """What a send attempt came to."""
 
-    kind: str
+    kind: OutcomeKind
     platform_ids: list[str] = field(default_factory=list)  # ids of parts delivered in this attempt
     reason: str = ""
     retry_after: float | None = None  # seconds, when the platform said
     # A retry because we sent too fast: "service" (the whole service must slow
     # down) or "dest" (this destination must wait); None when the platform did
     # not say (the drain then reads a retry_after as "service").
-    throttle: str | None = None
+    throttle: Throttle | None = None
 
     @classmethod
     def delivered(cls, platform_ids: list[str]) -> "Outcome":
         return cls(DELIVERED, list(platform_ids))
 
     @classmethod
-    def retry(cls, reason: str, retry_after: float | None = None, platform_ids=(), throttle: str | None = None) -> "Outcome":
+    def retry(cls, reason: str, retry_after: float | None = None, platform_ids=(), throttle: Throttle | None = None) -> "Outcome":
         return cls(RETRY, list(platform_ids), reason, retry_after, throttle)
 
     @classmethod
@@ -106,8 +131,8 @@ class ServiceBase(ABC):
     # Pacing, as data (the drain enforces it): sends per second for the whole
     # service, and per destination ``dest_limit(dest) -> (sends, per_seconds)``.
     rate: ClassVar[float] = 1.0
-    credentials: ClassVar[dict[str, str]] = {}  # attribute -> environment name (required)
-    options: ClassVar[dict[str, tuple[str, str]]] = {}  # attribute -> (environment name, default)
+    credentials: ClassVar[dict[str, str]] = {}  # attribute -> setting name (required)
+    options: ClassVar[dict[str, tuple[str, str]]] = {}  # attribute -> (setting name, default)
 
     # Content rules, as data.
     size_limits: ClassVar[dict[str, int]] = {}  # datatype -> most bytes a file of it may have
@@ -118,16 +143,20 @@ class ServiceBase(ABC):
     caption_limit: ClassVar[int] = 1024
     caption_types: ClassVar[frozenset[str]] = frozenset()
 
-    def __init__(self, session: requests.Session | None = None):
+    def __init__(self, config: ServiceConfig | None = None, session: requests.Session | None = None):
+        self.config = config or self.read_config()
         self.session = session or requests.Session()
         adapter = HTTPAdapter(pool_connections=4, pool_maxsize=POOL_SIZE)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
-        for attribute, variable in self.credentials.items():
-            setattr(self, attribute, env(variable))
-        for attribute, (variable, default) in self.options.items():
-            setattr(self, attribute, env(variable, default))
-        self.timeout = (settings().connect_timeout, settings().read_timeout)
+        for attribute, value in self.config.values.items():
+            setattr(self, attribute, value)
+        self.timeout = (self.config.connect_timeout, self.config.read_timeout)
+
+    @classmethod
+    def read_config(cls) -> ServiceConfig:
+        """This service's settings as the configuration gives them (what ``get_service`` builds it with)."""
+        return service_config(cls.name, cls.credentials, cls.options)
 
     # -- configuration -----------------------------------------------------
     def missing_credentials(self) -> list[str]:
@@ -156,24 +185,25 @@ class ServiceBase(ABC):
             return self.max_text_parts * self.text_limit * 4
         return self.size_limits.get(datatype)
 
-    def check_content(self, datatype: str, path: Path, size: int, options: dict | None = None) -> dict:
+    def check_content(self, datatype: str, content: Content, options: dict | None = None) -> dict:
         """Check the stored content and the message's options for ``datatype``.
 
         Returns the options to store (``caption``, ``filename``: only those
         given). Raises ``InvalidInput`` or ``TooLarge`` with the reason.
         """
         options = self.check_options(datatype, options or {})
+        size = content.size
         if size == 0:
             raise InvalidInput("the upload is empty")
         limit = self.size_limit(datatype)
         if limit is not None and size > limit:
             raise TooLarge(f"{datatype} is {megabytes(size)}; {self.name} takes at most {megabytes(limit)} for {datatype}")
         if datatype == Datatypes.TEXT:
-            self.text_parts(path)
+            self.text_parts(content)
         elif datatype == Datatypes.TEMPLATE:
-            self.check_template(path)
+            self.check_template(content)
         else:
-            self.check_format(datatype, path)
+            self.check_format(datatype, content)
         return options
 
     def check_options(self, datatype: str, options: dict) -> dict:
@@ -197,21 +227,21 @@ class ServiceBase(ABC):
             checked["filename"] = filename
         return checked
 
-    def check_format(self, datatype: str, path: Path) -> str | None:
-        """The file's sniffed MIME type; InvalidInput if ``datatype`` does not take it here."""
-        mime = sniff(path)
+    def check_format(self, datatype: str, content: Content) -> str | None:
+        """The content's sniffed MIME type; InvalidInput if ``datatype`` does not take it here."""
+        mime = sniff(content)
         allowed = self.formats.get(datatype)
         if allowed is not None and mime not in allowed:
             kinds = ", ".join(sorted({describe(kind) for kind in allowed}))
             raise InvalidInput(f"{datatype} for {self.name} must be {kinds} (checked by content); this file is {describe(mime)}")
         return mime
 
-    def check_template(self, path: Path) -> None:
+    def check_template(self, content: Content) -> None:
         raise InvalidInput(f"{self.name} does not send templates")
 
-    def text_parts(self, path: Path) -> list[str]:
-        """The message parts a text file is sent as (InvalidInput/TooLarge if it cannot be)."""
-        text = read_text(path)
+    def text_parts(self, content: Content) -> list[str]:
+        """The message parts a text is sent as (InvalidInput/TooLarge if it cannot be)."""
+        text = read_text(content)
         parts = split_text(text, self.text_limit, MEASURES[self.text_measure])
         if len(parts) > self.max_text_parts:
             raise TooLarge(
@@ -243,7 +273,11 @@ class ServiceBase(ABC):
         pace = data.get("pace") or _no_pace
         delivered: list[str] = []
         for part in parts[done:]:
-            outcome = part(pace)
+            try:
+                outcome = part(pace)
+            except Held as held:  # nothing of this part went out; the parts before it did
+                reason = f"{self.name}: rate-limited by the platform for {held.seconds:.0f} s more"
+                return Outcome.retry(reason, retry_after=held.seconds, platform_ids=delivered)
             if outcome.kind != DELIVERED:
                 return replace(outcome, platform_ids=delivered + outcome.platform_ids)
             delivered += outcome.platform_ids
@@ -267,10 +301,10 @@ class ServiceBase(ABC):
         return classify(response)
 
 
-def read_text(path: Path) -> str:
+def read_text(content: Content) -> str:
     """The content of a text message: UTF-8, not empty."""
     try:
-        text = Path(path).read_bytes().decode("utf-8")
+        text = content.read().decode("utf-8")
     except UnicodeDecodeError as exc:
         raise InvalidInput(f"text must be UTF-8 (invalid byte at offset {exc.start})") from None
     if not text.strip():

@@ -16,7 +16,7 @@ are ours:
 
 from __future__ import annotations
 
-from pathlib import Path
+from ..content import HEAD, Content
 
 import filetype
 
@@ -24,7 +24,6 @@ __all__ = ["sniff", "sniff_bytes", "describe", "extension", "OGG_OPUS", "OCTET_S
 
 OGG_OPUS = "audio/ogg; codecs=opus"
 OCTET_STREAM = "application/octet-stream"
-HEAD = 8192  # what filetype reads, too
 
 _LABELS = {
     "image/jpeg": "JPEG",
@@ -53,11 +52,9 @@ _LABELS = {
 _BINARY_CONTROLS = bytes(set(range(32)) - {9, 10, 12, 13}) + b"\x7f"
 
 
-def sniff(path: Path) -> str | None:
-    """The MIME type of the file at ``path`` by its content; None if unknown."""
-    with open(path, "rb") as handle:
-        head = handle.read(HEAD)
-    return sniff_bytes(head)
+def sniff(content: Content) -> str | None:
+    """The MIME type of ``content`` by its first bytes; None if unknown."""
+    return sniff_bytes(content.head(HEAD))
 
 
 def sniff_bytes(head: bytes) -> str | None:

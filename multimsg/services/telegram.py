@@ -33,7 +33,6 @@ any other 4xx (413 too, even as HTML)      failed, with the ``description`` (or 
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import requests
 
@@ -96,7 +95,7 @@ class Telegram(ServiceBase):
     def send(self, data: dict) -> Outcome:
         if data["type"] == Datatypes.TEXT:
             try:
-                parts = [self._text_part(data["dest"], text) for text in self.text_parts(data["path"])]
+                parts = [self._text_part(data["dest"], text) for text in self.text_parts(data["content"])]
             except MultimsgError as exc:  # the stored text no longer passes (it did at /msg)
                 return Outcome.failed(f"telegram: {exc.reason}")
         else:
@@ -108,13 +107,13 @@ class Telegram(ServiceBase):
 
     def _send_file(self, data: dict, pace) -> Outcome:
         method, file_field = METHODS[data["type"]]
-        mime = sniff(data["path"]) or OCTET_STREAM
+        mime = sniff(data["content"]) or OCTET_STREAM
         fields = {"chat_id": data["dest"]}
         caption = (data.get("options") or {}).get("caption")
         if caption:
             fields["caption"] = caption
         filename = file_name(data, mime)
-        with MultipartBody(fields, [(file_field, filename, mime.split(";")[0], Path(data["path"]))]) as body:
+        with MultipartBody(fields, [(file_field, filename, mime.split(";")[0], data["content"])]) as body:
             return self.post(self._url(method), self.classify, pace=pace, data=body, headers={"Content-Type": body.content_type})
 
     @staticmethod

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 
+from ..content import Content
 from ..errors import InvalidInput
 
 __all__ = ["load_template", "TEMPLATE_MAX_BYTES"]
@@ -29,10 +29,10 @@ _LANGUAGE = re.compile(r"[a-z]{2,3}(_[A-Z]{2})?")  # Meta's codes: "en", "en_US"
 _KEYS = {"name", "language", "components"}
 
 
-def load_template(path: Path) -> dict:
+def load_template(content: Content) -> dict:
     """The ``template`` object of a WhatsApp message, from the uploaded JSON document."""
     try:
-        document = json.loads(Path(path).read_bytes().decode("utf-8"))
+        document = json.loads(content.read(TEMPLATE_MAX_BYTES + 1).decode("utf-8"))
     except UnicodeDecodeError:
         raise InvalidInput("template must be a UTF-8 JSON document") from None
     except ValueError as exc:

@@ -50,7 +50,8 @@ import re
 import threading
 import time
 from collections import OrderedDict
-from pathlib import Path
+
+from ..content import Content
 
 import requests
 
@@ -123,8 +124,8 @@ class WhatsApp(ServiceBase):
         # Pair rate limit (error 131056): about one message every 6 s to the same recipient.
         return (1, 6.0)
 
-    def check_template(self, path: Path) -> None:
-        load_template(path)
+    def check_template(self, content: Content) -> None:
+        load_template(content)
 
     def _url(self, edge: str) -> str:
         return f"{self.api_url.rstrip('/')}/{self.phone_number_id}/{edge}"
@@ -138,9 +139,9 @@ class WhatsApp(ServiceBase):
         datatype = data["type"]
         try:
             if datatype == Datatypes.TEXT:
-                parts = [self._message_part(data, "text", {"body": text}) for text in self.text_parts(data["path"])]
+                parts = [self._message_part(data, "text", {"body": text}) for text in self.text_parts(data["content"])]
             elif datatype == Datatypes.TEMPLATE:
-                parts = [self._message_part(data, "template", load_template(data["path"]))]
+                parts = [self._message_part(data, "template", load_template(data["content"]))]
             else:
                 parts = [lambda pace: self._send_media(data, pace)]
         except MultimsgError as exc:  # the stored content no longer passes (it did at /msg)
@@ -156,11 +157,11 @@ class WhatsApp(ServiceBase):
 
     def _send_media(self, data: dict, pace) -> Outcome:
         datatype = data["type"]
-        mime = sniff(data["path"]) or OCTET_STREAM
+        mime = sniff(data["content"]) or OCTET_STREAM
         filename = file_name(data, mime)
         media_id = self._cached_media_id(data["id"])
         if media_id is None:
-            uploaded = self._upload(data["path"], filename, mime)
+            uploaded = self._upload(data["content"], filename, mime)
             if isinstance(uploaded, Outcome):
                 return uploaded
             media_id = uploaded
@@ -179,11 +180,11 @@ class WhatsApp(ServiceBase):
             self._forget_media_id(data["id"])
         return outcome
 
-    def _upload(self, path: Path, filename: str, mime: str) -> str | Outcome:
+    def _upload(self, content: Content, filename: str, mime: str) -> str | Outcome:
         """Upload a file to /media; returns its media id, or the Outcome of a failed upload."""
         mime = mime.split(";")[0]
         fields = {"messaging_product": "whatsapp", "type": mime}
-        with MultipartBody(fields, [("file", filename, mime, Path(path))]) as body:
+        with MultipartBody(fields, [("file", filename, mime, content)]) as body:
             outcome_or_id = self.post(self._url("media"), self._classify_upload, data=body,
                                       headers={**self._auth, "Content-Type": body.content_type})
         return outcome_or_id

@@ -20,7 +20,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..fsutil import ensure_private_dir
+from .fsutil import ensure_private_dir
 
 __all__ = ["Layout", "client_dir_name"]
 

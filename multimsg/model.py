@@ -1,0 +1,141 @@
+"""The message model: a message record's fields, its states, and how it is stored.
+
+``State`` names every state a message can be in; ``Message`` owns the
+record's fields. Backends store a message as the plain dict of
+``Message.to_record()`` and read it back with ``Message.from_record()``,
+which refuses a record it cannot trust (``BadRecord``) rather than letting a
+missing or mistyped field travel into the engine.
+
+A message is ``QUEUED`` from ``/msg`` until the drain records a final
+outcome: ``DELIVERED`` (the platform accepted every part) or ``FAILED`` (the
+platform refused it for good, its attempts ran out, or it expired). While a
+drain pass sends it, a message carries a lease: ``claim`` (a token unique to
+that claim) and ``claim_until`` (when the lease lapses and any pass may take
+the message back).
+
+This module depends on nothing else in multimsg, so the client, the HTTP
+layer and every backend can share it without dragging the engine along.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields, replace
+from enum import StrEnum
+from typing import Any
+
+__all__ = ["State", "FINAL_STATES", "Message", "BadRecord"]
+
+
+class State(StrEnum):
+    QUEUED = "queued"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+
+
+FINAL_STATES = frozenset({State.DELIVERED, State.FAILED})
+
+
+class BadRecord(ValueError):
+    """A stored record that is not a valid message (a missing key, a value of the wrong type)."""
+
+
+@dataclass(frozen=True)
+class Message:
+    """One message, as stored. Times are wall-clock Unix seconds."""
+
+    id: str
+    client: str
+    data_id: str
+    serv: str
+    dest: str
+    type: str
+    filename: str | None = None
+    options: dict[str, str] = field(default_factory=dict)
+    state: State = State.QUEUED
+    attempts: int = 0
+    created_at: float = 0.0
+    updated_at: float = 0.0
+    next_attempt_at: float = 0.0
+    last_error: str | None = None
+    platform_ids: list[str] = field(default_factory=list)
+    claim: str | None = None  # the lease token of the pass sending it now
+    claim_until: float | None = None  # when that lease lapses
+    reported_at: float | None = None  # when /cons first reported its final state
+
+    @property
+    def final(self) -> bool:
+        return self.state in FINAL_STATES
+
+    def due_at(self) -> float | None:
+        """When a pass may next take this message (None: never, it is final)."""
+        if self.final:
+            return None
+        if self.claim is not None and self.claim_until is not None:
+            return max(self.next_attempt_at, self.claim_until)
+        return self.next_attempt_at
+
+    def is_due(self, now: float) -> bool:
+        due = self.due_at()
+        return due is not None and due <= now
+
+    def leased_by(self, token: str) -> bool:
+        return self.claim == token
+
+    def with_changes(self, **changes: Any) -> "Message":
+        if "state" in changes:
+            changes["state"] = State(changes["state"])
+        return replace(self, **changes)
+
+    # -- storage ---------------------------------------------------------------
+    def to_record(self) -> dict[str, Any]:
+        record = asdict(self)
+        record["state"] = str(self.state)
+        return record
+
+    @classmethod
+    def from_record(cls, record: Any) -> "Message":
+        if not isinstance(record, dict):
+            raise BadRecord("a record must be a JSON object")
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in record.items() if k in known}
+        for name in ("id", "client", "data_id", "serv", "dest", "type"):
+            if not isinstance(values.get(name), str):
+                raise BadRecord(f"record {record.get('id')!r}: {name!r} is missing or not text")
+        try:
+            values["state"] = State(values.get("state", State.QUEUED))
+        except ValueError:
+            raise BadRecord(f"record {values['id']}: unknown state {values.get('state')!r}") from None
+        ids = values.get("platform_ids")
+        values["platform_ids"] = [] if ids is None else ids
+        if not isinstance(values["platform_ids"], list) or not all(isinstance(i, str) for i in values["platform_ids"]):
+            raise BadRecord(f"record {values['id']}: 'platform_ids' must be a list of text")
+        options = values.get("options")
+        values["options"] = {} if options is None else options
+        if not isinstance(values["options"], dict):
+            raise BadRecord(f"record {values['id']}: 'options' must be an object")
+        try:
+            values["attempts"] = int(values.get("attempts") or 0)
+            for name in ("created_at", "updated_at", "next_attempt_at"):
+                values[name] = float(values.get(name) or 0.0)
+            for name in ("claim_until", "reported_at"):
+                if values.get(name) is not None:
+                    values[name] = float(values[name])
+        except (TypeError, ValueError):
+            raise BadRecord(f"record {values['id']}: a count or a time is not a number") from None
+        return cls(**values)
+
+    def public(self) -> dict[str, Any]:
+        """What ``/cons`` shows of a message (JSON answer)."""
+        return {
+            "id": self.id,
+            "state": str(self.state),
+            "serv": self.serv,
+            "dest": self.dest,
+            "type": self.type,
+            "attempts": self.attempts,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+            "next_attempt_at": None if self.final else self.next_attempt_at,
+            "last_error": self.last_error,
+            "platform_ids": list(self.platform_ids),
+        }

@@ -1,0 +1,157 @@
+"""The embedded backend's spool: uploads as files under ``spool/<client>/`` in the data folder.
+
+An upload is written atomically (temporary file, fsync, rename) with a small
+JSON sidecar. Each message gets its own hard link to the content
+(``msg/<message_id>``), so a data file can expire on its own schedule while
+the messages that use it keep theirs, and nothing is copied (unless the
+filesystem refuses another link: then the message gets a copy).
+
+The sweep also removes what a crash can leave behind, once it is older than
+a threshold (so nothing in progress is touched): temporary files of
+interrupted writes, data files whose sidecar was never written, and message
+links whose message was never stored (or was archived before its release).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import BinaryIO, Iterable, Iterator
+
+from ...errors import NotFound
+from ...fsutil import copy_stream, ensure_private_dir, fsync_dir, write_atomic, write_stream_atomic
+from ...ids import is_id, new_id
+from ...layout import Layout
+from ..spool import Content, DataInfo, Spool
+
+__all__ = ["FileSpool", "FileContent"]
+
+
+class FileContent(Content):
+    def __init__(self, path: Path):
+        self.path = path
+        self.size = os.stat(path).st_size
+
+    def open(self) -> BinaryIO:
+        return open(self.path, "rb")
+
+    @contextmanager
+    def local_path(self) -> Iterator[Path]:
+        yield self.path  # already a private local file
+
+
+class FileSpool(Spool):
+    def __init__(self, layout: Layout, *, ttl: float, fsync: bool = True):
+        self.layout = layout
+        self.ttl = ttl
+        self.fsync = fsync
+
+    def _dir(self, client: str) -> Path:
+        return ensure_private_dir(self.layout.client_spool(client))
+
+    def put(self, client: str, chunks: Iterable[bytes], filename: str) -> DataInfo:
+        folder = self._dir(client)
+        data_id = new_id()
+        size = write_stream_atomic(folder / data_id, chunks, fsync=self.fsync)
+        info = DataInfo(data_id, size, filename, time.time())
+        meta = {"filename": filename, "size": size, "created_at": info.created_at}
+        write_atomic(folder / f"{data_id}.json", json.dumps(meta).encode(), fsync=self.fsync)
+        return info
+
+    def _meta(self, client: str, data_id: str) -> dict:
+        try:
+            meta = json.loads((self.layout.client_spool(client) / f"{data_id}.json").read_bytes())
+        except (FileNotFoundError, ValueError):
+            raise NotFound("unknown data id") from None
+        if time.time() - meta["created_at"] > self.ttl:
+            raise NotFound("data id has expired; upload the file again")
+        return meta
+
+    def get(self, client: str, data_id: str) -> DataInfo:
+        meta = self._meta(client, data_id)
+        return DataInfo(data_id, meta["size"], meta["filename"], meta["created_at"])
+
+    def content(self, client: str, data_id: str) -> Content:
+        self._meta(client, data_id)
+        try:
+            return FileContent(self.layout.client_spool(client) / data_id)
+        except FileNotFoundError:
+            raise NotFound("data id has expired; upload the file again") from None
+
+    def attach(self, client: str, data_id: str, message_id: str) -> None:
+        self._meta(client, data_id)
+        source = self.layout.client_spool(client) / data_id
+        target = ensure_private_dir(self._dir(client) / "msg") / message_id
+        try:
+            os.link(source, target)
+        except FileNotFoundError:
+            raise NotFound("data id has expired; upload the file again") from None
+        except OSError:
+            # Too many links to one file (ext4 allows ~65,000), or a filesystem
+            # without hard links: the message gets its own copy instead.
+            with open(source, "rb") as content:
+                write_stream_atomic(target, copy_stream(content), fsync=self.fsync)
+            return
+        if self.fsync:
+            fsync_dir(target.parent)
+
+    def message_content(self, client: str, message_id: str) -> Content:
+        return FileContent(self.layout.client_spool(client) / "msg" / message_id)
+
+    def release(self, client: str, message_id: str) -> None:
+        (self.layout.client_spool(client) / "msg" / message_id).unlink(missing_ok=True)
+
+    def usage(self, client: str) -> int:
+        folder = self.layout.client_spool(client)
+        total = 0
+        try:
+            entries = list(os.scandir(folder))
+        except FileNotFoundError:
+            return 0
+        for entry in entries:
+            if entry.is_file() and is_id(entry.name):
+                try:
+                    total += entry.stat().st_size
+                except FileNotFoundError:
+                    continue
+        return total
+
+    def sweep(self, now: float, live: Iterable[str] | None = None, older_than: float = 3600.0) -> int:
+        removed = 0
+        keep = None if live is None else set(live)
+
+        def old(path: Path) -> bool:
+            try:
+                stat = path.lstat()
+                return now - max(stat.st_mtime, stat.st_ctime) > older_than  # ctime: when a link was last made
+            except FileNotFoundError:
+                return False
+
+        for folder in (p for p in self.layout.spool.iterdir() if p.is_dir()):
+            for path in list(folder.iterdir()):
+                name = path.name
+                if name.endswith(".json") and is_id(name[: -len(".json")]):
+                    try:
+                        created_at = json.loads(path.read_bytes())["created_at"]
+                    except (OSError, ValueError, KeyError):
+                        continue
+                    if now - created_at > self.ttl:
+                        path.with_suffix("").unlink(missing_ok=True)
+                        path.unlink(missing_ok=True)
+                        removed += 1
+                elif name.endswith(".tmp") and old(path):
+                    path.unlink(missing_ok=True)  # an interrupted write
+                    removed += 1
+                elif is_id(name) and not (folder / f"{name}.json").exists() and old(path):
+                    path.unlink(missing_ok=True)  # its sidecar was never written (a full disk, a crash)
+                    removed += 1
+            links = folder / "msg"
+            if keep is not None and links.is_dir():
+                for path in list(links.iterdir()):
+                    if (path.name.endswith(".tmp") or path.name not in keep) and old(path):
+                        path.unlink(missing_ok=True)  # a message that was never stored, or already archived
+                        removed += 1
+        return removed

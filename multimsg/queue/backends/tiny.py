@@ -1,0 +1,485 @@
+"""The embedded backend's store: TinyDB shards under the data folder, a due index, figures per shard.
+
+TinyDB rewrites its whole file on every write, so records are sharded by
+message id over up to 4096 small TinyDB files (``store/<shard>.json``), each
+changed only under its own FileLock and written atomically (temporary file,
+fsync, rename, fsync of the folder). A change is one read and one write of one
+shard of a few dozen records, however many messages are stored.
+
+Beside the shards (all derived data, rebuilt by ``rebuild``):
+
+- ``store/due/<shard>``: an empty file whose modification time is the
+  earliest time any message of the shard is due (a retry, a lapsed lease);
+  absent when none is. A pass lists this folder and opens only the shards
+  that are due: O(due + shards), whatever is stored. The index is lowered
+  *before* a shard write that makes something due earlier and set exactly
+  after it, so a crash leaves it early (a wasted look), never late.
+- ``store/counts/<shard>.json``: the shard's figures (``queue/figures.py``),
+  changed under the shard's lock right after its write; unreadable ones are
+  recounted from the shard. ``store/counts/drain.json``: the drain's figures.
+- ``store/quarantine/``: shard files that could not be read, set aside with
+  an ERROR so that every other message keeps flowing; ids that hash to a
+  damaged shard get ``Damaged`` (503) until an operator restores the file.
+
+Archived records leave the shards for ``archive/messages-YYYY-MM.jsonl``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+from filelock import FileLock, Timeout
+
+from ...errors import Unavailable
+from ...fsutil import append_durable, ensure_private_dir, write_atomic
+from ...ids import new_id
+from ...layout import Layout
+from ...model import BadRecord, Message, State
+from .. import figures
+from ..counters import Counters, apply_pass
+from ..storage import AtomicJSONStorage
+from ..store import Damaged, MessageStore, StoreUnwritable
+
+__all__ = ["TinyStore", "ShardCounters"]
+
+log = logging.getLogger("multimsg.store")
+
+_TABLE = "messages"  # TinyDB's table name inside each shard file
+SHARD_HEX_DIGITS = 3  # 4096 shards: ~25 records each at 100k stored messages
+LOCK_TIMEOUT = 30.0
+
+
+def _raw_due(record: dict) -> float | None:
+    """``Message.due_at`` of a raw record, without building the message (None: final or unreadable)."""
+    try:
+        if record.get("state") != State.QUEUED:
+            return None
+        due = float(record.get("next_attempt_at") or 0.0)
+        if record.get("claim") is not None and record.get("claim_until") is not None:
+            due = max(due, float(record["claim_until"]))
+        return due
+    except (TypeError, ValueError, AttributeError):
+        return 0.0  # due now, so that the claim fails it with the reason
+
+
+class _Txn:
+    """The records of one shard, read under its lock; the changes to write back at the end."""
+
+    def __init__(self, table: dict[str, Any]):
+        self.table = table  # doc id -> record
+        self.events: list[tuple[Message | None, Message | None]] = []
+        self.changed = False
+        self.due_lowered: float | None = None
+
+    def find(self, message_id: str) -> tuple[str, dict] | None:
+        for doc_id, record in self.table.items():
+            if isinstance(record, dict) and record.get("id") == message_id:
+                return doc_id, record
+        return None
+
+    def put(self, doc_id: str | None, before: Message | None, after: Message) -> None:
+        if doc_id is None:
+            doc_id = str(max((int(k) for k in self.table if k.isdigit()), default=0) + 1)
+        record = after.to_record()
+        self.table[doc_id] = record
+        self.events.append((before, after))
+        self.changed = True
+        due = after.due_at()
+        if due is not None:
+            self.due_lowered = due if self.due_lowered is None else min(self.due_lowered, due)
+
+    def remove(self, doc_id: str, before: Message | None) -> None:
+        del self.table[doc_id]
+        if before is not None:
+            self.events.append((before, None))
+        self.changed = True
+
+    def earliest_due(self) -> float | None:
+        dues = [d for r in self.table.values() if isinstance(r, dict) and (d := _raw_due(r)) is not None]
+        return min(dues) if dues else None
+
+
+class ShardCounters(Counters):
+    """The figures of a TinyStore: one document per shard, summed at read time."""
+
+    def __init__(self, folder: Path, lock: Callable[[str], FileLock]):
+        self.folder = ensure_private_dir(folder)
+        self.lock = lock
+
+    def path(self, shard: str) -> Path:
+        return self.folder / f"{shard}.json"
+
+    def read(self, shard: str) -> figures.Figures | None:
+        try:
+            document = json.loads(self.path(shard).read_bytes())
+        except FileNotFoundError:
+            return figures.empty()
+        except ValueError:
+            return None  # torn by a crash: recount
+        return document if isinstance(document, dict) else None
+
+    def write(self, shard: str, document: figures.Figures) -> None:
+        # Derived data, rewritten in place without fsync: a torn file is recounted.
+        fd = os.open(self.path(shard), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, json.dumps(document, separators=(",", ":")).encode())
+        finally:
+            os.close(fd)
+
+    def documents(self) -> Iterable[figures.Figures]:
+        for entry in os.scandir(self.folder):
+            if entry.name.endswith(".json") and entry.name != "drain.json":
+                document = self.read(entry.name[: -len(".json")])
+                if document:
+                    yield document
+
+    def drain_figures(self) -> dict[str, Any]:
+        try:
+            document = json.loads((self.folder / "drain.json").read_bytes())
+        except (FileNotFoundError, ValueError):
+            return {}
+        return document if isinstance(document, dict) else {}
+
+    def drain_pass(self, seconds: float, summary: dict) -> None:
+        try:
+            with self.lock("counts-drain"):
+                drain = apply_pass(self.drain_figures(), seconds, summary, time.time())
+                write_atomic(self.folder / "drain.json", json.dumps(drain).encode(), fsync=False)
+        except (Timeout, OSError):
+            log.warning("drain figures not updated for one pass")
+
+
+class TinyStore(MessageStore):
+    def __init__(self, layout: Layout, *, fsync: bool = True, lock_timeout: float = LOCK_TIMEOUT,
+                 shard_hex_digits: int = SHARD_HEX_DIGITS):
+        self.layout = layout
+        self.shard_hex_digits = shard_hex_digits
+        self.fsync = fsync
+        self.lock_timeout = lock_timeout
+        self.due_dir = ensure_private_dir(layout.store / "due")
+        self.quarantine_dir = ensure_private_dir(layout.store / "quarantine")
+        self.counters = ShardCounters(layout.store / "counts", self._lock)
+
+    # -- shards ------------------------------------------------------------------
+    def shard_of(self, message_id: str) -> str:
+        return hashlib.blake2b(message_id.encode(), digest_size=4).hexdigest()[: self.shard_hex_digits]
+
+    def _lock(self, name: str) -> FileLock:
+        return FileLock(self.layout.lock(name), timeout=self.lock_timeout)
+
+    def shards(self) -> list[str]:
+        return sorted(e.name[: -len(".json")] for e in os.scandir(self.layout.store) if e.name.endswith(".json") and e.is_file())
+
+    @contextmanager
+    def _txn(self, shard: str) -> Iterator[_Txn]:
+        """The shard's records under its lock; changes are written back (once) when the block ends."""
+        try:
+            lock = self._lock(f"shard-{shard}")
+            lock.acquire()
+        except Timeout:
+            raise Unavailable("the store is busy; try again") from None
+        try:
+            storage = AtomicJSONStorage(self.layout.shard(shard), fsync=self.fsync)
+            try:
+                document = storage.read() or {}
+                table = document.get(_TABLE, {})
+                if not isinstance(table, dict):
+                    raise ValueError("no table of messages")
+            except ValueError as exc:
+                self._quarantine(shard, exc)
+                table = {}
+            txn = _Txn(table)
+            yield txn
+            if txn.changed:
+                self._write(shard, storage, txn)
+        finally:
+            lock.release()
+
+    def _write(self, shard: str, storage: AtomicJSONStorage, txn: _Txn) -> None:
+        if txn.due_lowered is not None:
+            self._lower_due(shard, txn.due_lowered)  # before: a crash leaves the index early, never late
+        try:
+            storage.write({_TABLE: txn.table})
+        except OSError as exc:
+            raise StoreUnwritable(f"the store cannot be written ({os.strerror(exc.errno or 0) or exc})") from exc
+        self._set_due(shard, txn.earliest_due())
+        self._count(shard, txn)
+
+    def _count(self, shard: str, txn: _Txn) -> None:
+        try:
+            document = self.counters.read(shard)
+            if document is None:
+                document = figures.empty()
+                figures.recount(document, self._parsed(txn.table))
+            else:
+                now = time.time()
+                for before, after in txn.events:
+                    figures.count(document, before, after, now)
+            self.counters.write(shard, document)
+        except OSError:
+            log.exception("queue figures of shard %s not updated", shard)
+
+    def _quarantine(self, shard: str, exc: Exception) -> None:
+        source = self.layout.shard(shard)
+        target = self.quarantine_dir / f"{shard}.json.{int(time.time())}"
+        try:
+            os.replace(source, target)
+        except FileNotFoundError:
+            return
+        log.error("store shard %s is damaged (%s): set aside as %s; its messages are unavailable until an operator restores it",
+                  source.name, exc, target)
+        try:
+            document = self.counters.read(shard) or figures.empty()
+            figures.recount(document, [])  # its records are gone from the count; its totals stay
+            self.counters.write(shard, document)
+        except OSError:
+            pass
+
+    def _damaged(self, shard: str) -> bool:
+        return any(self.quarantine_dir.glob(f"{shard}.json.*"))
+
+    @staticmethod
+    def _parsed(table: dict[str, Any]) -> list[Message]:
+        found = []
+        for record in table.values():
+            try:
+                found.append(Message.from_record(record))
+            except BadRecord:
+                continue
+        return found
+
+    # -- the due index -------------------------------------------------------------
+    def _due_path(self, shard: str) -> Path:
+        return self.due_dir / shard
+
+    def _indexed_due(self, shard: str) -> float | None:
+        try:
+            return os.stat(self._due_path(shard)).st_mtime_ns / 1e9
+        except FileNotFoundError:
+            return None
+
+    def _set_due(self, shard: str, due: float | None) -> None:
+        path = self._due_path(shard)
+        if due is None:
+            path.unlink(missing_ok=True)
+            return
+        ns = int(max(0.0, due) * 1e9)
+        try:
+            os.utime(path, ns=(ns, ns))
+        except FileNotFoundError:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+            os.utime(path, ns=(ns, ns))
+
+    def _lower_due(self, shard: str, due: float) -> None:
+        current = self._indexed_due(shard)
+        if current is None or due < current:
+            self._set_due(shard, due)
+
+    def due_shards(self, now: float) -> list[str]:
+        """The shards with something due at ``now``, earliest first."""
+        limit = int(now * 1e9)
+        found = []
+        for entry in os.scandir(self.due_dir):
+            try:
+                mtime = entry.stat().st_mtime_ns
+            except FileNotFoundError:
+                continue
+            if mtime <= limit:
+                found.append((mtime, entry.name))
+        return [name for _, name in sorted(found)]
+
+    # -- the contract ----------------------------------------------------------------
+    def add(self, message: Message) -> None:
+        with self._txn(self.shard_of(message.id)) as txn:
+            txn.put(None, None, message)
+
+    def add_many(self, messages: Iterable[Message]) -> int:
+        by_shard: dict[str, list[Message]] = {}
+        for message in messages:
+            by_shard.setdefault(self.shard_of(message.id), []).append(message)
+        for shard, batch in by_shard.items():
+            with self._txn(shard) as txn:
+                for message in batch:
+                    txn.put(None, None, message)
+        return sum(len(batch) for batch in by_shard.values())
+
+    def _read_unlocked(self, shard: str) -> dict[str, Any] | None:
+        # Safe without the lock: shard files are only ever replaced whole. None: unreadable.
+        try:
+            raw = self.layout.shard(shard).read_bytes()
+        except FileNotFoundError:
+            return {}
+        try:
+            table = json.loads(raw).get(_TABLE, {}) if raw else {}
+        except (ValueError, AttributeError):
+            return None
+        return table if isinstance(table, dict) else None
+
+    def get(self, message_id: str) -> Message | None:
+        shard = self.shard_of(message_id)
+        table = self._read_unlocked(shard)
+        if table is None:
+            with self._txn(shard):  # sets the damaged file aside
+                pass
+            table = {}
+        for record in table.values():
+            if isinstance(record, dict) and record.get("id") == message_id:
+                try:
+                    return Message.from_record(record)
+                except BadRecord as exc:
+                    raise Damaged(f"message {message_id} is stored damaged ({exc})") from None
+        if self._damaged(shard):
+            raise Damaged("this id belongs to a part of the store that was damaged and set aside; ask the operator")
+        return None
+
+    def claim_due(self, now: float, lease: float, accept: Callable[[Message], bool] | None = None,
+                  limit: int | None = None) -> Iterator[Message]:
+        taken = 0
+        for shard in self.due_shards(now):
+            if limit is not None and taken >= limit:
+                return
+            batch: list[Message] = []
+            with self._txn(shard) as txn:
+                for doc_id, record in list(txn.table.items()):
+                    if limit is not None and taken + len(batch) >= limit:
+                        break
+                    due = _raw_due(record) if isinstance(record, dict) else 0.0
+                    if due is None or due > now:
+                        continue
+                    try:
+                        message = Message.from_record(record)
+                    except BadRecord as exc:
+                        self._fail_bad(txn, doc_id, record, str(exc), now)
+                        continue
+                    if accept is not None and not accept(message):
+                        continue
+                    claimed = message.with_changes(claim=new_id(), claim_until=now + lease)
+                    txn.put(doc_id, message, claimed)
+                    batch.append(claimed)
+            taken += len(batch)
+            yield from batch
+
+    @staticmethod
+    def _fail_bad(txn: _Txn, doc_id: str, record: Any, reason: str, now: float) -> None:
+        log.error("stored message %s is malformed (%s): failed", record.get("id") if isinstance(record, dict) else "?", reason)
+        fixed = dict(record) if isinstance(record, dict) else {}
+        fixed.update({"state": str(State.FAILED), "last_error": f"malformed record: {reason}", "claim": None,
+                      "claim_until": None, "updated_at": now})
+        txn.table[doc_id] = fixed
+        txn.changed = True
+
+    def extend(self, claims: Iterable[Message], until: float) -> list[bool]:
+        claims = list(claims)
+        held = [False] * len(claims)
+        by_shard: dict[str, list[int]] = {}
+        for index, claim in enumerate(claims):
+            by_shard.setdefault(self.shard_of(claim.id), []).append(index)
+        for shard, indexes in by_shard.items():
+            with self._txn(shard) as txn:
+                for index in indexes:
+                    claim = claims[index]
+                    found = txn.find(claim.id)
+                    if found is None or claim.claim is None or found[1].get("claim") != claim.claim:
+                        continue
+                    current = Message.from_record(found[1])
+                    txn.put(found[0], current, current.with_changes(claim_until=until))
+                    held[index] = True
+        return held
+
+    def finish(self, claim: Message, changes: dict[str, Any], now: float) -> Message | None:
+        with self._txn(self.shard_of(claim.id)) as txn:
+            found = txn.find(claim.id)
+            if found is None or claim.claim is None or found[1].get("claim") != claim.claim:
+                return None
+            current = Message.from_record(found[1])
+            after = current.with_changes(**{**changes, "claim": None, "claim_until": None})
+            txn.put(found[0], current, after)
+            return after
+
+    def report(self, message_id: str, now: float) -> Message | None:
+        message = self.get(message_id)
+        if message is None or not message.final or message.reported_at is not None:
+            return message
+        with self._txn(self.shard_of(message_id)) as txn:
+            found = txn.find(message_id)
+            if found is None:
+                return None
+            current = Message.from_record(found[1])
+            if current.reported_at is None:
+                reported = current.with_changes(reported_at=now)
+                txn.put(found[0], current, reported)
+                return reported
+            return current
+
+    def archive(self, message_id: str, now: float, if_: Callable[[Message], bool] | None = None) -> Message | None:
+        with self._txn(self.shard_of(message_id)) as txn:
+            found = txn.find(message_id)
+            if found is None:
+                return None
+            try:
+                message: Message | None = Message.from_record(found[1])
+            except BadRecord:
+                message = None
+            if message is not None and if_ is not None and not if_(message):
+                return None
+            month = time.strftime("%Y-%m", time.gmtime(now))
+            line = (json.dumps(found[1], separators=(",", ":")) + "\n").encode()
+            # Archive first, then forget, under the shard's lock: a crash between
+            # leaves the record in both places (archived twice at worst), never in
+            # neither, and of two callers only the first finds it.
+            try:
+                with self._lock("archive"):
+                    append_durable(self.layout.archive / f"messages-{month}.jsonl", line, fsync=self.fsync)
+            except Timeout:
+                raise Unavailable("the archive is busy; try again") from None
+            except OSError as exc:
+                raise StoreUnwritable(f"the archive cannot be written ({os.strerror(exc.errno or 0) or exc})") from exc
+            txn.remove(found[0], message)
+            return message
+
+    def messages(self) -> Iterator[Message]:
+        for shard in self.shards():
+            table = self._read_unlocked(shard)
+            if table:
+                yield from self._parsed(table)
+
+    def final_messages(self) -> Iterator[Message]:
+        return (m for m in self.messages() if m.final)
+
+    def rebuild(self) -> int:
+        counted = 0
+        present = set(self.shards())
+        for shard in present:
+            with self._txn(shard) as txn:
+                messages = self._parsed(txn.table)
+                document = self.counters.read(shard) or figures.empty()
+                counted += figures.recount(document, messages)
+                self.counters.write(shard, document)
+                self._set_due(shard, txn.earliest_due())
+        for entry in os.scandir(self.due_dir):
+            if entry.name not in present:
+                Path(entry.path).unlink(missing_ok=True)
+        return counted
+
+    def problems(self) -> list[str]:
+        damaged = sorted(p.name for p in self.quarantine_dir.iterdir())
+        if not damaged:
+            return []
+        return [f"damaged store files set aside in {self.quarantine_dir}: {', '.join(damaged[:5])}"
+                + (f" and {len(damaged) - 5} more" if len(damaged) > 5 else "")]
+
+    def sweep(self, now: float, older_than: float) -> int:
+        """Temporary files of writes that a crash interrupted."""
+        removed = 0
+        for entry in os.scandir(self.layout.store):
+            if entry.name.endswith(".tmp") and now - entry.stat().st_mtime > older_than:
+                Path(entry.path).unlink(missing_ok=True)
+                removed += 1
+        return removed

@@ -1,0 +1,270 @@
+"""One contract suite for every storage backend (records, leases, due index, figures, content).
+
+Each test runs over every backend in ``BACKENDS`` (the memory backend and
+TinyDB now), as Dramatiq's backend tests do; the delivery engine is driven
+in-process against each one, with a sending service that counts what it was
+asked to send.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+
+import pytest
+
+from multimsg.layout import Layout
+from multimsg.model import Message, State
+from multimsg.queue.backends.files import FileSpool
+from multimsg.queue.backends.memory import MemorySpool, MemoryStore
+from multimsg.queue.backends.tiny import TinyStore
+from multimsg.queue.drain import Drain, Tuning
+from multimsg.queue.retry import RetryPolicy
+from multimsg.services.base import Outcome, ServiceBase
+from multimsg.config import ServiceConfig
+
+BACKENDS = ["memory", "tiny"]
+CLIENT = "ip:127.0.0.9"
+_ids = (f"{n:016d}" for n in itertools.count(1))
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request, tmp_path):
+    """(store, spool) of one backend."""
+    if request.param == "memory":
+        return MemoryStore(), MemorySpool(ttl=3600)
+    layout = Layout(tmp_path / "home")
+    return TinyStore(layout, fsync=False), FileSpool(layout, ttl=3600, fsync=False)
+
+
+@pytest.fixture
+def store(backend):
+    return backend[0]
+
+
+@pytest.fixture
+def spool(backend):
+    return backend[1]
+
+
+def message(**changes) -> Message:
+    now = changes.pop("now", time.time())
+    base = Message(id=next(_ids), client=CLIENT, data_id="d" * 16, serv="counting", dest="1", type="text",
+                   created_at=now, updated_at=now, next_attempt_at=now)
+    return base.with_changes(**changes) if changes else base
+
+
+def states(store) -> dict:
+    return store.counters.snapshot()["services"].get("counting", {}).get("states", {})
+
+
+# -- records ---------------------------------------------------------------------------------
+def test_a_message_added_is_read_back_whole(store):
+    m = message(options={"caption": "hola"}, filename="a.txt")
+    store.add(m)
+    assert store.get(m.id) == m
+    assert store.get("x" * 16) is None
+
+
+def test_figures_follow_every_change_in_the_same_step(store):
+    m = message()
+    store.add(m)
+    assert states(store)["queued"] == 1
+    [claim] = store.claim_due(time.time(), 60)
+    store.finish(claim, {"state": State.DELIVERED}, time.time())
+    figures = store.counters.snapshot()["services"]["counting"]
+    assert (figures["states"]["queued"], figures["states"]["delivered"], figures["outcomes"]["delivered"]) == (0, 1, 1)
+    store.archive(m.id, time.time())
+    assert states(store)["delivered"] == 0
+
+
+# -- leases ------------------------------------------------------------------------------------
+def test_a_claim_is_a_lease_with_a_unique_token(store):
+    now = time.time()
+    a, b = message(now=now), message(now=now)
+    store.add(a)
+    store.add(b)
+    claims = list(store.claim_due(now, 60))
+    assert {c.id for c in claims} == {a.id, b.id}
+    assert len({c.claim for c in claims}) == 2 and all(c.claim_until == pytest.approx(now + 60) for c in claims)
+    assert list(store.claim_due(now + 1, 60)) == []  # leased: nobody else takes them
+
+
+def test_a_lapsed_lease_is_taken_back_by_any_pass_and_fences_the_first(store):
+    now = time.time()
+    m = message(now=now)
+    store.add(m)
+    [first] = store.claim_due(now, 10)
+    [second] = store.claim_due(now + 11, 10)  # the first pass's lease lapsed
+    assert second.id == m.id and second.claim != first.claim
+    assert store.finish(first, {"state": State.DELIVERED}, now + 12) is None  # fenced: nothing written
+    assert store.get(m.id).state == State.QUEUED
+    assert store.extend([first, second], now + 30) == [False, True]
+    done = store.finish(second, {"state": State.DELIVERED}, now + 12)
+    assert done.state == State.DELIVERED and done.claim is None
+    assert store.get(m.id).state == State.DELIVERED
+
+
+def test_a_retry_is_not_due_before_its_time(store):
+    now = time.time()
+    store.add(message(now=now))
+    [claim] = store.claim_due(now, 60)
+    store.finish(claim, {"next_attempt_at": now + 30, "attempts": 1}, now)
+    assert list(store.claim_due(now + 29, 60)) == []
+    assert [c.id for c in store.claim_due(now + 31, 60)] == [claim.id]
+    assert store.counters.snapshot()["services"]["counting"]["outcomes"]["retried"] == 1
+
+
+def test_accept_leaves_a_refused_message_untouched_and_due(store):
+    now = time.time()
+    m = message(now=now)
+    store.add(m)
+    assert list(store.claim_due(now, 60, accept=lambda _: False)) == []
+    assert store.get(m.id).claim is None
+    assert [c.id for c in store.claim_due(now, 60)] == [m.id]
+
+
+# -- /cons and the archive -------------------------------------------------------------------------
+def test_report_marks_the_first_report_of_a_final_state_only(store):
+    now = time.time()
+    m = message(now=now)
+    store.add(m)
+    assert store.report(m.id, now).reported_at is None  # queued: nothing to mark
+    [claim] = store.claim_due(now, 60)
+    store.finish(claim, {"state": State.FAILED, "last_error": "no"}, now)
+    first = store.report(m.id, now + 1)
+    assert first.reported_at == pytest.approx(now + 1)
+    assert store.report(m.id, now + 2).reported_at == pytest.approx(now + 1)
+
+
+def test_archive_is_atomic_one_of_two_callers_gets_the_message(store):
+    m = message()
+    store.add(m)
+    results, start = [], threading.Barrier(8)
+
+    def archive():
+        start.wait()
+        results.append(store.archive(m.id, time.time()))
+
+    threads = [threading.Thread(target=archive) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert [r.id for r in results if r is not None] == [m.id]
+    assert store.get(m.id) is None
+    assert states(store)["queued"] == 0  # counted out once, not eight times
+
+
+# -- content ------------------------------------------------------------------------------------------
+def test_content_is_an_object_not_a_path(spool):
+    info = spool.put(CLIENT, [b"hola ", b"mundo"], "hola.txt")
+    assert (info.size, info.filename) == (10, "hola.txt")
+    assert spool.get(CLIENT, info.data_id) == info
+    content = spool.content(CLIENT, info.data_id)
+    assert (content.size, content.head(4), content.read()) == (10, b"hola", b"hola mundo")
+    with content.local_path() as path:
+        assert path.read_bytes() == b"hola mundo"
+    spool.attach(CLIENT, info.data_id, "M" * 16)
+    assert spool.message_content(CLIENT, "M" * 16).read() == b"hola mundo"
+    assert spool.usage(CLIENT) == 10
+    spool.release(CLIENT, "M" * 16)
+    with pytest.raises(FileNotFoundError):
+        spool.message_content(CLIENT, "M" * 16).read()
+
+
+def test_the_sweep_removes_orphan_message_references(spool):
+    info = spool.put(CLIENT, [b"x"], "x.txt")
+    spool.attach(CLIENT, info.data_id, "A" * 16)
+    spool.attach(CLIENT, info.data_id, "B" * 16)
+    spool.sweep(time.time() + 7200, live=["A" * 16], older_than=3600)
+    assert spool.message_content(CLIENT, "A" * 16).read() == b"x"
+    with pytest.raises(FileNotFoundError):
+        spool.message_content(CLIENT, "B" * 16).read()
+
+
+# -- the engine, in-process, over each backend -----------------------------------------------------------
+class Counting(ServiceBase):
+    """A service that records every send; our own engine's counterpart in these in-process tests."""
+
+    name = "counting"
+    datatypes = frozenset({"text"})
+    dest_format = "digits"
+    import re as _re
+
+    dest_pattern = _re.compile(r"\d+")
+    rate = 0.0  # no service pacing
+    sent: list[str]
+
+    def __init__(self, delay: float = 0.0):
+        super().__init__(ServiceConfig(values={}, dest_interval=0.0, concurrency=8))
+        self.sent = []
+        self.delay = delay
+        self.lock = threading.Lock()
+
+    def send(self, data: dict) -> Outcome:
+        data["pace"]()
+        if self.delay:
+            time.sleep(self.delay)
+        with self.lock:
+            self.sent.append(data["id"])
+        return Outcome.delivered([f"p{len(self.sent)}"])
+
+
+def engine(store, spool, service, lock_path=None) -> Drain:
+    return Drain(store, spool, lambda serv: service, RetryPolicy(base=0.01), lock_path, tuning=Tuning(horizon=5.0, lease=5.0))
+
+
+def queue_texts(store, spool, n: int) -> list[str]:
+    info = spool.put(CLIENT, [b"hola"], "t.txt")
+    ids = []
+    for i in range(n):
+        m = message(dest=str(i % 50), data_id=info.data_id)
+        spool.attach(CLIENT, info.data_id, m.id)
+        store.add(m)
+        ids.append(m.id)
+    return ids
+
+
+def test_one_pass_delivers_everything_once(store, spool):
+    service = Counting()
+    ids = queue_texts(store, spool, 120)
+    summary = engine(store, spool, service).run_pass()
+    assert (summary["claimed"], summary["delivered"]) == (120, 120)
+    assert sorted(service.sent) == sorted(ids)
+    assert all(store.get(i).state == State.DELIVERED for i in ids)
+
+
+def test_passes_run_together_without_the_lock_deliver_each_message_exactly_once(store, spool):
+    service = Counting(delay=0.002)
+    ids = queue_texts(store, spool, 200)
+    drains = [engine(store, spool, service) for _ in range(4)]  # no lock file: only leases keep them apart
+    start = threading.Barrier(len(drains))
+
+    def run(drain):
+        start.wait()
+        drain.run_pass()
+
+    threads = [threading.Thread(target=run, args=(d,)) for d in drains]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert sorted(service.sent) == sorted(ids)  # every message once: none lost, none twice
+    assert all(store.get(i).state == State.DELIVERED for i in ids)
+
+
+def test_a_forward_clock_jump_does_not_expire_messages_in_bulk(store, spool):
+    from multimsg.queue.clock import SteadyClock
+
+    wall = [time.time()]
+    clock = SteadyClock(wall=lambda: wall[0])
+    service = Counting()
+    ids = queue_texts(store, spool, 5)
+    drain = Drain(store, spool, lambda serv: service, RetryPolicy(validity=3600.0), clock=clock, tuning=Tuning(horizon=5.0))
+    clock.trusted()
+    wall[0] += 2 * 86400  # the wall clock jumps two days ahead
+    summary = drain.run_pass()
+    assert summary["delivered"] == 5 and summary["failed"] == 0
+    assert sorted(service.sent) == sorted(ids)
