@@ -137,6 +137,13 @@ def env_hops(name: str) -> int:
     raise SystemExit(f"{name} must be off, on, or a number of proxies, not {value!r}")
 
 
+def _positive(name: str, default: float) -> float:
+    value = env_float(name, default)
+    if value <= 0:
+        raise SystemExit(f"{name} must be a number of seconds above 0, not {value:g}")
+    return value
+
+
 @dataclass(frozen=True)
 class Settings:
     """The effective configuration of this process."""
@@ -168,6 +175,9 @@ class Settings:
     rate_limit: float
     rate_burst: int
     key_grace: float
+    header_timeout: float
+    body_timeout: float
+    body_min_rate: float
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -199,6 +209,9 @@ class Settings:
             rate_limit=env_float("MULTIMSG_RATE_LIMIT", 20.0),
             rate_burst=env_int("MULTIMSG_RATE_BURST", 200),
             key_grace=env_float("MULTIMSG_KEY_GRACE", 7 * DAY),
+            header_timeout=_positive("MULTIMSG_HEADER_TIMEOUT", 10.0),
+            body_timeout=_positive("MULTIMSG_BODY_TIMEOUT", 30.0),
+            body_min_rate=max(0.0, env_float("MULTIMSG_BODY_MIN_RATE", 1024.0)),
         )
 
 
