@@ -165,6 +165,17 @@ def setting(variable: str, default, kind=str, *, secret: bool = False, help: str
     return field(default=default, metadata={"env": variable, "parse": _kind(kind), "secret": secret, "help": help})
 
 
+def _positive(name: str, default: float) -> float:
+    value = env_float(name, default)
+    if value <= 0:
+        raise SystemExit(f"{name} must be a number of seconds above 0, not {value:g}")
+    return value
+
+
+def _rate(name: str, default: float) -> float:
+    return max(0.0, env_float(name, default))
+
+
 def _identity(name: str, default: str) -> str:
     return env_choice(name, default, ("mac", "token", "ip"))
 
@@ -214,6 +225,9 @@ class Settings:
     rate_burst: int = setting("MULTIMSG_RATE_BURST", 200, int)
     key_grace: float = setting("MULTIMSG_KEY_GRACE", 7 * DAY, float)
     log_format: str = setting("MULTIMSG_LOG_FORMAT", "text")
+    header_timeout: float = setting("MULTIMSG_HEADER_TIMEOUT", 10.0, _positive, help="seconds a client has to send a request's headers")
+    body_timeout: float = setting("MULTIMSG_BODY_TIMEOUT", 30.0, _positive, help="seconds a client has to send a body, plus one per MULTIMSG_BODY_MIN_RATE bytes")
+    body_min_rate: float = setting("MULTIMSG_BODY_MIN_RATE", 1024.0, _rate, help="bytes per second a slow body must keep up")
 
     @classmethod
     def from_env(cls) -> "Settings":

@@ -6,8 +6,8 @@ seconds until its next request would pass (the HTTP layer answers 429 with
 ``Retry-After``). ``MULTIMSG_RATE_LIMIT=0`` turns limiting off.
 
 The buckets live in this process's memory behind one lock, so the limit holds
-exactly across the threads of a gunicorn worker (the local runner runs one
-worker). Several processes each keep their own buckets: with N worker
+exactly across the threads of one server process (the local runner is one
+process). Several processes each keep their own buckets: with N worker
 processes, or N serverless instances, a client can get up to N times the rate.
 The table of buckets is bounded (least recently used clients are forgotten
 first), so a flood of distinct client addresses cannot grow memory without end.

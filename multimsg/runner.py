@@ -1,23 +1,42 @@
-"""The local runner: every handler on one port under gunicorn, and the drain on a timer.
+"""The local runner: every handler on one port under waitress, and the drain on a timer.
 
-gunicorn runs one worker process with threads (as functions-framework does);
-the drain timer is a thread of that worker. ``--debug`` uses Flask's
-development server instead, bound to the given host (127.0.0.1 by default).
+waitress reads every request in its event loop (headers, then the whole body,
+spilling to a temporary file past 512 KB) and hands it to one of 16 threads
+only once it has fully arrived, so a client that sends slowly, or stops, holds
+a connection but never a thread. What waitress does not bound itself — how long
+a request may take to arrive while bytes keep trickling in — is bounded here:
+a request's headers must arrive within MULTIMSG_HEADER_TIMEOUT seconds of its
+first byte, and its body within MULTIMSG_BODY_TIMEOUT seconds plus one more
+second per MULTIMSG_BODY_MIN_RATE bytes received; a connection that is silent
+for MULTIMSG_HEADER_TIMEOUT between requests is closed too (waitress's
+``channel_timeout``). The drain timer is a thread of this one process.
+``--debug`` uses Flask's development server instead, bound to the given host
+(127.0.0.1 by default).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
+import signal
+import socket
+import sys
 import threading
+import time
 
 from .config import settings
 from .functions.app import create_app
 from .gateway import gateway
 from .logs import setup as setup_logs
 
-__all__ = ["main", "DrainTimer"]
+__all__ = ["main", "DrainTimer", "THREADS", "CONNECTION_LIMIT", "MAX_HEADER_BYTES"]
+
+THREADS = 16  # request threads (as functions-framework's gunicorn has); slow clients never hold one
+CONNECTION_LIMIT = 1000  # open connections at once; past it waitress stops accepting until one closes
+MAX_HEADER_BYTES = 16 * 1024  # request line and headers together; larger ones get 431
+LINGER_SECONDS, LINGER_BYTES = 2.0, 64 * 1024  # how long and how much a closing connection reads away (RFC 9112 9.6)
 
 log = logging.getLogger("multimsg.runner")
 
@@ -49,27 +68,121 @@ def _start_timer() -> None:
         DrainTimer(interval).start()
 
 
-def _serve_gunicorn(app, host: str, port: int) -> None:
-    from gunicorn.app.base import BaseApplication
+def _serve_waitress(app, host: str, port: int) -> None:
+    from waitress.adjustments import Adjustments
+    from waitress.channel import HTTPChannel
+    from waitress.parser import HTTPRequestParser
+    from waitress.server import TcpWSGIServer
+    from waitress.task import ThreadedTaskDispatcher
 
-    class Server(BaseApplication):
-        def load_config(self):
-            options = {
-                "bind": f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
-                "workers": 1,
-                "threads": 16,
-                "worker_class": "gthread",
-                "timeout": 0,
-                "loglevel": "warning",
-                "post_worker_init": lambda worker: _start_timer(),
-            }
-            for name, value in options.items():
-                self.cfg.set(name, value)
+    s = settings()
 
-        def load(self):
-            return app
+    class TimedParser(HTTPRequestParser):
+        """waitress's request parser, noting when the request began and how much body has come."""
 
-    Server().run()
+        def __init__(self, adj):
+            super().__init__(adj)
+            self.began = time.monotonic()  # the request's first byte
+            self.body_began: float | None = None
+            self.body_bytes = 0
+
+        def received(self, data):
+            had_headers = self.headers_finished
+            consumed = super().received(data)
+            if had_headers:
+                self.body_bytes += consumed
+            elif self.headers_finished:
+                self.body_began = time.monotonic()
+            return consumed
+
+    class Channel(HTTPChannel):
+        """waitress's connection, with the close RFC 9112 section 9.6 asks for.
+
+        waitress closes at once after an error page (431, 413) while the client
+        may still be sending; the unread input then becomes a reset that can
+        destroy the answer before the client reads it. Here the server sends
+        FIN, reads away what still comes (at most LINGER_BYTES for
+        LINGER_SECONDS), then closes.
+        """
+
+        parser_class = TimedParser
+        linger_until: float | None = None
+        lingered = 0
+
+        def handle_close(self):
+            if self.linger_until is None and self.connected and not self.requests and not self.total_outbufs_len:
+                try:
+                    self.socket.shutdown(socket.SHUT_WR)
+                except OSError:
+                    pass
+                else:
+                    self.linger_until = time.monotonic() + LINGER_SECONDS
+                    self.will_close = self.close_when_flushed = False
+                    return
+            super().handle_close()
+
+        def readable(self):
+            return True if self.linger_until is not None else super().readable()
+
+        def writable(self):
+            return False if self.linger_until is not None else super().writable()
+
+        def handle_read(self):
+            if self.linger_until is None:
+                return super().handle_read()
+            try:
+                data = self.socket.recv(1 << 16)
+            except OSError:
+                data = b""
+            self.lingered += len(data)
+            if not data or self.lingered >= LINGER_BYTES or time.monotonic() > self.linger_until:
+                super().handle_close()
+
+    class Server(TcpWSGIServer):
+        channel_class = Channel
+
+        def maintenance(self, now):
+            """Close connections whose request is arriving too slowly (runs about once a second)."""
+            super().maintenance(now)  # connections idle between requests, after channel_timeout
+            mono = time.monotonic()
+            for channel in list(self.active_channels.values()):
+                if channel.linger_until is not None:
+                    if mono > channel.linger_until:
+                        HTTPChannel.handle_close(channel)
+                    continue
+                request = channel.request  # the request still arriving on this connection, if any
+                if request is None or request.completed or channel.requests or channel.will_close:
+                    continue
+                if request.body_began is None:
+                    late = mono - request.began > s.header_timeout
+                else:
+                    allowed = s.body_timeout + (request.body_bytes / s.body_min_rate if s.body_min_rate else 0.0)
+                    late = mono - request.body_began > allowed
+                if late:
+                    log.debug("closing a connection from %s: its request is arriving too slowly", channel.addr)
+                    channel.will_close = True
+
+    adj = Adjustments(
+        host=host, port=port,
+        threads=THREADS,
+        connection_limit=CONNECTION_LIMIT,
+        asyncore_use_poll=True,  # select() stops at 1024 descriptors
+        channel_timeout=max(1, math.ceil(s.header_timeout)),
+        cleanup_interval=1,  # run maintenance (the timeouts above) every second
+        max_request_header_size=MAX_HEADER_BYTES,
+        # The handlers refuse bodies over their own limits with a one-line reason;
+        # waitress refuses only what no handler could take, before reading it.
+        max_request_body_size=s.max_upload + (1 << 20),
+        recv_bytes=1 << 16,
+        clear_untrusted_proxy_headers=False,  # X-Forwarded-For is multimsg's to judge (MULTIMSG_TRUST_PROXY)
+        ident="multimsg",
+    )
+    dispatcher = ThreadedTaskDispatcher()
+    dispatcher.set_thread_count(adj.threads)
+    connections: dict = {}  # one event loop for every address the host name resolves to
+    servers = [Server(app, map=connections, dispatcher=dispatcher, adj=adj, sockinfo=info) for info in adj.listen]
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # waitress stops its threads on SystemExit
+    servers[0].run()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -87,8 +200,8 @@ def main(argv: list[str] | None = None) -> None:
     app = create_app()
     app.config["MAX_CONTENT_LENGTH"] = s.max_upload
     log.info("listening on http://%s:%s (drain every %g s)", args.host, args.port, s.drain_interval)
+    _start_timer()  # the one drain timer of this server (a thread of this process)
     if args.debug:
-        _start_timer()
         app.run(host=args.host, port=args.port, debug=True, use_reloader=False)
     else:
-        _serve_gunicorn(app, args.host, args.port)
+        _serve_waitress(app, args.host, args.port)

@@ -50,8 +50,9 @@ def session_from(source: str | None = None) -> requests.Session:
 
 
 class Gateway:
-    def __init__(self, home: Path, env: dict[str, str] | None = None, port: int | None = None):
+    def __init__(self, home: Path, env: dict[str, str] | None = None, port: int | None = None, root: Path = ROOT):
         self.home = Path(home)
+        self.root = Path(root)  # the checkout whose local_runner.py (and multimsg package) runs
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {"MULTIMSG_DRAIN_INTERVAL": "0", **(env or {})}
@@ -64,8 +65,8 @@ class Gateway:
         env = {**os.environ, **self.env, "MULTIMSG_HOME": str(self.home), "PYTHONUNBUFFERED": "1"}
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, str(ROOT / "local_runner.py"), "--port", str(self.port)],
-            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            [sys.executable, str(self.root / "local_runner.py"), "--port", str(self.port)],
+            cwd=self.root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -84,15 +85,15 @@ class Gateway:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def kill9(self) -> None:
-        """SIGKILL the whole runner (gunicorn master and worker) at once."""
+        """SIGKILL the whole runner (its process group) at once."""
         if self.proc and self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(10)
 
     def stop(self) -> None:
-        self.http.close()  # gunicorn waits for kept-alive connections before it exits
+        self.http.close()  # a server may wait for kept-alive connections before it exits
         if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGINT)  # gunicorn: quick shutdown
+            os.killpg(self.proc.pid, signal.SIGINT)  # quick shutdown
             try:
                 self.proc.wait(3)
             except subprocess.TimeoutExpired:

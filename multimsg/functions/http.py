@@ -17,8 +17,10 @@ bearer ``MULTIMSG_DRAIN_TOKEN`` when it is set, else loopback callers only.
 Client tokens are never accepted there.
 
 Every rendered answer has the values of secret settings replaced by ``***``,
-and a refused request's unread body is read away (up to 1 MB) so that the
-client's keep-alive connection stays usable.
+and a refused request's unread body is never read by the handler: the local
+runner's waitress has already received it whole (within its header and body
+timeouts) before any handler runs, and functions-framework's gunicorn reads
+away at most 64 KB of it for at most 5 s itself, else closes the connection.
 """
 
 from __future__ import annotations
@@ -45,7 +47,6 @@ from ..tokens import token_file
 __all__ = ["Reply", "endpoint", "wants_json", "fields", "client_of", "require_operator", "SMALL_BODY"]
 
 SMALL_BODY = 64 * 1024  # every body but an upload's: a few short fields
-DISCARD_LIMIT = 1 << 20  # how much of a refused request's unread body is read away to keep its connection usable
 _CLIENT_KEY = "multimsg.client"  # where client_of caches its answer in the WSGI environ
 FORWARDING_HEADERS = ("X-Forwarded-For", "Forwarded", "X-Real-IP")
 
@@ -109,29 +110,6 @@ def _error(request: flask.Request, status: int, reason: str, headers: dict | Non
     return _render(request, status, reason, {"error": reason}, headers)
 
 
-def _discard_unread_body(request: flask.Request) -> None:
-    """Read away what is left of a refused request's body, up to DISCARD_LIMIT.
-
-    An error can be answered before the body is read (401, 413, 429, ...).
-    gunicorn then closes a keep-alive connection with over 64 KB left unread
-    while its answer still says keep-alive, and the client's next request on
-    that connection fails. Bodies over DISCARD_LIMIT are not worth reading:
-    for those the connection closes.
-    """
-    if not request.environ.get("wsgi.input_terminated"):
-        return  # the server does not frame the body (Flask's development server): reading could wait for ever
-    length = request.content_length
-    if length is not None and length > DISCARD_LIMIT:
-        return
-    stream = request.environ.get("wsgi.input")
-    left = DISCARD_LIMIT
-    try:
-        while left > 0 and (chunk := stream.read(min(1 << 16, left))):
-            left -= len(chunk)
-    except Exception:  # the client went away, or the framing is broken: the server closes
-        pass
-
-
 def _error_headers(exc: errors.MultimsgError) -> dict | None:
     if isinstance(exc, errors.RateLimited):
         return {"Retry-After": str(max(1, math.ceil(exc.retry_after)))}
@@ -172,9 +150,7 @@ def endpoint(*methods: str, identify: bool = False, rate_limit: bool = False) ->
 
         @functools.wraps(handler)
         def http_function(request: flask.Request) -> flask.Response:
-            response = respond(request)
-            if response.status_code >= 400:
-                _discard_unread_body(request)
+            response = respond(request)  # a refused request's unread body is left to the server (see the module's doc)
             count_request(handler.__name__, response.status_code)  # GET /metrics
             return response
 
