@@ -47,6 +47,9 @@ def check() -> dict:
         log.error("health: the store in %s is not readable: %s", home, exc)
         reason = getattr(exc, "strerror", None) or type(exc).__name__
         raise Unavailable(f"the store is not readable ({reason})") from None
+    problems = gw.store.problems()  # e.g. a damaged shard set aside: the rest works, an operator must look
+    if problems:
+        raise Unavailable(f"the store is degraded: {problems[0]}")
     services = {}
     for name in sorted(SERVICES):
         try:
