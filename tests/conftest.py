@@ -64,7 +64,7 @@ def server_keys(tmp_path_factory) -> Path:
     from multimsg.queue.layout import Layout
 
     home = tmp_path_factory.mktemp("keys-home")
-    ServerKeys(Layout(home)).public_pem
+    assert ServerKeys(Layout(home)).public_pem  # made on first use
     return home / "keys"
 
 

@@ -18,8 +18,7 @@ import threading
 import time
 from datetime import datetime
 
-from multimsg.queue.retry import transition
-from multimsg.queue.retry import RetryPolicy
+from multimsg.queue.retry import RetryPolicy, transition
 from multimsg.services.base import Outcome
 from tests.gatewayproc import ROOT
 

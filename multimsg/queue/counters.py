@@ -84,7 +84,7 @@ def _service(data: dict, serv: str) -> dict:
     return entry
 
 
-def _bump(mapping: dict, key: str, by: int = 1) -> None:
+def _bump(mapping: dict, key: str | None, by: int = 1) -> None:
     value = mapping.get(key, 0) + by
     mapping[key] = max(0, value)
 
@@ -135,7 +135,7 @@ class Counters:
         return self._parse(raw) or self._empty()
 
     # -- changing ------------------------------------------------------------
-    def change(self, apply: Callable[[dict, float], None]) -> None:
+    def change(self, apply: Callable[[dict, float], object]) -> None:
         """Apply ``apply(data, now)`` to the figures under the counters lock."""
         try:
             with self._lock():
