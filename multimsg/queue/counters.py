@@ -159,7 +159,13 @@ class Counters:
                     data["version"] = 1
                     data["updated_at"] = now
                     out = json.dumps(data, separators=(",", ":")).encode()
-                    os.pwrite(fd, out, 0)
+                    try:
+                        rest = memoryview(out)
+                        while rest:  # pwrite may write less than asked
+                            rest = rest[os.pwrite(fd, rest, len(out) - len(rest)):]
+                    except OSError:
+                        os.ftruncate(fd, 0)  # empty, not torn: the next change recounts
+                        raise
                     os.ftruncate(fd, len(out))
                 finally:
                     os.close(fd)
