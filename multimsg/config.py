@@ -196,8 +196,8 @@ class Settings:
             identity=env_choice("MULTIMSG_IDENTITY", "mac", ("mac", "token", "ip")),
             trust_proxy=env_hops("MULTIMSG_TRUST_PROXY"),
             tokens_file=Path(env("MULTIMSG_TOKENS_FILE")).expanduser().resolve() if env("MULTIMSG_TOKENS_FILE") else None,
-            rate_limit=env_float("MULTIMSG_RATE_LIMIT", 20.0),
-            rate_burst=env_int("MULTIMSG_RATE_BURST", 200),
+            rate_limit=env_float("MULTIMSG_RATE_LIMIT", 1000.0),
+            rate_burst=env_int("MULTIMSG_RATE_BURST", 2000),
             key_grace=env_float("MULTIMSG_KEY_GRACE", 7 * DAY),
         )
 
