@@ -8,6 +8,8 @@ the counters file beside the store, so a second runner on the same data folder
 from __future__ import annotations
 
 import json
+import subprocess
+from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -127,3 +129,41 @@ def test_metrics_follow_the_drain_rule(make_gateway, token):
         scrape(gateway, Authorization=f"Bearer {token}", **REMOTE)
     else:
         scrape(gateway)
+
+
+def _dead_pid() -> int:
+    child = subprocess.Popen(["true"])
+    child.wait()
+    return child.pid
+
+
+def test_metrics_files_of_ended_processes_are_swept_and_their_counts_kept(make_gateway, telegram, tmp_path):
+    from prometheus_client.mmap_dict import MmapedDict, mmap_key
+
+    home = tmp_path / "swept"
+    folder = home / "metrics"
+    folder.mkdir(parents=True)
+    dead = _dead_pid()
+    counted = MmapedDict(str(folder / f"counter_{dead}.db"))
+    counted.write_value(mmap_key("multimsg_http_requests", "multimsg_http_requests_total", ["endpoint", "status"], ["msg", "200"],
+                                 "HTTP requests answered, by endpoint and status code"), 5.0, 0.0)
+    counted.close()
+    live = MmapedDict(str(folder / f"gauge_livesum_{dead}.db"))
+    live.write_value(mmap_key("some_gauge", "some_gauge", [], [], "a live gauge of an ended process"), 7.0, 0.0)
+    live.close()
+
+    first = make_gateway(home=home)
+    first.send(b"counted once", "telegram", "555")
+    samples = scrape(first)
+    names = sorted(p.name for p in folder.glob("*.db"))
+    assert f"counter_{dead}.db" not in names and f"gauge_livesum_{dead}.db" not in names, names
+    assert absent(samples, "some_gauge")  # the ended process's live gauge is gone
+    assert value(samples, "multimsg_http_requests_total", endpoint="msg", status="200") == 5 + 1  # its count is kept
+
+    # A restarted runner folds the files of the one before it: still one file per live process plus the merged ones.
+    first.stop()
+    second = make_gateway(home=home)
+    samples = scrape(second)
+    assert value(samples, "multimsg_http_requests_total", endpoint="msg", status="200") == 6
+    assert value(samples, "multimsg_http_requests_total", endpoint="metrics", status="200") == 1
+    assert not [p.name for p in folder.glob("counter_*.db") if p.name != "counter_merged.db" and not Path(f"/proc/{p.stem.split('_')[1]}").exists()]
