@@ -73,7 +73,8 @@ def table(results: dict) -> str:
         rows += ["", f"enqueue ratio (medians, {backlog['backlog']:,} queued / empty): **{backlog['enqueue_ratio']}**", "",
                  "| runner worker memory (VmHWM) | MiB |", "| --- | --- |"]
         for key, label in (("memory_idle_empty_kib", "started, empty store"), ("memory_idle_backlog_kib", f"started, {backlog['backlog']:,} queued"),
-                           ("memory_after_enqueue_kib", "after the enqueue requests"), ("memory_during_drain_kib", "peak during a drain pass over the backlog")):
+                           ("memory_after_enqueue_kib", "after the enqueue requests"), ("memory_during_drain_kib", "peak during a drain pass over the backlog"),
+                           ):
             rows.append(f"| {label} | {backlog[key] / 1024:.1f} |")
         d = backlog["drain"]
         rows.append(f"\n(drain over the backlog, unpaced and without latency: {d['sent']} sent in {d['seconds_watched']} s watched, {d['rate']}/s, "

@@ -67,11 +67,23 @@ def copy_stream(source: BinaryIO) -> Iterable[bytes]:
 
 
 def append_durable(path: Path, line: bytes, *, fsync: bool = True) -> None:
-    """Append one line to an append-only file (mode 0600); the caller holds its lock."""
+    """Append one line to an append-only file (mode 0600); the caller holds its lock.
+
+    All of ``line`` or nothing: a short write is continued, and on any failure
+    (a full disk) the file is cut back to its size before the call, so a retry
+    never glues its record onto a torn fragment.
+    """
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     try:
-        os.write(fd, line)
-        if fsync:
-            os.fsync(fd)
+        start = os.fstat(fd).st_size
+        try:
+            rest = memoryview(line)
+            while rest:
+                rest = rest[os.write(fd, rest):]
+            if fsync:
+                os.fsync(fd)
+        except BaseException:
+            os.ftruncate(fd, start)
+            raise
     finally:
         os.close(fd)

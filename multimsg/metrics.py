@@ -6,7 +6,11 @@ Two sources, so that every process sharing one data folder serves the same figur
   process by nature; they use prometheus-client's multiprocess mode, one small
   mmap file per process in ``metrics/`` of the data folder (or
   ``PROMETHEUS_MULTIPROC_DIR`` if set), summed at scrape time. Files of
-  processes that ended stay and keep counting in the totals.
+  processes that no longer exist are swept when a process starts counting
+  and at most once a minute on a scrape (``sweep``): their live gauges are
+  removed (``mark_process_dead``), their counters and histograms are added
+  into one ``<type>_merged.db`` file and removed, so the totals stay and the
+  folder does not grow with every worker restart.
 - Queue figures come from the store's counters (``queue/counters.py``), changed
   with each state change by whichever process made it, read once per scrape:
   ``multimsg_queue_messages{service,state}``,
@@ -23,6 +27,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from pathlib import Path
 
 from .config import settings
@@ -32,7 +37,7 @@ from .model import State
 from .queue.counters import Counters
 from .queue.figures import DRAIN_BOUNDS, LATENCY_BOUNDS, OUTCOMES
 
-__all__ = ["count_request", "render", "CONTENT_TYPE", "QueueCollector"]
+__all__ = ["count_request", "render", "sweep", "CONTENT_TYPE", "QueueCollector"]
 
 log = logging.getLogger("multimsg.metrics")
 
@@ -53,11 +58,71 @@ def _multiprocess_dir() -> str:
     return path
 
 
+SWEEP_EVERY = 60.0
+_swept_at = 0.0
+_FOLDED = ("counter", "histogram")  # summed over processes: a dead process's values stay in the totals
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _scrape_lock(path: str):
+    from filelock import FileLock
+
+    return FileLock(os.path.join(path, ".sweep.lock"), timeout=10)
+
+
+def sweep(path: str | None = None) -> int:
+    """Clean the files of processes that no longer exist; returns how many files were removed."""
+    from prometheus_client import multiprocess
+    from prometheus_client.mmap_dict import MmapedDict
+
+    global _swept_at
+    path = path or _multiprocess_dir()
+    _swept_at = time.monotonic()
+    removed = 0
+    with _scrape_lock(path):  # scrapes hold it too: a file never vanishes under a reader
+        for name in sorted(os.listdir(path)):
+            if not name.endswith(".db"):
+                continue
+            typ, _, pid = name[:-3].rpartition("_")
+            if not pid.isdigit() or _alive(int(pid)):
+                continue
+            kind = typ.split("_")[0]
+            if kind == "gauge":
+                multiprocess.mark_process_dead(int(pid), path)  # live gauges; other modes keep the last value
+            if kind in _FOLDED:
+                merged = MmapedDict(os.path.join(path, f"{kind}_merged.db"))
+                try:
+                    for key, value, *rest in MmapedDict.read_all_values_from_file(os.path.join(path, name)):
+                        timestamp = rest[0] if len(rest) > 1 else 0.0  # (key, value, timestamp, pos); no timestamp before 0.21
+                        merged.write_value(key, merged.read_value(key)[0] + value, timestamp)
+                finally:
+                    merged.close()
+                os.unlink(os.path.join(path, name))
+            removed += not os.path.exists(os.path.join(path, name))
+    return removed
+
+
+def _sweep_quietly(path: str) -> None:
+    try:
+        sweep(path)
+    except Exception:
+        log.exception("metrics files of ended processes not swept")
+
+
 def _request_counter():
     global _requests
     with _lock:
         if _requests is None:
-            _multiprocess_dir()
+            _sweep_quietly(_multiprocess_dir())
             from prometheus_client import Counter, values
 
             if not getattr(values.ValueClass, "_multiprocess", False):
@@ -166,6 +231,10 @@ def render(counters: Counters | None = None) -> bytes:
 
     registry = CollectorRegistry()
     _request_counter()  # this process's file exists, so the request series are there from the first scrape
-    MultiProcessCollector(registry, path=_multiprocess_dir())
+    path = _multiprocess_dir()
+    if time.monotonic() - _swept_at >= SWEEP_EVERY:
+        _sweep_quietly(path)
+    MultiProcessCollector(registry, path=path)
     registry.register(QueueCollector(counters))
-    return generate_latest(registry)
+    with _scrape_lock(path):
+        return generate_latest(registry)

@@ -6,6 +6,11 @@
 - ``gateway``: a fresh ``local_runner.py`` process with its own data folder.
   ``make_gateway(**env)`` starts more (or differently configured) ones.
 
+Under ``CI=true`` nothing skips for a missing tool or privilege: ``require``
+fails the test instead, and any other skip fails too unless the test is marked
+``ci_may_skip`` (a skip that is legitimately conditional), so a green CI run
+means every test ran.
+
 Every runner gets a copy of one pre-generated key pair: RSA-3072 generation
 costs about a second, and the key's origin is not what these tests test
 (tests/test_key.py checks generation itself).
@@ -13,6 +18,7 @@ costs about a second, and the key's origin is not what these tests test
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -21,6 +27,43 @@ import pytest
 from tests.emulators import TelegramEmulator, WhatsAppEmulator
 from tests.gatewayproc import Gateway
 from tests.services_support import emulator_env
+
+__all__ = ["require", "require_tool", "in_ci"]
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI") == "true"
+
+
+def require(condition: object, reason: str) -> None:
+    """Skip the test unless ``condition`` holds; under ``CI=true``, fail it instead."""
+    if condition:
+        return
+    if in_ci():
+        pytest.fail(f"CI=true and this test cannot run: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+def require_tool(name: str, why: str) -> str:
+    """The path of command ``name``, or skip (fail under CI) saying what it is for."""
+    path = shutil.which(name)
+    require(path, f"{name} is not installed ({why})")
+    assert path is not None
+    return path
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "ci_may_skip(reason): this test may skip under CI=true (legitimately conditional)")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if in_ci() and report.skipped and not hasattr(report, "wasxfail") and item.get_closest_marker("ci_may_skip") is None:
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"CI=true and this test skipped ({reason}); use tests.conftest.require, or mark it ci_may_skip"
 
 
 @pytest.fixture(scope="session")
@@ -65,7 +108,7 @@ def server_keys(tmp_path_factory) -> Path:
     from multimsg.layout import Layout
 
     home = tmp_path_factory.mktemp("keys-home")
-    ServerKeys(Layout(home)).public_pem
+    assert ServerKeys(Layout(home)).public_pem  # made on first use
     return home / "keys"
 
 

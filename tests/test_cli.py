@@ -27,6 +27,7 @@ from werkzeug.test import create_environ
 from multimsg import Client
 from multimsg.client import ConnectionFailed, NotFound, RequestRejected
 from tests import media
+from tests.conftest import require_tool
 from tests.gatewayproc import ROOT, Gateway, free_port
 
 ID_RE = re.compile(r"[A-Za-z0-9]{16}")
@@ -298,9 +299,7 @@ def test_python_client_sends_waits_and_raises_typed_errors_with_the_servers_reas
 
 
 def test_console_script_is_installed():
-    script = shutil.which("multimsg")
-    if script is None:
-        pytest.skip("the package is not installed with its console script here")
+    script = require_tool("multimsg", "the package's console script: pip install -e .")
     result = subprocess.run([script, "--help"], capture_output=True, timeout=60)
     assert result.returncode == 0
     assert b"exit codes:" in result.stdout and b"send" in result.stdout

@@ -7,7 +7,6 @@ data = nonce (12) || AES-GCM ciphertext || tag (16)
 from __future__ import annotations
 
 import os
-import shutil
 import stat
 import subprocess
 
@@ -15,6 +14,8 @@ import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from tests.conftest import require_tool
 
 OAEP = padding.OAEP(mgf=padding.MGF1(algorithm=hashes.SHA256()), algorithm=hashes.SHA256(), label=None)
 
@@ -53,8 +54,7 @@ def test_encrypted_text_is_decrypted_and_delivered(gateway, telegram, key_size):
 
 
 def test_key_wrapped_by_the_openssl_cli_works(gateway, telegram, tmp_path):
-    if not shutil.which("openssl"):
-        pytest.skip("the openssl command is not installed")
+    require_tool("openssl", "a key wrapped by the openssl CLI")
     (tmp_path / "pub.pem").write_text(gateway.http.get(gateway.url + "/key").text)
     aes_key = os.urandom(32)
     (tmp_path / "aes.key").write_bytes(aes_key)
@@ -88,8 +88,7 @@ const der = Buffer.from(pem.replace(/-----[^-]+-----/g, '').replace(/\s+/g, ''),
 
 
 def test_webcrypto_client_works(gateway, telegram):
-    if not shutil.which("node"):
-        pytest.skip("node is not installed (WebCrypto interop needs it)")
+    require_tool("node", "WebCrypto interop")
     import base64
     import json
 

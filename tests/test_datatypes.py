@@ -15,8 +15,8 @@ import pytest
 from werkzeug.formparser import parse_form_data
 
 from multimsg.errors import InvalidInput, TooLarge
-from multimsg.services import Datatypes
 from multimsg.multipart import MultipartBody
+from multimsg.services import Datatypes
 from multimsg.services.sniff import OGG_OPUS, sniff_bytes
 from multimsg.services.telegram import Telegram
 from multimsg.queue.backends.files import FileContent

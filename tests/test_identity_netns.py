@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from tests.conftest import require, require_tool
 from tests.gatewayproc import Gateway, free_port
 
 # The client side: one HTTP call from inside a namespace, with http.client
@@ -55,7 +56,7 @@ def _free_subnet() -> int:
     for third in random.sample(range(1, 255), 254):
         if f"10.213.{third}." not in used:
             return third
-    pytest.skip("no free 10.213.X.0/24 subnet on this machine")
+    require(False, "no free 10.213.X.0/24 subnet on this machine")
 
 
 @dataclass
@@ -96,13 +97,11 @@ class Lan:
         return f"mmb{self.suffix}"
 
     def up(self) -> None:
-        if shutil.which("ip") is None:
-            pytest.skip("iproute2 ('ip') is not installed")
+        require_tool("ip", "iproute2: namespaces, veth pairs, a bridge")
         self.third = _free_subnet()
         self.server_address = f"10.213.{self.third}.1"
         probe = ip("netns", "add", f"mmn{self.suffix}a", check=False)
-        if probe.returncode != 0:
-            pytest.skip(f"this machine does not allow network namespaces ('ip netns add' failed: {probe.stderr.strip()})")
+        require(probe.returncode == 0, f"this machine does not allow network namespaces ('ip netns add' failed: {probe.stderr.strip()})")
         self.made_netns.append(f"mmn{self.suffix}a")
         ip("link", "add", self.bridge, "type", "bridge")
         self.made_links.append(self.bridge)

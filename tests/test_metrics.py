@@ -8,6 +8,8 @@ the counters file beside the store, so a second runner on the same data folder
 from __future__ import annotations
 
 import json
+import subprocess
+from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -27,7 +29,15 @@ def scrape(gateway, **headers) -> dict[tuple, float]:
 
 
 def value(samples: dict, name: str, **labels) -> float:
-    return samples.get((name, *sorted(labels.items())), 0.0)
+    """The sample's value; a series that is not in the scrape fails the test (it is not 0)."""
+    key = (name, *sorted(labels.items()))
+    assert key in samples, f"no series {name}{labels} in the scrape"
+    return samples[key]
+
+
+def absent(samples: dict, name: str, **labels) -> bool:
+    """True if the scrape has no such series (for the places that expect none)."""
+    return (name, *sorted(labels.items())) not in samples
 
 
 def test_metrics_and_stats_match_what_was_sent(gateway, telegram, whatsapp):
@@ -39,6 +49,7 @@ def test_metrics_and_stats_match_what_was_sent(gateway, telegram, whatsapp):
     assert gateway.drain()["claimed"] == 4
 
     samples = scrape(gateway)
+    assert absent(samples, "multimsg_http_requests_total", endpoint="metrics", status="200")  # counted once answered
     assert value(samples, "multimsg_http_requests_total", endpoint="msg", status="200") == 4
     assert value(samples, "multimsg_http_requests_total", endpoint="data", status="200") == 4
     assert value(samples, "multimsg_http_requests_total", endpoint="drain", status="200") == 1
@@ -54,7 +65,7 @@ def test_metrics_and_stats_match_what_was_sent(gateway, telegram, whatsapp):
     assert value(samples, "multimsg_drain_pass_duration_seconds_count") == 1
     assert value(samples, "multimsg_drain_last_pass_timestamp_seconds") > 0
     assert value(samples, "multimsg_service_configured", service="telegram") == 1
-    assert value(samples, "multimsg_queue_oldest_age_seconds", service="wpp1") >= 0
+    assert 0 <= value(samples, "multimsg_queue_oldest_age_seconds", service="wpp1") < 3600
 
     # Reading a final state archives the record: the depth follows.
     assert gateway.state(delivered[0])["state"] == "delivered"
@@ -118,3 +129,41 @@ def test_metrics_follow_the_drain_rule(make_gateway, token):
         scrape(gateway, Authorization=f"Bearer {token}", **REMOTE)
     else:
         scrape(gateway)
+
+
+def _dead_pid() -> int:
+    child = subprocess.Popen(["true"])
+    child.wait()
+    return child.pid
+
+
+def test_metrics_files_of_ended_processes_are_swept_and_their_counts_kept(make_gateway, telegram, tmp_path):
+    from prometheus_client.mmap_dict import MmapedDict, mmap_key
+
+    home = tmp_path / "swept"
+    folder = home / "metrics"
+    folder.mkdir(parents=True)
+    dead = _dead_pid()
+    counted = MmapedDict(str(folder / f"counter_{dead}.db"))
+    counted.write_value(mmap_key("multimsg_http_requests", "multimsg_http_requests_total", ["endpoint", "status"], ["msg", "200"],
+                                 "HTTP requests answered, by endpoint and status code"), 5.0, 0.0)
+    counted.close()
+    live = MmapedDict(str(folder / f"gauge_livesum_{dead}.db"))
+    live.write_value(mmap_key("some_gauge", "some_gauge", [], [], "a live gauge of an ended process"), 7.0, 0.0)
+    live.close()
+
+    first = make_gateway(home=home)
+    first.send(b"counted once", "telegram", "555")
+    samples = scrape(first)
+    names = sorted(p.name for p in folder.glob("*.db"))
+    assert f"counter_{dead}.db" not in names and f"gauge_livesum_{dead}.db" not in names, names
+    assert absent(samples, "some_gauge")  # the ended process's live gauge is gone
+    assert value(samples, "multimsg_http_requests_total", endpoint="msg", status="200") == 5 + 1  # its count is kept
+
+    # A restarted runner folds the files of the one before it: still one file per live process plus the merged ones.
+    first.stop()
+    second = make_gateway(home=home)
+    samples = scrape(second)
+    assert value(samples, "multimsg_http_requests_total", endpoint="msg", status="200") == 6
+    assert value(samples, "multimsg_http_requests_total", endpoint="metrics", status="200") == 1
+    assert not [p.name for p in folder.glob("counter_*.db") if p.name != "counter_merged.db" and not Path(f"/proc/{p.stem.split('_')[1]}").exists()]

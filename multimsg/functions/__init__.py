@@ -8,11 +8,11 @@ app for the local runner. ``http`` is the layer they share.
 from .cons import cons
 from .data import data
 from .drain import drain
+from .health import health
 from .key import key
+from .metrics import metrics
 from .msg import msg
 from .openapi import openapi
-from .health import health
-from .metrics import metrics
 
 __all__ = ["HANDLERS", "key", "data", "msg", "cons", "drain", "openapi", "health", "metrics"]
 

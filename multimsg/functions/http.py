@@ -38,9 +38,9 @@ from werkzeug.exceptions import HTTPException
 
 from .. import errors
 from ..config import settings
-from ..metrics import count_request
 from ..identity import TOKEN, identify, peer_address
 from ..logs import Redactor
+from ..metrics import count_request
 from ..ratelimit import check_rate
 from ..tokens import token_file
 

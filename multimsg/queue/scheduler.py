@@ -150,7 +150,7 @@ class Pass:
                 self._collect(self._next_wake())
                 self._prune()
         finally:
-            stream.close()
+            getattr(stream, "close", lambda: None)()  # a generator's close ends the scan; the contract is any Iterator
             for lane in self.lanes.values():
                 if lane.pool is not None:
                     lane.pool.shutdown(wait=True)  # in-flight sends finish and write their outcomes

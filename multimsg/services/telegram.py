@@ -37,9 +37,9 @@ import re
 import requests
 
 from ..errors import MultimsgError
+from ..multipart import MultipartBody
 from .base import MB, Outcome, ServiceBase, file_name, json_or_none
 from .datatypes import Datatypes
-from ..multipart import MultipartBody
 from .sniff import OCTET_STREAM, OGG_OPUS, sniff
 
 __all__ = ["Telegram"]

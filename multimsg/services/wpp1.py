@@ -56,9 +56,9 @@ from ..content import Content
 import requests
 
 from ..errors import MultimsgError
+from ..multipart import MultipartBody
 from .base import MB, THROTTLE_DEST, THROTTLE_SERVICE, Outcome, ServiceBase, file_name, json_or_none
 from .datatypes import Datatypes
-from ..multipart import MultipartBody
 from .sniff import OCTET_STREAM, OGG_OPUS, sniff
 from .template import TEMPLATE_MAX_BYTES, load_template
 

@@ -127,9 +127,14 @@ class ShardCounters(Counters):
 
     def write(self, shard: str, document: figures.Figures) -> None:
         # Derived data, rewritten in place without fsync: a torn file is recounted.
+        out = memoryview(json.dumps(document, separators=(",", ":")).encode())
         fd = os.open(self.path(shard), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
-            os.write(fd, json.dumps(document, separators=(",", ":")).encode())
+            while out:  # a write may take less than asked (a full disk): finish it, or leave the file empty
+                out = out[os.write(fd, out):]
+        except OSError:
+            os.ftruncate(fd, 0)  # empty, not torn: the next change recounts the shard
+            raise
         finally:
             os.close(fd)
 

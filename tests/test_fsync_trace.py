@@ -1,0 +1,177 @@
+"""A message accepted by /msg is on disk before the answer: checked on the system calls.
+
+The runner's worker process is traced with strace around one ``POST /msg``
+(after its upload). From the trace: some file under ``store/`` of the data
+folder that the request wrote was fsynced after its last write, the folder
+``store/`` itself was fsynced (after the last rename into it, if any), and
+both fsyncs had returned before the first bytes of the ``HTTP/1.1 200``
+answer were written to the client's socket.
+
+The check knows nothing of the store's files beyond "a file under store/ and
+the folder store/": which file holds the record is the store's business. With
+``MULTIMSG_FSYNC=0`` the same check must find the fsyncs missing, which shows it
+can fail.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import require, require_tool
+from tests.gatewayproc import session_from
+
+TRACED = "fsync,fdatasync,rename,renameat,renameat2,openat,link,linkat,write,writev,sendto,sendmsg"
+LINE = re.compile(r"^(?P<pid>\d+)\s+(?P<t>\d+\.\d+)\s+(?P<rest>.*)$")
+RESUMED = re.compile(r"^<\.\.\. (?P<name>\w+) resumed>(?P<tail>.*)$")
+CALL = re.compile(r"^(?P<name>\w+)\((?P<args>.*)$")
+DURATION = re.compile(r"<(?P<seconds>\d+\.\d+)>\s*$")
+FD_PATH = re.compile(r"^\d+<(?P<path>[^>]*)>")
+STRING_ARGS = re.compile(r'"((?:[^"\\]|\\.)*)"')
+
+
+@dataclass
+class Call:
+    pid: int
+    name: str
+    start: float
+    end: float
+    text: str  # the arguments and the result, as strace printed them
+
+    @property
+    def fd_path(self) -> str | None:
+        match = FD_PATH.match(self.text)
+        return match.group("path") if match else None
+
+    @property
+    def ok(self) -> bool:
+        return re.search(r"\)\s+=\s+-1\b", self.text) is None
+
+
+def parse(trace: str) -> list[Call]:
+    """strace -f -ttt -T -yy output, with unfinished/resumed halves joined, in start order."""
+    calls, pending = [], {}
+    for line in trace.splitlines():
+        match = LINE.match(line)
+        if not match:
+            continue
+        pid, t, rest = int(match["pid"]), float(match["t"]), match["rest"]
+        resumed = RESUMED.match(rest)
+        if resumed:
+            if pid not in pending:
+                continue
+            name, start, head = pending.pop(pid)
+            text = head + resumed["tail"]
+        elif rest.endswith("<unfinished ...>"):
+            call = CALL.match(rest)
+            if call:
+                pending[pid] = (call["name"], t, call["args"][: -len("<unfinished ...>")].rstrip())
+            continue
+        else:
+            call = CALL.match(rest)
+            if not call:
+                continue  # signals, exits
+            name, start, text = call["name"], t, call["args"]
+        duration = DURATION.search(text)
+        end = (t if resumed else start) + (float(duration["seconds"]) if duration else 0.0)
+        calls.append(Call(pid, name, start, end, text))
+    return sorted(calls, key=lambda c: c.start)
+
+
+def durability_problems(calls: list[Call], store: Path) -> list[str]:
+    """What the trace lacks for "the record was on disk before the answer"; empty when nothing."""
+    store_dir = str(store)
+    answers = [c for c in calls if c.name in ("write", "writev", "sendto", "sendmsg")
+               and (c.fd_path or "").startswith("TCP:") and "HTTP/1.1 200" in c.text]
+    if not answers:
+        return ["no 'HTTP/1.1 200' written to a TCP socket in the trace"]
+    answered = answers[0].start
+    before = [c for c in calls if c.end <= answered and c.ok]
+
+    def under_store(path: str | None) -> bool:
+        return bool(path) and path.startswith(store_dir + "/")
+
+    problems = []
+    written = {c.fd_path for c in before if c.name in ("write", "writev") and under_store(c.fd_path)}
+    if not written:
+        problems.append(f"no file under {store_dir}/ written before the answer")
+    synced = [
+        path for path in written
+        if any(c.name in ("fsync", "fdatasync") and c.fd_path == path
+               and c.start >= max(w.end for w in before if w.name in ("write", "writev") and w.fd_path == path)
+               for c in before)
+    ]
+    if written and not synced:
+        problems.append(f"none of the files written under {store_dir}/ was fsynced after its last write before the answer: {sorted(written)}")
+    renames = [c for c in before if c.name in ("rename", "renameat", "renameat2", "link", "linkat")
+               and any(under_store(s) for s in STRING_ARGS.findall(c.text)[1:])]
+    dir_syncs = [c for c in before if c.name in ("fsync", "fdatasync") and c.fd_path == store_dir]
+    if not dir_syncs:
+        problems.append(f"the folder {store_dir} was not fsynced before the answer")
+    elif renames and not any(s.start >= renames[-1].end for s in dir_syncs):
+        problems.append(f"the folder {store_dir} was not fsynced after the last rename into it")
+    return problems
+
+
+def worker_pid(master: int, timeout: float = 10.0) -> int:
+    """The gunicorn worker: the runner's (the master's) only child."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
+        if len(children) == 1:
+            return int(children[0])
+        time.sleep(0.05)
+    raise AssertionError(f"the runner {master} has children {children}, not one worker")
+
+
+def trace_one_msg(runner, tmp_path: Path, data_id: str) -> tuple[str, str]:
+    """strace the worker around one POST /msg; (the trace, the answer's body)."""
+    strace = require_tool("strace", "tracing the worker's fsyncs")
+    out, err = tmp_path / "strace.out", tmp_path / "strace.err"
+    pid = worker_pid(runner.proc.pid)
+    tracer = subprocess.Popen(
+        [strace, "-f", "-ttt", "-T", "-yy", "-s", "128", "-e", f"trace={TRACED}", "-o", str(out), "-p", str(pid)],
+        stdout=subprocess.DEVNULL, stderr=open(err, "wb"),
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while "attached" not in err.read_text(errors="replace"):
+            require(tracer.poll() is None, f"strace cannot attach to the worker: {err.read_text(errors='replace').strip()}")
+            assert time.monotonic() < deadline, "strace did not attach within 10 s"
+            time.sleep(0.02)
+        time.sleep(0.2)  # every thread attached
+        with session_from(None) as client:  # a new connection, accepted while traced
+            answer = client.post(runner.url + "/msg", data={"id": data_id, "serv": "telegram", "dest": "4242", "type": "text"}, timeout=30)
+        assert answer.status_code == 200, answer.text
+        time.sleep(0.3)  # strace prints a call when it returns
+    finally:
+        if tracer.poll() is None:
+            tracer.send_signal(signal.SIGINT)  # strace detaches, the worker goes on
+        try:
+            tracer.wait(10)
+        except subprocess.TimeoutExpired:
+            tracer.kill()
+            tracer.wait(5)
+    return out.read_text(errors="replace"), answer.text
+
+
+@pytest.mark.parametrize("fsync", ["on", "off"])
+def test_the_store_file_and_folder_are_fsynced_before_msg_answers(make_gateway, tmp_path, fsync):
+    runner = make_gateway(env={"MULTIMSG_FSYNC": "1" if fsync == "on" else "0", "MULTIMSG_RATE_LIMIT": "0"})
+    data_id = runner.upload_id(b"on disk before the answer")
+    trace, message_id = trace_one_msg(runner, tmp_path, data_id)
+    calls = parse(trace)
+    assert any(c.name == "openat" for c in calls), f"an empty or unparsed trace:\n{trace[:2000]}"
+    problems = durability_problems(calls, (runner.home / "store").resolve())
+    if fsync == "on":
+        assert not problems, "\n".join(problems) + f"\n--- trace ---\n{trace[-6000:]}"
+    else:  # the check can fail: without fsync it finds the fsyncs missing
+        assert any("fsync" in p for p in problems), f"MULTIMSG_FSYNC=0 and the check found nothing missing:\n{trace[-6000:]}"
+    assert os.path.isdir(runner.home / "store") and runner.cons(message_id).text == "queued"
