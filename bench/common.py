@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from multimsg.ids import new_id
+from multimsg.layout import Layout
 from multimsg.queue import states
 from multimsg.queue.counters import Counters
-from multimsg.layout import Layout
 from multimsg.queue.spool import FileSpool
 from multimsg.queue.store import TinyStore
 from tests.emulators import TelegramEmulator, WhatsAppEmulator

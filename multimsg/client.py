@@ -27,8 +27,8 @@ from typing import IO, Callable, Union
 import requests
 
 from .crypto import encrypt_upload
-from .multipart import MultipartBody
 from .model import FINAL_STATES, State
+from .multipart import MultipartBody
 
 DELIVERED, FAILED = State.DELIVERED, State.FAILED
 

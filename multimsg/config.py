@@ -221,12 +221,12 @@ class Settings:
     identity: str = setting("MULTIMSG_IDENTITY", "mac", _identity)
     trust_proxy: int = setting("MULTIMSG_TRUST_PROXY", "off", _hops)
     tokens_file: Path | None = setting("MULTIMSG_TOKENS_FILE", None, "path?")
-    rate_limit: float = setting("MULTIMSG_RATE_LIMIT", 1000.0, float, help="per-client requests per second on /data and /msg: a safety net against runaway loops")
+    rate_limit: float = setting("MULTIMSG_RATE_LIMIT", 1000.0, float, help="per-client requests per second on /data and /msg (a safety net)")
     rate_burst: int = setting("MULTIMSG_RATE_BURST", 2000, int)
     key_grace: float = setting("MULTIMSG_KEY_GRACE", 7 * DAY, float)
     log_format: str = setting("MULTIMSG_LOG_FORMAT", "text")
     header_timeout: float = setting("MULTIMSG_HEADER_TIMEOUT", 10.0, _positive, help="seconds a client has to send a request's headers")
-    body_timeout: float = setting("MULTIMSG_BODY_TIMEOUT", 30.0, _positive, help="seconds a client has to send a body, plus one per MULTIMSG_BODY_MIN_RATE bytes")
+    body_timeout: float = setting("MULTIMSG_BODY_TIMEOUT", 30.0, _positive, help="seconds a client has to send a body (plus 1 s per BODY_MIN_RATE bytes)")
     body_min_rate: float = setting("MULTIMSG_BODY_MIN_RATE", 1024.0, _rate, help="bytes per second a slow body must keep up")
 
     @classmethod

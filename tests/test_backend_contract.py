@@ -14,6 +14,7 @@ import time
 
 import pytest
 
+from multimsg.config import ServiceConfig
 from multimsg.layout import Layout
 from multimsg.model import Message, State
 from multimsg.queue.backends.files import FileSpool
@@ -22,7 +23,6 @@ from multimsg.queue.backends.tiny import TinyStore
 from multimsg.queue.drain import Drain, Tuning
 from multimsg.queue.retry import RetryPolicy
 from multimsg.services.base import Outcome, ServiceBase
-from multimsg.config import ServiceConfig
 
 BACKENDS = ["memory", "tiny"]
 CLIENT = "ip:127.0.0.9"

@@ -16,10 +16,10 @@ from werkzeug.formparser import parse_form_data
 
 from multimsg.errors import InvalidInput, TooLarge
 from multimsg.multipart import MultipartBody
+from multimsg.queue.backends.files import FileContent
 from multimsg.services import Datatypes
 from multimsg.services.sniff import OGG_OPUS, sniff_bytes
 from multimsg.services.telegram import Telegram
-from multimsg.queue.backends.files import FileContent
 from multimsg.services.template import load_template
 from multimsg.services.text import split_text, utf16_units
 from multimsg.services.wpp1 import WhatsApp

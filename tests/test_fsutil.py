@@ -11,10 +11,10 @@ import json
 import os
 
 import pytest
+from multimsg.queue.layout import Layout
 
 from multimsg.fsutil import append_durable
 from multimsg.queue.counters import Counters
-from multimsg.queue.layout import Layout
 
 
 def filling_disk(real, calls: list[int]):

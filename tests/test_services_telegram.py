@@ -12,7 +12,6 @@ from datetime import datetime
 import pytest
 
 from multimsg.queue.backends.files import FileContent
-
 from multimsg.services.telegram import Telegram
 from multimsg.services.text import utf16_units
 from tests import media

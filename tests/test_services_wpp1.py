@@ -14,7 +14,6 @@ import json
 import pytest
 
 from multimsg.queue.backends.files import FileContent
-
 from multimsg.services.wpp1 import WhatsApp
 from tests import media
 from tests.services_support import emulator_env, new_number, queue, service_gateway, sha256  # noqa: F401  (fixture)

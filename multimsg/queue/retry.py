@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-
 from typing import Any
 
 from ..config import Settings

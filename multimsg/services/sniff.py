@@ -16,9 +16,9 @@ are ours:
 
 from __future__ import annotations
 
-from ..content import HEAD, Content
-
 import filetype
+
+from ..content import HEAD, Content
 
 __all__ = ["sniff", "sniff_bytes", "describe", "extension", "OGG_OPUS", "OCTET_STREAM"]
 

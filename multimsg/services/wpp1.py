@@ -51,10 +51,9 @@ import threading
 import time
 from collections import OrderedDict
 
-from ..content import Content
-
 import requests
 
+from ..content import Content
 from ..errors import MultimsgError
 from ..multipart import MultipartBody
 from .base import MB, THROTTLE_DEST, THROTTLE_SERVICE, Outcome, ServiceBase, file_name, json_or_none

@@ -41,6 +41,8 @@ class MemoryCounters(Counters):
 
 
 class MemoryStore(MessageStore):
+    counters: MemoryCounters
+
     def __init__(self) -> None:
         self.records: dict[str, dict] = {}  # id -> stored record (as a backend stores it)
         self.archived: list[dict] = []

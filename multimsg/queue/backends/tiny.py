@@ -162,6 +162,8 @@ class ShardCounters(Counters):
 
 
 class TinyStore(MessageStore):
+    counters: ShardCounters
+
     def __init__(self, layout: Layout, *, fsync: bool = True, lock_timeout: float = LOCK_TIMEOUT,
                  shard_hex_digits: int = SHARD_HEX_DIGITS):
         self.layout = layout
