@@ -21,10 +21,9 @@ from typing import Iterable, Iterator
 
 from multimsg.ids import new_id
 from multimsg.layout import Layout
-from multimsg.queue import states
-from multimsg.queue.counters import Counters
-from multimsg.queue.spool import FileSpool
-from multimsg.queue.store import TinyStore
+from multimsg.model import Message
+from multimsg.queue.backends.files import FileSpool
+from multimsg.queue.backends.tiny import TinyStore
 from tests.emulators import TelegramEmulator, WhatsAppEmulator
 from tests.emulators.common import max_in_window
 from tests.gatewayproc import Gateway
@@ -61,22 +60,17 @@ def seed(home: Path, serv: str, dests: Iterable[str], *, text: bytes = b"benchma
     spool = FileSpool(layout, ttl=30 * 24 * 3600.0, fsync=False)
     now = time.time()
 
-    def records():
+    def messages():
         for n, dest in enumerate(dests):
             if n % 10_000 == 0:  # a file system allows some 65,000 links to one file
                 data = spool.put(CLIENT, [text], "bench.txt")
-            message_id = new_id()
-            spool.attach(CLIENT, data.data_id, message_id)
-            yield {
-                "id": message_id, "client": CLIENT, "data_id": data.data_id, "serv": serv, "dest": dest, "type": "text",
-                "filename": "bench.txt", "options": {}, "state": states.QUEUED, "attempts": 0, "created_at": now,
-                "updated_at": now, "next_attempt_at": now if due else now + 30 * 24 * 3600.0, "last_error": None,
-                "platform_ids": [], "claim": None,
-            }
+            message = Message(id=new_id(), client=CLIENT, data_id=data.data_id, serv=serv, dest=dest, type="text",
+                              filename="bench.txt", created_at=now, updated_at=now,
+                              next_attempt_at=now if due else now + 30 * 24 * 3600.0)
+            spool.attach(CLIENT, data.data_id, message.id)
+            yield message
 
-    count = store.add_many(records())
-    Counters(layout, records=store.records).rebuild()  # the runner's queue figures, as if they had been enqueued
-    return count
+    return store.add_many(messages())  # counted as it is added, like any enqueue
 
 
 def worker_memory(gateway: Gateway) -> dict[str, int]:

@@ -10,11 +10,14 @@ import errno
 import json
 import os
 
+import time
+
 import pytest
-from multimsg.queue.layout import Layout
 
 from multimsg.fsutil import append_durable
-from multimsg.queue.counters import Counters
+from multimsg.layout import Layout
+from multimsg.model import Message
+from multimsg.queue.backends.tiny import TinyStore
 
 
 def filling_disk(real, calls: list[int]):
@@ -53,16 +56,23 @@ def test_append_continues_short_writes(tmp_path, monkeypatch):
 
 
 def test_counters_on_a_full_disk_are_never_torn(tmp_path, monkeypatch):
-    counters = Counters(Layout(tmp_path))
-    record = {"serv": "telegram", "state": "queued", "created_at": 1000.0}
-    counters.added(record)
-    counters.added(record)
+    store = TinyStore(Layout(tmp_path), fsync=False, shard_hex_digits=1)
+
+    def message(n: int) -> Message:
+        return Message(id=f"{n:016d}", client="ip:127.0.0.1", data_id="d" * 16, serv="telegram", dest="1", type="text",
+                       created_at=1000.0 + n)
+
+    shard = store.shard_of(message(1).id)
+    same_shard = [m for m in (message(n) for n in range(1, 200)) if store.shard_of(m.id) == shard]
+    store.add(same_shard[0])
+    store.add(same_shard[1])
     calls: list[int] = []
-    monkeypatch.setattr(os, "pwrite", filling_disk(os.pwrite, calls))
+    monkeypatch.setattr(os, "write", filling_disk(os.write, calls))
     with pytest.raises(OSError):
-        counters.added(record)
+        store.counters.write(shard, {"version": 2, "services": {"telegram": {"states": {"queued": 99}}}})
     monkeypatch.undo()
-    raw = counters.path.read_bytes()
+    raw = store.counters.path(shard).read_bytes()
     assert raw == b"" or json.loads(raw)  # empty (recounted on the next change) or whole, never torn
-    counters.added(record)
-    assert json.loads(counters.path.read_bytes())["services"]["telegram"]["states"]["queued"] >= 1
+    store.add(same_shard[2])  # an empty figures file is recounted from the shard's records
+    figures = store.counters.snapshot(time.time())["services"]["telegram"]
+    assert figures["states"]["queued"] == 3
