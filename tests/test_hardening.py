@@ -397,3 +397,22 @@ def test_the_rate_limit_holds_across_the_runners_threads(make_gateway):
     with ThreadPoolExecutor(12) as pool:
         statuses = sorted(pool.map(upload, range(12)))
     assert statuses.count(200) == 5 and statuses.count(429) == 7, statuses
+
+
+# -- text splitting cost ------------------------------------------------------------------
+def test_texts_of_combining_marks_are_judged_quickly_with_the_right_answer(make_gateway, telegram):
+    r = make_gateway("marks", env={"MULTIMSG_RATE_LIMIT": "0", "MULTIMSG_FSYNC": "0"})
+    msg = {"serv": "telegram", "dest": "5150", "type": "text"}
+    marks = "a" + "\u0301" * 24000  # 48 KB: six full parts, not 24,001 one-character parts
+    data_id = r.upload_id(marks.encode())
+    answer = r.http.post(r.url + "/msg", data={"id": data_id, **msg}, timeout=5)
+    assert answer.status_code == 200, answer.text
+    assert r.wait_state(answer.text)["state"] == "delivered"
+    sent = [record["fields"]["text"] for record in telegram.received(ok_only=True)]
+    assert "".join(sent) == marks and len(sent) == 6
+
+    for hostile in ("a" + "\u0301" * 262000, "\u200d" * 174000, "x" * 524000):  # at the 512 KB text limit
+        data_id = r.upload_id(hostile.encode())
+        answer = r.http.post(r.url + "/msg", data={"id": data_id, **msg}, timeout=5)
+        assert answer.status_code == 413, answer.text
+        assert one_line_reason(answer.text) and "more than 32 messages" in answer.text

@@ -41,7 +41,7 @@ from ..config import env, settings
 from ..errors import InvalidInput, TooLarge
 from .datatypes import Datatypes
 from .sniff import describe, extension, sniff
-from .text import MEASURES, split_text
+from .text import MEASURES, TooManyParts, split_text
 
 __all__ = [
     "ServiceBase", "Outcome", "read_text", "json_or_none", "file_name", "megabytes",
@@ -212,13 +212,13 @@ class ServiceBase(ABC):
     def text_parts(self, path: Path) -> list[str]:
         """The message parts a text file is sent as (InvalidInput/TooLarge if it cannot be)."""
         text = read_text(path)
-        parts = split_text(text, self.text_limit, MEASURES[self.text_measure])
-        if len(parts) > self.max_text_parts:
+        try:  # the split stops as soon as the cap is passed
+            return split_text(text, self.text_limit, MEASURES[self.text_measure], max_parts=self.max_text_parts)
+        except TooManyParts:
             raise TooLarge(
-                f"text is {self.measure(text)} {self._unit}, {len(parts)} messages on {self.name}; "
+                f"text is {self.measure(text)} {self._unit}, more than {self.max_text_parts} messages on {self.name}; "
                 f"at most {self.max_text_parts} messages of {self.text_limit} are sent for one text"
-            )
-        return parts
+            ) from None
 
     @property
     def _unit(self) -> str:
