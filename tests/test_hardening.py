@@ -416,3 +416,21 @@ def test_texts_of_combining_marks_are_judged_quickly_with_the_right_answer(make_
         answer = r.http.post(r.url + "/msg", data={"id": data_id, **msg}, timeout=5)
         assert answer.status_code == 413, answer.text
         assert one_line_reason(answer.text) and "more than 32 messages" in answer.text
+
+
+# -- templates ------------------------------------------------------------------------------
+def test_a_deeply_nested_template_gets_400_with_a_reason_not_a_traceback(hard, whatsapp):
+    r = hard
+    msg = {"serv": "wpp1", "dest": "5491155551234", "type": "template"}
+    deep_components = '{"name": "order_update", "language": "es_AR", "components": ' + "[" * 5000 + "]" * 5000 + "}"
+    for document in ("[" * 60000, "{\"a\": " * 8000 + "1" + "}" * 8000, deep_components):
+        data_id = r.upload_id(document.encode())
+        answer = r.http.post(r.url + "/msg", data={"id": data_id, **msg}, timeout=10)
+        assert answer.status_code == 400, answer.text
+        assert one_line_reason(answer.text) and "nested too deeply" in answer.text
+    # Brackets inside strings are text, and a real template is a few levels deep.
+    fine = {"name": "order_update", "language": "es_AR",
+            "components": [{"type": "body", "parameters": [{"type": "text", "text": "[[[[" * 100 + "{{{{" * 100}]}]}
+    answer = r.http.post(r.url + "/msg", data={"id": r.upload_id(json.dumps(fine).encode()), **msg}, timeout=10)
+    assert answer.status_code == 200, answer.text
+    assert "Traceback" not in r.log() and "internal error" not in r.log()
