@@ -17,6 +17,7 @@ from .crypto import ServerKeys
 from .errors import InvalidInput, NotConfigured, NotFound
 from .fsutil import copy_stream
 from .ids import check_id, new_id
+from .names import clean_filename
 from .queue import states
 from .queue.counters import Counters, CountingStore
 from .queue.drain import Drain, Tuning
@@ -59,7 +60,7 @@ class Gateway:
             chunks = copy_stream(data)
         else:
             chunks = self.keys.decrypt_stream(data, wrapped_key)
-        return self.spool.put(client, chunks, filename).data_id
+        return self.spool.put(client, chunks, clean_filename(filename)).data_id
 
     # -- POST /msg ---------------------------------------------------------
     def enqueue(self, client: str, fields: dict) -> str:

@@ -434,3 +434,25 @@ def test_a_deeply_nested_template_gets_400_with_a_reason_not_a_traceback(hard, w
     answer = r.http.post(r.url + "/msg", data={"id": r.upload_id(json.dumps(fine).encode()), **msg}, timeout=10)
     assert answer.status_code == 200, answer.text
     assert "Traceback" not in r.log() and "internal error" not in r.log()
+
+
+# -- upload file names ---------------------------------------------------------------------
+def test_an_upload_name_is_stored_as_a_plain_file_name(make_gateway, telegram):
+    r = make_gateway("names", env={"MULTIMSG_RATE_LIMIT": "0", "MULTIMSG_FSYNC": "0"})
+    hostile = "evil\x00\x1b[31m" + "n" * 400_000 + "\x1b]0;title\x07.txt"
+    stored = {}
+    for name in (hostile, "../../etc/passwd", "C:\\Users\\ana\\report.pdf", "\x00\x1b\x7f", "informe.pdf"):
+        data_id = r.upload_id(b"%PDF-1.4 named content", filename=name)
+        meta = json.loads(next((r.home / "spool").glob(f"*/{data_id}.json")).read_text())
+        stored[name[:20]] = meta["filename"]
+        assert len(meta["filename"]) <= 255 and not re.search(r"[\x00-\x1f\x7f/\\]", meta["filename"]), meta["filename"][:80]
+    assert stored["../../etc/passwd"] == "passwd"
+    assert stored["C:\\Users\\ana\\report.pdf"[:20]] == "report.pdf"
+    assert stored["\x00\x1b\x7f"] == "data"
+    assert stored["informe.pdf"] == "informe.pdf"
+    assert stored[hostile[:20]] == ("evil[31m" + "n" * 400_000)[:255]
+    # /msg's filename option follows the same rule, and refuses what breaks it.
+    data_id = r.upload_id(b"%PDF-1.4 doc")
+    for bad in ("a\x1bb.pdf", "x" * 256, "a/b.pdf"):
+        answer = r.msg(id=data_id, serv="telegram", dest="1", type="document", filename=bad)
+        assert answer.status_code == 400 and "plain file name" in answer.text, answer.text

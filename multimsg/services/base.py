@@ -39,6 +39,7 @@ from requests.adapters import HTTPAdapter
 
 from ..config import env, settings
 from ..errors import InvalidInput, TooLarge
+from ..names import FILENAME_MAX, check_filename  # noqa: F401  (FILENAME_MAX: the one rule lives in names.py)
 from .datatypes import Datatypes
 from .sniff import describe, extension, sniff
 from .text import MEASURES, TooManyParts, split_text
@@ -57,8 +58,6 @@ THROTTLE_DEST = "dest"
 
 MB = 1000 * 1000  # platforms state limits in MB; the decimal reading is the stricter one
 POOL_SIZE = 64  # connections kept per host: the drain sends from a thread pool
-FILENAME_MAX = 255
-_FILENAME_BAD = re.compile(r"[\x00-\x1f\x7f/\\]")
 
 
 @dataclass(frozen=True)
@@ -191,10 +190,7 @@ class ServiceBase(ABC):
         if filename is not None and filename.strip():
             if datatype != Datatypes.DOCUMENT:
                 raise InvalidInput("'filename' goes with type document only")
-            filename = filename.strip()
-            if len(filename) > FILENAME_MAX or _FILENAME_BAD.search(filename):
-                raise InvalidInput(f"'filename' must be a plain file name: at most {FILENAME_MAX} characters, no slashes or control characters")
-            checked["filename"] = filename
+            checked["filename"] = check_filename(filename)
         return checked
 
     def check_format(self, datatype: str, path: Path) -> str | None:
