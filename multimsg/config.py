@@ -33,7 +33,7 @@ def env(name: str, default: str | None = None) -> str | None:
     value = os.environ.get(name, "")
     if not value.strip():
         value = file_values().get(name, "")
-    return value if value.strip() else default
+    return (value.strip() if is_secret(name) else value) if value.strip() else default  # secrets: a stray space is not part of a token
 
 
 # -- the TOML file -------------------------------------------------------------

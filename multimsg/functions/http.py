@@ -87,13 +87,10 @@ def _without_secrets(body: str) -> str:
 
     Reasons and ``/cons`` reports can quote a platform's error text; a platform
     that echoes our credential must not hand it to a client. Only the exact
-    values are replaced (the log redactor's shape rules would also mangle
-    legitimate text, such as this API's own description).
+    values are replaced, also percent-encoded (the log redactor's shape rules
+    would also mangle legitimate text, such as this API's own description).
     """
-    for secret in _redactor.secrets():
-        if secret in body:
-            body = body.replace(secret, "***")
-    return body
+    return _redactor.scrub_secrets(body)
 
 
 def _render(request: flask.Request, status: int, text: str, data: dict, headers: dict | None = None, always_json: bool = False) -> flask.Response:
