@@ -29,7 +29,12 @@ Three modes, one client key each:
 ``MULTIMSG_TRUST_PROXY`` (off by default; ``on`` = one proxy, or a number of
 proxies) makes the peer address the one the nearest trusted proxy appended to
 ``X-Forwarded-For``: the N-th entry from the right, which a client cannot forge.
-Without it, ``X-Forwarded-For`` is ignored.
+Without it, ``X-Forwarded-For`` is ignored. With it, a request that carries a
+forwarding header (``X-Forwarded-For``, ``Forwarded``, ``X-Real-IP``) but fewer
+``X-Forwarded-For`` entries than trusted proxies is refused (``InvalidInput``,
+400): it did not come the way the operator said, and its socket peer (the
+proxy, often loopback) must not become its identity. A request with no
+forwarding header at all keeps its socket peer (a direct call on the host).
 """
 
 from __future__ import annotations
@@ -70,19 +75,30 @@ def _parse(value: str | None) -> Address | None:
     return address
 
 
-def peer_address(remote_addr: str | None, forwarded_for: Iterable[str] = (), trust_proxy: int = 0) -> Address:
+def peer_address(remote_addr: str | None, forwarded_for: Iterable[str] = (), trust_proxy: int = 0,
+                 forwarded: bool = False) -> Address:
     """The client's address: the socket peer, or what the ``trust_proxy``-th proxy saw.
 
-    A request that reached us through fewer proxies than configured keeps its
-    socket peer address (as werkzeug's ProxyFix does).
+    ``forwarded_for`` holds the X-Forwarded-For header values; ``forwarded``
+    says the request carries another forwarding header (``Forwarded``,
+    ``X-Real-IP``). Trusting proxies, a forwarded request with fewer hops than
+    configured is refused (InvalidInput); one with no forwarding header keeps
+    its socket peer address.
     """
     if trust_proxy > 0:
-        hops = [hop.strip() for header in forwarded_for for hop in header.split(",") if hop.strip()]
+        headers = list(forwarded_for)
+        hops = [hop.strip() for header in headers for hop in header.split(",") if hop.strip()]
         if len(hops) >= trust_proxy:
             address = _parse(hops[-trust_proxy])
             if address is None:
                 raise InvalidInput("X-Forwarded-For does not hold an IP address where the trusted proxy puts it")
             return address
+        if headers or forwarded:
+            raise InvalidInput(
+                f"this server trusts {trust_proxy} prox{'y' if trust_proxy == 1 else 'ies'} (MULTIMSG_TRUST_PROXY) but the request "
+                f"came with forwarding headers and {len(hops)} X-Forwarded-For entr{'y' if len(hops) == 1 else 'ies'}; "
+                "the proxy must append the client's address to X-Forwarded-For"
+            )
     address = _parse(remote_addr)
     if address is None:
         raise InvalidInput("cannot tell the client's address from this connection")
@@ -206,11 +222,14 @@ def client_for_token(authorization: str | None, tokens) -> str:
 
 
 def identify(mode: str, remote_addr: str | None, forwarded_for: Iterable[str], authorization: str | None,
-             *, trust_proxy: int = 0, tokens=None) -> str:
-    """The client key of a request under ``mode`` (``mac``, ``token`` or ``ip``)."""
+             *, trust_proxy: int = 0, tokens=None, forwarded: bool = False) -> str:
+    """The client key of a request under ``mode`` (``mac``, ``token`` or ``ip``).
+
+    ``forwarded``: the request carries a Forwarded or X-Real-IP header (see ``peer_address``).
+    """
     if mode == TOKEN:
         return client_for_token(authorization, tokens)
-    address = peer_address(remote_addr, forwarded_for, trust_proxy)
+    address = peer_address(remote_addr, forwarded_for, trust_proxy, forwarded)
     if mode == IP:
         return "ip:" + address.compressed
     return client_for_address(address)

@@ -243,20 +243,27 @@ def client_of(request: flask.Request) -> str:
             request.headers.get("Authorization"),
             trust_proxy=s.trust_proxy,
             tokens=token_file() if s.identity == TOKEN else None,
+            forwarded=_other_forwarding(request),
         )
         request.environ[_CLIENT_KEY] = client
     return client
 
 
+def _other_forwarding(request: flask.Request) -> bool:
+    """Whether the request carries a forwarding header besides X-Forwarded-For."""
+    return any(name in request.headers for name in FORWARDING_HEADERS if name != "X-Forwarded-For")
+
+
 def _from_loopback(request: flask.Request) -> bool:
     """A caller on this host. Through a proxy that is the address the trusted proxy saw;
     a loopback peer that forwards for someone else (a local proxy MULTIMSG_TRUST_PROXY
-    does not know about) is not."""
+    does not know about, or a request with fewer hops than it says) is not."""
     s = settings()
     if not s.trust_proxy and any(name in request.headers for name in FORWARDING_HEADERS):
         return False
     try:
-        return peer_address(request.remote_addr, request.headers.getlist("X-Forwarded-For"), s.trust_proxy).is_loopback
+        return peer_address(request.remote_addr, request.headers.getlist("X-Forwarded-For"), s.trust_proxy,
+                            _other_forwarding(request)).is_loopback
     except errors.InvalidInput:
         return False
 
