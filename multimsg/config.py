@@ -168,6 +168,7 @@ class Settings:
     rate_limit: float
     rate_burst: int
     key_grace: float
+    client_quota: int = 0
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -199,6 +200,7 @@ class Settings:
             rate_limit=env_float("MULTIMSG_RATE_LIMIT", 20.0),
             rate_burst=env_int("MULTIMSG_RATE_BURST", 200),
             key_grace=env_float("MULTIMSG_KEY_GRACE", 7 * DAY),
+            client_quota=env_int("MULTIMSG_CLIENT_QUOTA", 1000 * 1000 * 1000),  # bytes a client's uploads may hold; 0: no quota
         )
 
 

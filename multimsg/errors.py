@@ -16,6 +16,8 @@ __all__ = [
     "NotConfigured",
     "RateLimited",
     "Unavailable",
+    "QuotaExceeded",
+    "StorageFull",
 ]
 
 
@@ -64,3 +66,11 @@ class RateLimited(MultimsgError):
 
 class Unavailable(MultimsgError):
     """The server cannot serve right now (storage unwritable, lock timeout)."""
+
+
+class QuotaExceeded(TooLarge):
+    """The client's uploads would hold more than its quota (MULTIMSG_CLIENT_QUOTA) in the spool."""
+
+
+class StorageFull(MultimsgError):
+    """The server's disk (or the user's disk quota) is full: nothing of this request was stored."""

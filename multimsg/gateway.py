@@ -18,6 +18,7 @@ from .errors import InvalidInput, NotConfigured, NotFound
 from .fsutil import copy_stream
 from .ids import check_id, new_id
 from .names import clean_filename
+from .quota import check_quota
 from .queue import states
 from .queue.counters import Counters, CountingStore
 from .queue.drain import Drain, Tuning
@@ -40,6 +41,7 @@ class Gateway:
     spool: Spool
     drain_engine: Drain
     service_for: Callable[[str], ServiceBase]
+    quota: int = 0  # MULTIMSG_CLIENT_QUOTA: bytes a client's uploads may hold in the spool (0: no quota)
 
     @classmethod
     def from_settings(cls, s: Settings) -> "Gateway":
@@ -47,7 +49,7 @@ class Gateway:
         store = CountingStore(TinyStore(layout, fsync=s.fsync), Counters(layout))
         spool = FileSpool(layout, ttl=s.data_ttl, fsync=s.fsync)
         drain = Drain(store, spool, get_service, RetryPolicy.from_settings(s), layout.lock("drain"), tuning=Tuning.from_settings(s))
-        return cls(ServerKeys(layout), store, spool, drain, get_service)
+        return cls(ServerKeys(layout), store, spool, drain, get_service, quota=s.client_quota)
 
     # -- GET /key ----------------------------------------------------------
     def public_key(self) -> str:
@@ -56,6 +58,7 @@ class Gateway:
     # -- POST /data --------------------------------------------------------
     def upload(self, client: str, data: BinaryIO, filename: str, wrapped_key: bytes | None) -> str:
         """Store an upload (decrypting it first if a key came with it); returns its data id."""
+        check_quota(self.spool, client, data, self.quota)
         if wrapped_key is None:
             chunks = copy_stream(data)
         else:

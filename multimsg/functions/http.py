@@ -23,6 +23,7 @@ client's keep-alive connection stays usable.
 
 from __future__ import annotations
 
+import errno
 import functools
 import hmac
 import json
@@ -60,7 +61,9 @@ STATUS = {
     errors.NotMultipart: 415,
     errors.RateLimited: 429,
     errors.Unavailable: 503,
+    errors.StorageFull: 507,
 }
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)  # OSErrors that mean "no room", not "broken": StorageFull
 
 
 @dataclass
@@ -160,6 +163,13 @@ def endpoint(*methods: str, identify: bool = False, rate_limit: bool = False) ->
                 return _error(request, status, exc.reason, _error_headers(exc))
             except HTTPException as exc:  # raised by werkzeug while parsing (413, bad multipart, ...)
                 return _error(request, exc.code or 400, exc.description or exc.name)
+            except OSError as exc:
+                if exc.errno not in DISK_FULL:
+                    log.exception("internal error in %s", handler.__name__)
+                    return _error(request, 500, "internal error; the server log has the details")
+                log.error("%s: the data folder's disk is full (%s)", handler.__name__, exc.strerror)
+                full = errors.StorageFull("the server's storage is full; this request stored nothing (what was stored before is kept); try again later")
+                return _error(request, STATUS[errors.StorageFull], full.reason)
             except Exception:
                 log.exception("internal error in %s", handler.__name__)
                 return _error(request, 500, "internal error; the server log has the details")

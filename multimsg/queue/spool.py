@@ -76,7 +76,11 @@ class FileSpool(Spool):
         size = write_stream_atomic(path, chunks, fsync=self.fsync)
         info = DataInfo(data_id, path, size, filename, time.time())
         meta = {"filename": filename, "size": size, "created_at": info.created_at}
-        write_atomic(folder / f"{data_id}.json", json.dumps(meta).encode(), fsync=self.fsync)
+        try:
+            write_atomic(folder / f"{data_id}.json", json.dumps(meta).encode(), fsync=self.fsync)
+        except BaseException:  # e.g. a full disk: no content without its sidecar (the sweep would never find it)
+            path.unlink(missing_ok=True)
+            raise
         return info
 
     def get(self, client: str, data_id: str) -> DataInfo:
@@ -111,6 +115,25 @@ class FileSpool(Spool):
 
     def release(self, client: str, message_id: str) -> None:
         self.message_path(client, message_id).unlink(missing_ok=True)
+
+    def usage(self, client: str) -> int:
+        """Bytes the spool holds for ``client``: its uploads and its messages' content (a hard link counts once)."""
+        seen, total = set(), 0
+        folder = self.layout.client_spool(client)
+        for path in (folder, folder / "msg"):
+            try:
+                entries = list(os.scandir(path))
+            except FileNotFoundError:
+                continue
+            for entry in entries:
+                try:
+                    info = entry.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+                if entry.is_file(follow_symlinks=False) and (info.st_dev, info.st_ino) not in seen:
+                    seen.add((info.st_dev, info.st_ino))
+                    total += info.st_size
+        return total
 
     def sweep(self, now: float) -> int:
         removed = 0
