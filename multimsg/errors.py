@@ -18,6 +18,7 @@ __all__ = [
     "Unavailable",
     "QuotaExceeded",
     "StorageFull",
+    "Replayed",
 ]
 
 
@@ -70,6 +71,10 @@ class Unavailable(MultimsgError):
 
 class QuotaExceeded(TooLarge):
     """The client's uploads would hold more than its quota (MULTIMSG_CLIENT_QUOTA) in the spool."""
+
+
+class Replayed(MultimsgError):
+    """An encrypted upload whose wrapped key was used before: a replay of a captured upload."""
 
 
 class StorageFull(MultimsgError):

@@ -19,6 +19,7 @@ from .fsutil import copy_stream
 from .ids import check_id, new_id
 from .names import clean_filename
 from .quota import check_quota
+from .replay import ReplayRecord
 from .queue import states
 from .queue.counters import Counters, CountingStore
 from .queue.drain import Drain, Tuning
@@ -42,6 +43,7 @@ class Gateway:
     drain_engine: Drain
     service_for: Callable[[str], ServiceBase]
     quota: int = 0  # MULTIMSG_CLIENT_QUOTA: bytes a client's uploads may hold in the spool (0: no quota)
+    replay: ReplayRecord | None = None  # wrapped keys already accepted (multimsg/replay.py)
 
     @classmethod
     def from_settings(cls, s: Settings) -> "Gateway":
@@ -49,7 +51,8 @@ class Gateway:
         store = CountingStore(TinyStore(layout, fsync=s.fsync), Counters(layout))
         spool = FileSpool(layout, ttl=s.data_ttl, fsync=s.fsync)
         drain = Drain(store, spool, get_service, RetryPolicy.from_settings(s), layout.lock("drain"), tuning=Tuning.from_settings(s))
-        return cls(ServerKeys(layout), store, spool, drain, get_service, quota=s.client_quota)
+        return cls(ServerKeys(layout), store, spool, drain, get_service, quota=s.client_quota,
+                   replay=ReplayRecord(s.home / "replay", fsync=s.fsync))
 
     # -- GET /key ----------------------------------------------------------
     def public_key(self) -> str:
@@ -62,7 +65,7 @@ class Gateway:
         if wrapped_key is None:
             chunks = copy_stream(data)
         else:
-            chunks = self.keys.decrypt_stream(data, wrapped_key)
+            chunks = self.keys.decrypt_stream(data, wrapped_key, replay=self.replay)
         return self.spool.put(client, chunks, clean_filename(filename)).data_id
 
     # -- POST /msg ---------------------------------------------------------

@@ -57,6 +57,7 @@ STATUS = {
     errors.NotConfigured: 400,
     errors.Unauthorized: 401,
     errors.NotFound: 404,
+    errors.Replayed: 409,
     errors.TooLarge: 413,
     errors.NotMultipart: 415,
     errors.RateLimited: 429,
