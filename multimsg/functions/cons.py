@@ -17,7 +17,7 @@ def _iso(epoch):
 
 
 @functions_framework.http
-@endpoint("POST", identify=True)
+@endpoint("POST", identify=True, rate_limit=True)
 def cons(request):
     record = gateway().consult(client_of(request), fields(request, ("id",)).get("id"))
     report = {name: record.get(name) for name in PUBLIC_FIELDS}
