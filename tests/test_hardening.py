@@ -458,3 +458,15 @@ def test_an_upload_name_is_stored_as_a_plain_file_name(make_gateway, telegram):
     for bad in ("a\x1bb.pdf", "x" * 256, "a/b.pdf"):
         answer = r.msg(id=data_id, serv="telegram", dest="1", type="document", filename=bad)
         assert answer.status_code == 400 and "plain file name" in answer.text, answer.text
+
+
+def test_an_existing_data_folder_open_to_others_is_made_private_at_start(tmp_path, make_gateway):
+    home = tmp_path / "loose"
+    home.mkdir(mode=0o755)
+    os.chmod(home, 0o755)
+    (home / "spool").mkdir(mode=0o755)
+    os.chmod(home / "spool", 0o755)
+    runner = make_gateway(home=home)
+    assert stat.S_IMODE(home.stat().st_mode) == 0o700
+    assert stat.S_IMODE((home / "spool").stat().st_mode) == 0o700
+    assert "WARNING" in runner.log() and "changed it to 0700" in runner.log()
