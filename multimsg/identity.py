@@ -39,10 +39,12 @@ forwarding header at all keeps its socket peer (a direct call on the host).
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import logging
 import re
 import shutil
+import socket
 import subprocess
 from pathlib import Path
 from typing import Iterable
@@ -65,13 +67,32 @@ logging.getLogger("getmac").setLevel(logging.CRITICAL)
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
-def _parse(value: str | None) -> Address | None:
+_ZONE_RE = re.compile(r"[A-Za-z0-9.\-]{1,32}")
+
+
+def _zone(zone: str) -> str:
+    """An IPv6 zone id as it goes into a client key: the interface name, or its index
+    when the name has characters a client key does not take."""
+    if _ZONE_RE.fullmatch(zone):
+        return zone
     try:
-        address = ipaddress.ip_address((value or "").strip().split("%", 1)[0])
+        return str(socket.if_nametoindex(zone))
+    except OSError:
+        return "x" + hashlib.sha256(zone.encode("utf-8", "surrogatepass")).hexdigest()[:12]
+
+
+def _parse(value: str | None) -> Address | None:
+    """The address in ``value``; an IPv6 zone id (``fe80::1%eth0``) is kept: the same
+    link-local address on two interfaces is two hosts."""
+    base, _, zone = (value or "").strip().partition("%")
+    try:
+        address = ipaddress.ip_address(base)
     except ValueError:
         return None
     if address.version == 6 and address.ipv4_mapped:
         return address.ipv4_mapped
+    if address.version == 6 and zone:
+        return ipaddress.IPv6Address(f"{address.compressed}%{_zone(zone)}")
     return address
 
 

@@ -68,3 +68,16 @@ def test_an_all_zero_mac_from_getmac_is_no_mac_for_a_remote_peer(monkeypatch, tm
     assert client_for_address("127.0.0.1") == "mac:00:00:00:00:00:00"
     monkeypatch.setattr(identity.getmac, "get_mac_address", lambda **kwargs: "02:FC:00:00:00:33")
     assert client_for_address("192.0.2.50") == "mac:02:fc:00:00:00:33"
+
+
+def test_ipv6_zone_ids_keep_link_local_peers_on_two_interfaces_apart():
+    from multimsg.identity import identify
+    from multimsg.queue.layout import client_dir_name
+
+    eth0, eth1 = identify("ip", "fe80::1%eth0", [], None), identify("ip", "fe80::1%eth1", [], None)
+    assert eth0 == "ip:fe80::1%eth0" and eth1 == "ip:fe80::1%eth1"
+    assert identify("ip", "fe80::1", [], None) == "ip:fe80::1"
+    assert client_dir_name(eth0) == "ip_fe80__1+eth0" != client_dir_name(eth1)
+    odd = identify("ip", "fe80::1%we/ird zone", [], None)  # a zone a folder name cannot hold: still one key of its own
+    assert odd.startswith("ip:fe80::1%") and client_dir_name(odd) != client_dir_name(eth0)
+    assert identify("ip", "fe80::1%we/ird zone", [], None) == odd
