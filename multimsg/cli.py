@@ -18,7 +18,7 @@ import threading
 import time
 from pathlib import Path
 
-from .client import EXIT_CODES, Client, ClientError, Status, infer_type
+from .client import EXIT_CODES, Client, ClientError, Status, default_known_keys, infer_type
 
 __all__ = ["main", "build_parser", "Bar"]
 
@@ -116,7 +116,8 @@ class StatusLine:
 
 # -- client commands -----------------------------------------------------------------
 def _client(args) -> Client:
-    return Client(args.server, args.token, timeout=args.http_timeout)
+    pin = getattr(args, "key_fingerprint", None)
+    return Client(args.server, args.token, timeout=args.http_timeout, key_fingerprint=pin, known_keys=default_known_keys())
 
 
 def _wait(client: Client, message_id: str, args) -> int:
@@ -283,23 +284,28 @@ def cmd_stats(args) -> int:
 
 def cmd_keys(args) -> int:
     from .config import settings
-    from .crypto import ServerKeys, fingerprint
+    from .crypto import ServerKeys, key_fingerprint
     from .layout import Layout
 
+    if args.action == "show" and args.server:  # a server's /key over HTTP (no pinning: this is how to read it)
+        with Client(args.server, timeout=30.0) as client:
+            pem = client.public_key()
+        print(f"{key_fingerprint(pem)} ({client.url}/key)")
+        return 0
     keys = ServerKeys(Layout(settings().home))
     if args.action == "rotate":
         info = keys.rotate(args.grace)
-        print(f"new key {info['fingerprint']} (served by /key from now on)")
+        print(f"new key {key_fingerprint(info['public_pem'])} (served by /key from now on)")
         if info["retired_until"]:
             until = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(info["retired_until"]))
             print(f"the previous key still decrypts uploads until {until} ({_human_seconds(info['retired_until'] - time.time())})")
         else:
             print("the previous key no longer decrypts anything")
         return 0
-    print(f"current key {fingerprint(keys.public_pem)}")
+    print(f"current key {key_fingerprint(keys.public_pem)}")
     for retired in keys.retired:
         until = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(retired.expires_at))
-        print(f"retired key {fingerprint(retired.public_pem)} decrypts until {until}")
+        print(f"retired key {key_fingerprint(retired.public_pem)} decrypts until {until}")
     return 0
 
 
@@ -380,6 +386,10 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("--filename", help="the file name the recipient sees (documents; default: FILE's name)")
     send.add_argument("--plain", action="store_true", help="upload without encryption (over plain HTTP, anyone on the network path can read it)")
     send.add_argument("--wait", action="store_true", help="wait for delivered (exit 0) or failed (exit 1), showing the state")
+    send.add_argument("--key-fingerprint", metavar="FP",
+                      help="refuse any server key but this one: SHA256:<base64> as 'multimsg keys show' prints it, or 64 hex digits "
+                           "(default: MULTIMSG_KEY_FINGERPRINT; without one the first key seen per server URL is pinned in "
+                           "$XDG_CONFIG_HOME/multimsg/known_keys, exit 9 if it changes)")
     send.set_defaults(run=cmd_send)
 
     status = commands.add_parser("status", parents=[remote, waiting], help="a message's state (a final state is archived after it has been read)")
@@ -400,7 +410,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     keys = commands.add_parser("keys", help="the server's key pair: show, rotate")
     key_actions = keys.add_subparsers(dest="action", required=True)
-    key_actions.add_parser("show", help="the current key's fingerprint and the retired keys still accepted")
+    show = key_actions.add_parser("show", help="the current key's fingerprint (SHA256:<base64>) and the retired keys still accepted")
+    show.add_argument("--server", metavar="URL", help="show the key a server serves at URL/key instead of this data folder's")
     rotate = key_actions.add_parser("rotate", help="make a new key pair; the previous one keeps decrypting for a grace period")
     rotate.add_argument("--grace", type=float, metavar="SECONDS",
                         help="how long the previous key keeps working (default MULTIMSG_KEY_GRACE, 7 days; 0: not at all)")

@@ -14,6 +14,16 @@ inferred from the content when omitted (``infer_type``).
 
 Every failure is a ``ClientError`` subclass whose ``str()`` is one line: the
 server's own reason when it gave one. ``exit_code`` is what the CLI exits with.
+
+**Key pinning.** The first ``/key`` fetch is only as trustworthy as the
+connection (use https). ``key_fingerprint=`` (or ``MULTIMSG_KEY_FINGERPRINT``)
+pins the key: ``SHA256:<base64>`` as ``multimsg keys show`` prints it, or 64
+hex digits; any other key is refused with ``KeyMismatch``. Without a pin,
+``known_keys=PATH`` trusts the first key seen per server URL and records it
+there (``URL SHA256:...`` lines; the CLI uses ``default_known_keys()``,
+``$XDG_CONFIG_HOME/multimsg/known_keys``); a different key later is
+``KeyMismatch`` too, until its line is removed (after a rotation the operator
+confirms).
 """
 
 from __future__ import annotations
@@ -26,7 +36,7 @@ from typing import IO, Callable, Union
 
 import requests
 
-from .crypto import encrypt_upload
+from .crypto import encrypt_upload, fingerprint_digest, key_fingerprint, parse_fingerprint
 from .model import FINAL_STATES, State
 from .multipart import MultipartBody
 
@@ -35,7 +45,7 @@ DELIVERED, FAILED = State.DELIVERED, State.FAILED
 __all__ = [
     "Client", "Status", "infer_type", "DEFAULT_URL", "FINAL_STATES",
     "ClientError", "ConnectionFailed", "RequestRejected", "TooLarge", "Unauthorized",
-    "NotFound", "RateLimited", "ServerError", "WaitTimeout", "EXIT_CODES",
+    "NotFound", "RateLimited", "ServerError", "WaitTimeout", "KeyMismatch", "EXIT_CODES", "default_known_keys",
 ]
 
 DEFAULT_URL = "http://127.0.0.1:8080"
@@ -111,6 +121,12 @@ class WaitTimeout(ClientError):
         self.last = last
 
 
+class KeyMismatch(ClientError):
+    """The server's /key is not the pinned key (``--key-fingerprint``, or the one known_keys recorded)."""
+
+    exit_code = 9
+
+
 EXIT_CODES = {
     0: "success (with --wait: delivered)",
     1: "the message failed (final state 'failed')",
@@ -121,6 +137,7 @@ EXIT_CODES = {
     NotFound.exit_code: "unknown, expired or already reported id",
     ServerError.exit_code: "server error, unavailable, or rate limited",
     WaitTimeout.exit_code: "--wait timed out before a final state",
+    KeyMismatch.exit_code: "the server's key is not the pinned one (--key-fingerprint, or known_keys)",
     ClientError.exit_code: "unexpected answer from the server",
     130: "interrupted (Ctrl-C)",
 }
@@ -298,6 +315,37 @@ class _Source:
         return self.data if self.data is not None else self.path.read_bytes()
 
 
+# -- key pinning ------------------------------------------------------------------
+def default_known_keys() -> Path:
+    """``$XDG_CONFIG_HOME/multimsg/known_keys`` (``~/.config/multimsg/known_keys``)."""
+    base = os.environ.get("XDG_CONFIG_HOME", "").strip()
+    return (Path(base) if base else Path.home() / ".config") / "multimsg" / "known_keys"
+
+
+def _known_key(path: Path, url: str) -> str | None:
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise ClientError(f"cannot read {path}: {exc.strerror}") from None
+    for line in lines:
+        words = line.split()
+        if len(words) == 2 and words[0] == url:
+            return words[1]
+    return None
+
+
+def _remember_key(path: Path, url: str, fingerprint: str) -> None:
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        with os.fdopen(fd, "a", encoding="utf-8") as out:
+            out.write(f"{url} {fingerprint}\n")
+    except OSError as exc:
+        raise ClientError(f"cannot record the server's key in {path}: {exc.strerror}") from None
+
+
 # -- the client ------------------------------------------------------------------
 class Client:
     """A multimsg server, seen from a client.
@@ -306,12 +354,21 @@ class Client:
         url: the server's base URL (default: ``MULTIMSG_URL``, else http://127.0.0.1:8080).
         token: a client token for ``MULTIMSG_IDENTITY=token`` servers (default: ``MULTIMSG_TOKEN``).
         timeout: seconds for each HTTP request (uploads get ``timeout`` per chunk, not in total).
+        key_fingerprint: the server key's fingerprint to insist on (default: ``MULTIMSG_KEY_FINGERPRINT``).
+        known_keys: without a fingerprint, a file to pin the key in on first use (None: no pinning).
     """
 
     def __init__(self, url: str | None = None, token: str | None = None, timeout: float = 30.0,
-                 session: requests.Session | None = None):
+                 session: requests.Session | None = None, *, key_fingerprint: str | None = None,
+                 known_keys: os.PathLike | str | None = None):
         self.url = (url or os.environ.get("MULTIMSG_URL") or DEFAULT_URL).rstrip("/")
         self.token = token if token is not None else (os.environ.get("MULTIMSG_TOKEN") or None)
+        pin = key_fingerprint if key_fingerprint is not None else (os.environ.get("MULTIMSG_KEY_FINGERPRINT", "").strip() or None)
+        try:
+            self._pin = parse_fingerprint(pin) if pin else None
+        except ValueError as exc:
+            raise ClientError(str(exc)) from None
+        self.known_keys = Path(known_keys) if known_keys is not None else None
         self.timeout = timeout
         self.http = session or requests.Session()
         self.http.trust_env = False  # a loopback gateway is never reached through an HTTP proxy by accident
@@ -363,8 +420,30 @@ class Client:
             pem = self._json(self._request("GET", "/key")).get("key")
             if not isinstance(pem, str) or "BEGIN PUBLIC KEY" not in pem:
                 raise ClientError(f"unexpected answer from {self.url}/key: no public key")
+            try:
+                self._check_key(pem)
+            except ValueError:
+                raise ClientError(f"unexpected answer from {self.url}/key: not a public key") from None
             self._public_pem = pem
         return self._public_pem
+
+    def _check_key(self, pem: str) -> None:
+        """KeyMismatch unless ``pem`` is the pinned key; records it on first use with ``known_keys``."""
+        seen = key_fingerprint(pem)
+        if self._pin is not None:
+            if fingerprint_digest(pem) != self._pin:
+                raise KeyMismatch(f"the server at {self.url} presented key {seen}, not the pinned one; "
+                                  "nothing was sent (check the fingerprint with the operator: multimsg keys show)")
+            return
+        if self.known_keys is None:
+            return
+        known = _known_key(self.known_keys, self.url)
+        if known is None:
+            _remember_key(self.known_keys, self.url, seen)
+        elif known != seen:
+            raise KeyMismatch(f"the server's key changed: {self.url} presented {seen} but {self.known_keys} has {known} "
+                              "(trusted on first use); nothing was sent. If the operator rotated the key, confirm the new "
+                              "fingerprint with them (multimsg keys show) and remove that line")
 
     def upload(self, content: Content, *, filename: str | None = None, encrypt: bool = True,
                progress: Progress | None = None) -> str:

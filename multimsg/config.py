@@ -35,7 +35,7 @@ def env(name: str, default: str | None = None) -> str | None:
     value = os.environ.get(name, "")
     if not value.strip():
         value = file_values().get(name, "")
-    return value if value.strip() else default
+    return (value.strip() if is_secret(name) else value) if value.strip() else default  # secrets: a stray space is not part of a token
 
 
 # -- the TOML file -------------------------------------------------------------
@@ -224,6 +224,7 @@ class Settings:
     rate_limit: float = setting("MULTIMSG_RATE_LIMIT", 1000.0, float, help="per-client requests per second on /data and /msg (a safety net)")
     rate_burst: int = setting("MULTIMSG_RATE_BURST", 2000, int)
     key_grace: float = setting("MULTIMSG_KEY_GRACE", 7 * DAY, float)
+    client_quota: int = setting("MULTIMSG_CLIENT_QUOTA", 1000 * 1000 * 1000, int, help="bytes a client's uploads may hold (0: no quota)")
     log_format: str = setting("MULTIMSG_LOG_FORMAT", "text")
     header_timeout: float = setting("MULTIMSG_HEADER_TIMEOUT", 10.0, _positive, help="seconds a client has to send a request's headers")
     body_timeout: float = setting("MULTIMSG_BODY_TIMEOUT", 30.0, _positive, help="seconds a client has to send a body (plus 1 s per BODY_MIN_RATE bytes)")

@@ -10,6 +10,16 @@ Wire format (the contract; Python ``cryptography``, WebCrypto and
 
 ``encrypt_upload`` is the client side of that recipe (``multimsg.Client`` uses it).
 
+A key's fingerprint (``key_fingerprint``) is ``SHA256:`` and the unpadded
+base64 of the SHA-256 of its DER SubjectPublicKeyInfo, as OpenSSH writes
+them; ``parse_fingerprint`` also takes the 64 hex digits (colons allowed).
+``fingerprint`` is its short form, the first 16 hex digits (file names, logs).
+Clients pin it (``multimsg send --key-fingerprint``, or trust on first use).
+
+Every wrapped key is accepted once (``decrypt_stream(..., replay=...)``, see
+``multimsg.replay``): a captured upload replayed by anyone is refused with
+``Replayed`` (409) for as long as a key pair that opens it is accepted.
+
 The key pair (RSA-3072) is made on first use and kept in ``keys/`` of the data
 folder; the private key is PKCS#8 PEM, mode 0600. ``ServerKeys.rotate()`` makes
 a new pair and keeps the old private key as ``keys/retired-<expiry ms>.pem``
@@ -23,6 +33,8 @@ file is deleted. Each process re-reads ``keys/`` when the folder or
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import io
 import os
@@ -44,7 +56,7 @@ from .fsutil import write_atomic
 from .layout import Layout
 
 __all__ = [
-    "ServerKeys", "RetiredKey", "encrypt_upload", "fingerprint",
+    "ServerKeys", "RetiredKey", "encrypt_upload", "fingerprint", "key_fingerprint", "parse_fingerprint",
     "OAEP", "NONCE_SIZE", "TAG_SIZE", "AES_KEY_SIZES", "RSA_BITS",
 ]
 
@@ -77,6 +89,39 @@ def fingerprint(public_pem: str | bytes) -> str:
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
     return hashlib.sha256(der).hexdigest()[:16]
+
+
+def _spki_digest(public_pem: str | bytes) -> bytes:
+    pem = public_pem.encode() if isinstance(public_pem, str) else public_pem
+    der = serialization.load_pem_public_key(pem).public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return hashlib.sha256(der).digest()
+
+
+def key_fingerprint(public_pem: str | bytes) -> str:
+    """``SHA256:<base64>``: the SHA-256 of the key's DER SubjectPublicKeyInfo, unpadded base64 (as OpenSSH prints)."""
+    return "SHA256:" + base64.b64encode(_spki_digest(public_pem)).decode().rstrip("=")
+
+
+def parse_fingerprint(text: str) -> bytes:
+    """The 32-byte digest a fingerprint names: ``SHA256:<base64>``, or 64 hex digits (colons allowed); ValueError otherwise."""
+    value = text.strip()
+    try:
+        if value.upper().startswith("SHA256:"):
+            b64 = value[7:]
+            digest = base64.b64decode(b64 + "=" * (-len(b64) % 4), validate=True)
+        else:
+            digest = bytes.fromhex(value.replace(":", ""))
+    except (ValueError, binascii.Error):
+        digest = b""
+    if len(digest) != 32:
+        raise ValueError(f"not a key fingerprint: {text!r} (use SHA256:<base64>, as 'multimsg keys show' prints, or 64 hex digits)")
+    return digest
+
+
+def fingerprint_digest(public_pem: str | bytes) -> bytes:
+    return _spki_digest(public_pem)
 
 
 def _public_pem(key: rsa.RSAPrivateKey) -> bytes:
@@ -193,6 +238,10 @@ class ServerKeys:
         now = time.time()
         return [r for r in self._fresh()[2] if r.expires_at > now]
 
+    def accepted(self) -> list[str]:
+        """Short fingerprints of every key pair that opens uploads now: the current one first."""
+        return [fingerprint(self.public_pem)] + [fingerprint(r.public_pem) for r in self.retired]
+
     def rotate(self, grace: float | None = None) -> dict:
         """Make a new key pair; the old private key keeps decrypting for ``grace`` seconds.
 
@@ -254,7 +303,7 @@ class ServerKeys:
             raise InvalidInput(f"the AES key must be 16, 24 or 32 bytes, got {len(aes_key)}")
         return aes_key
 
-    def decrypt_stream(self, data: BinaryIO, wrapped_key: bytes) -> Iterator[bytes]:
+    def decrypt_stream(self, data: BinaryIO, wrapped_key: bytes, replay=None) -> Iterator[bytes]:
         """The plaintext of an encrypted upload, chunk by chunk, from a seekable file.
 
         The key is unwrapped before the first chunk. GCM's tag sits at the end
@@ -262,6 +311,11 @@ class ServerKeys:
         last chunk: a consumer that writes chunks to a temporary file must drop
         that file when this raises (``fsutil.write_stream_atomic`` does), so
         unauthenticated plaintext is never kept.
+
+        ``replay`` (a ``multimsg.replay.ReplayRecord``) claims the wrapped key
+        once the key opened it: ``Replayed`` if it was used before. The claim
+        is given back if the upload then fails (bad tag, or an error while the
+        consumer stores it), so only uploads that were stored count.
         """
         aes_key = self.unwrap_key(wrapped_key)
         size = data.seek(0, io.SEEK_END)
@@ -271,7 +325,19 @@ class ServerKeys:
         tag = data.read(TAG_SIZE)
         data.seek(0)
         nonce = data.read(NONCE_SIZE)
-        return self._decrypt_chunks(data, Cipher(algorithms.AES(aes_key), modes.GCM(nonce, tag)).decryptor(), size - NONCE_SIZE - TAG_SIZE)
+        claim = replay.claim(wrapped_key, self.accepted()) if replay is not None else None
+        chunks = self._decrypt_chunks(data, Cipher(algorithms.AES(aes_key), modes.GCM(nonce, tag)).decryptor(), size - NONCE_SIZE - TAG_SIZE)
+        return chunks if claim is None else self._given_back_on_failure(chunks, replay, claim)
+
+    @staticmethod
+    def _given_back_on_failure(chunks: Iterator[bytes], replay, claim) -> Iterator[bytes]:
+        done = False
+        try:
+            yield from chunks
+            done = True
+        finally:
+            if not done:  # refused, failed, or abandoned before the end: this upload was not stored
+                replay.release(claim)
 
     @staticmethod
     def _decrypt_chunks(data: BinaryIO, decryptor, left: int) -> Iterator[bytes]:

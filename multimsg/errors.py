@@ -16,6 +16,9 @@ __all__ = [
     "NotConfigured",
     "RateLimited",
     "Unavailable",
+    "QuotaExceeded",
+    "StorageFull",
+    "Replayed",
 ]
 
 
@@ -64,3 +67,15 @@ class RateLimited(MultimsgError):
 
 class Unavailable(MultimsgError):
     """The server cannot serve right now (storage unwritable, lock timeout)."""
+
+
+class QuotaExceeded(TooLarge):
+    """The client's uploads would hold more than its quota (MULTIMSG_CLIENT_QUOTA) in the spool."""
+
+
+class Replayed(MultimsgError):
+    """An encrypted upload whose wrapped key was used before: a replay of a captured upload."""
+
+
+class StorageFull(MultimsgError):
+    """The server's disk (or the user's disk quota) is full: nothing of this request was stored."""

@@ -6,7 +6,9 @@ instant leaves either the old file or the new one, never a torn one.
 
 from __future__ import annotations
 
+import logging
 import os
+import stat
 import threading
 from pathlib import Path
 from typing import BinaryIO, Iterable
@@ -14,11 +16,24 @@ from typing import BinaryIO, Iterable
 __all__ = ["write_atomic", "write_stream_atomic", "copy_stream", "append_durable", "ensure_private_dir", "fsync_dir"]
 
 _CHUNK = 1 << 20
+log = logging.getLogger("multimsg.fsutil")
 
 
 def ensure_private_dir(path: Path) -> Path:
-    """Create ``path`` (and parents) readable by the service's user only."""
+    """Create ``path`` (and parents) readable by the service's user only.
+
+    A folder that exists with wider permissions (a data folder made by hand
+    with mode 0755, say) is tightened to 0700, with a WARNING.
+    """
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        try:
+            os.chmod(path, 0o700)
+        except OSError as exc:  # not ours (another user's folder): say so, keep going
+            log.warning("%s is mode %s, readable by others, and cannot be made 0700: %s", path, oct(mode), exc.strerror)
+        else:
+            log.warning("%s was mode %s, readable by others; changed it to 0700", path, oct(mode))
     return path
 
 

@@ -19,6 +19,7 @@ from .fsutil import copy_stream
 from .ids import check_id, new_id
 from .layout import Layout
 from .model import Message, State
+from .names import clean_filename
 from .queue.backends.files import FileSpool
 from .queue.backends.tiny import TinyStore
 from .queue.clock import SteadyClock
@@ -26,6 +27,8 @@ from .queue.drain import Drain, Tuning
 from .queue.retry import RetryPolicy
 from .queue.spool import Spool
 from .queue.store import MessageStore
+from .quota import check_quota
+from .replay import ReplayRecord
 from .services import ServiceBase, get_service, service_class
 
 __all__ = ["Gateway", "gateway", "MSG_FIELDS", "MSG_OPTIONS"]
@@ -43,6 +46,8 @@ class Gateway:
     service_for: Callable[[str], ServiceBase]
     report_grace: float = 3600.0
     clock: SteadyClock = field(default_factory=SteadyClock)
+    quota: int = 0  # MULTIMSG_CLIENT_QUOTA: bytes a client's uploads may hold in the spool (0: no quota)
+    replay: ReplayRecord | None = None  # wrapped keys already accepted (multimsg/replay.py)
 
     @classmethod
     def from_settings(cls, s: Settings) -> "Gateway":
@@ -52,7 +57,8 @@ class Gateway:
         clock = SteadyClock()
         drain = Drain(store, spool, get_service, RetryPolicy.from_settings(s), layout.lock("drain") if s.drain_lock else None,
                       clock=clock, tuning=Tuning.from_settings(s), archive_folder=layout.archive)
-        return cls(ServerKeys(layout), store, spool, drain, get_service, s.report_grace, clock)
+        return cls(ServerKeys(layout), store, spool, drain, get_service, s.report_grace, clock, quota=s.client_quota,
+                   replay=ReplayRecord(s.home / "replay", fsync=s.fsync))
 
     # -- GET /key ----------------------------------------------------------
     def public_key(self) -> str:
@@ -61,11 +67,12 @@ class Gateway:
     # -- POST /data --------------------------------------------------------
     def upload(self, client: str, data: BinaryIO, filename: str, wrapped_key: bytes | None) -> str:
         """Store an upload (decrypting it first if a key came with it); returns its data id."""
+        check_quota(self.spool, client, data, self.quota)
         if wrapped_key is None:
             chunks = copy_stream(data)
         else:
-            chunks = self.keys.decrypt_stream(data, wrapped_key)
-        return self.spool.put(client, chunks, filename).data_id
+            chunks = self.keys.decrypt_stream(data, wrapped_key, replay=self.replay)
+        return self.spool.put(client, chunks, clean_filename(filename)).data_id
 
     # -- POST /msg ---------------------------------------------------------
     def enqueue(self, client: str, fields: dict) -> str:

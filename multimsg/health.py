@@ -5,6 +5,11 @@ and the store answers a read. The report also says which services have their
 credentials here, so a load balancer or an operator sees a half-configured
 server. A failed check raises ``Unavailable`` (503) with a one-line reason; the
 path and the OS error go to the server log, not to the caller.
+
+``/health`` is open to anyone, so a passed check is remembered for
+``CACHE_SECONDS`` (per process): however often it is asked, the probe file is
+written at most once in that time. A failed check is not remembered, so a
+server that recovers says so on the next call.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 
 from . import __version__
 from .errors import Unavailable
@@ -22,10 +28,25 @@ __all__ = ["check"]
 log = logging.getLogger("multimsg.health")
 
 PROBE_ID = "0" * 16  # a well-formed message id that new_id() practically never makes
+CACHE_SECONDS = 5.0
+_clock = time.monotonic
+_lock = threading.Lock()
+_passed: tuple[float, dict] | None = None  # (when, report) of the last check that passed
 
 
 def check() -> dict:
-    """The health report, or ``Unavailable`` with the reason."""
+    """The health report (a passed one is reused for CACHE_SECONDS), or ``Unavailable`` with the reason."""
+    global _passed
+    with _lock:  # one probe at a time; the callers meanwhile get its answer
+        if _passed is not None and _clock() - _passed[0] < CACHE_SECONDS:
+            return dict(_passed[1])
+        report = _probe()
+        _passed = (_clock(), report)
+        return dict(report)
+
+
+def _probe() -> dict:
+    """The health report, or ``Unavailable`` with the reason (no cache)."""
     from .config import settings
     from .gateway import gateway
     from .services import SERVICES, get_service

@@ -24,19 +24,19 @@ from .fsutil import ensure_private_dir
 
 __all__ = ["Layout", "client_dir_name"]
 
-_CLIENT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9:.\-]{0,99}")
+_CLIENT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9:.\-%]{0,99}")
 
 
 def client_dir_name(client: str) -> str:
     """A client key (``mac:…``, ``ip:…``, ``token:…``) as a folder name.
 
-    Client keys use letters, digits, ``:``, ``.`` and ``-`` only; ``:`` (the one
-    character that is awkward in paths) becomes ``_``, which no key contains,
-    so the mapping is one to one.
+    Client keys use letters, digits, ``:``, ``.``, ``-`` and ``%`` (before an
+    IPv6 zone id, ``ip:fe80::1%eth0``) only; ``:`` becomes ``_`` and ``%``
+    becomes ``+``, which no key contains, so the mapping is one to one.
     """
     if not _CLIENT_RE.fullmatch(client):
         raise ValueError(f"not a client key: {client!r}")
-    return client.replace(":", "_")
+    return client.replace(":", "_").replace("%", "+")
 
 
 @dataclass(frozen=True)

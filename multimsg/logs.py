@@ -10,8 +10,12 @@ serv=... outcome=... state=... attempt=... reason=...``); in JSON those
 ``extra={...}`` fields a caller passes.
 
 Every line goes through ``Redactor`` first: the values of secret settings
-(``config.is_secret``: tokens, passwords, keys) and anything shaped like a bot
-token or a bearer credential are replaced by ``***``.
+(``config.is_secret``: tokens, passwords, keys; read stripped), also with any
+of their characters percent-encoded (as ``urllib.parse.quote`` or a form
+encoder writes them, ``+`` for a space), and anything shaped like a bot token
+(also inside ``/bot<token>/``), a bearer credential, a password in a URL
+(``scheme://user:password@host``) or a credential in a query string
+(``?token=``, ``access_token=``, ``key=``, ``password=``...) are replaced by ``***``.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import logging
 import re
 import sys
 import time
+from typing import Pattern
 
 from .config import READ, env, is_secret, settings
 
@@ -31,10 +36,20 @@ _RESERVED = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"messa
 _STATE_LINE = re.compile(r"message (?P<message_id>\S+) (?P<pairs>.*)")
 _PAIR = re.compile(r"(\w+)=(.*?)(?= \w+=|$)")
 _SHAPES = [
-    re.compile(r"\b\d{5,}:[A-Za-z0-9_-]{30,}\b"),  # Telegram bot tokens
-    re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]{8,}"),  # Authorization: Bearer ...
-    re.compile(r"(?i)(access_token=)[^&\s]+"),
+    re.compile(r"(?<![0-9])\d{5,}(?::|%3[Aa])[A-Za-z0-9_-]{30,}(?![A-Za-z0-9_-])"),  # Telegram bot tokens, /bot<token>/ too
+    re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=%-]{8,}"),  # Authorization: Bearer ...
+    re.compile(r"(?i)(://[^/\s:@]*:)[^@\s/]+(?=@)"),  # scheme://user:password@host
+    re.compile(r"(?i)((?<![A-Za-z0-9])(?:access_token|token|api_key|apikey|key|secret|password|passwd)=)[^&\s#\"']+"),
 ]
+
+
+def _encoded(secret: str) -> str:
+    """A pattern for ``secret`` as it is or with any of its characters percent-encoded (either hex case)."""
+    pattern = []
+    for char in secret:
+        escaped = "".join("%" + "".join(f"[{d}{d.lower()}]" if d.isalpha() else d for d in f"{byte:02X}") for byte in char.encode("utf-8", "surrogatepass"))
+        pattern.append(f"(?:{re.escape(char)}|{escaped}{'|[+]' if char == ' ' else ''})")
+    return "".join(pattern)
 
 
 class Redactor(logging.Filter):
@@ -42,23 +57,33 @@ class Redactor(logging.Filter):
 
     def __init__(self, secrets: list[str] | None = None):
         super().__init__()
-        self.extra_secrets = [s for s in (secrets or []) if s]
-        self._known: tuple[int, list[str]] = (-1, [])
+        self.extra_secrets = [s.strip() for s in (secrets or []) if s and s.strip()]
+        self._known: tuple[int, list[str], Pattern | None] = (-1, [], None)
 
-    def secrets(self) -> list[str]:
-        """The secret values to hide, recomputed when settings not seen before were read."""
+    def _refresh(self) -> None:
         if self._known[0] != len(READ):
             values = list(self.extra_secrets)
             for name in [n for n in list(READ) if is_secret(n)]:
                 value = env(name)
                 if value and len(value) >= 4:
                     values.append(value)
-            self._known = (len(READ), sorted(set(values), key=len, reverse=True))
+            values = sorted(set(values), key=len, reverse=True)
+            pattern = re.compile("|".join(_encoded(value) for value in values)) if values else None
+            self._known = (len(READ), values, pattern)
+
+    def secrets(self) -> list[str]:
+        """The secret values to hide, recomputed when settings not seen before were read."""
+        self._refresh()
         return self._known[1]
 
+    def scrub_secrets(self, text: str) -> str:
+        """``text`` with the secret values, plain or percent-encoded, replaced by ``***`` (no shape rules)."""
+        self._refresh()
+        pattern = self._known[2]
+        return text if pattern is None else pattern.sub("***", text)
+
     def scrub(self, text: str) -> str:
-        for secret in self.secrets():
-            text = text.replace(secret, "***")
+        text = self.scrub_secrets(text)
         for shape in _SHAPES:
             text = shape.sub(lambda m: (m.group(1) if m.groups() else "") + "***", text)
         return text

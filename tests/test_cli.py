@@ -17,6 +17,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 
 import pytest
@@ -31,12 +32,15 @@ from tests.conftest import require_tool
 from tests.gatewayproc import ROOT, Gateway, free_port
 
 ID_RE = re.compile(r"[A-Za-z0-9]{16}")
-CLIENT_VARS = ("MULTIMSG_URL", "MULTIMSG_TOKEN", "MULTIMSG_HOME", "MULTIMSG_CONFIG")
+CLIENT_VARS = ("MULTIMSG_URL", "MULTIMSG_TOKEN", "MULTIMSG_HOME", "MULTIMSG_CONFIG", "MULTIMSG_KEY_FINGERPRINT")
 
 
 def multimsg(*args: str, env: dict | None = None, input: bytes | None = None, stderr=subprocess.PIPE,
              timeout: float = 60) -> subprocess.CompletedProcess:
+    """Run the CLI; unless ``env`` names XDG_CONFIG_HOME, with a config folder of its own
+    (so a key pinned on first use never carries over to another test's server)."""
     base = {k: v for k, v in os.environ.items() if k not in CLIENT_VARS}
+    base["XDG_CONFIG_HOME"] = tempfile.mkdtemp(prefix="multimsg-test-config-")
     return subprocess.run(
         [sys.executable, "-m", "multimsg", *args], cwd=ROOT, env={**base, **(env or {})},
         input=input, stdout=subprocess.PIPE, stderr=stderr, timeout=timeout,
@@ -303,3 +307,69 @@ def test_console_script_is_installed():
     result = subprocess.run([script, "--help"], capture_output=True, timeout=60)
     assert result.returncode == 0
     assert b"exit codes:" in result.stdout and b"send" in result.stdout
+
+
+# -- key pinning ----------------------------------------------------------------------------
+def _fingerprint_shown(runner: Gateway) -> str:
+    shown = multimsg("keys", "show", env={"MULTIMSG_HOME": str(runner.home)})
+    assert shown.returncode == 0, shown.stderr
+    match = re.search(r"current key (SHA256:[A-Za-z0-9+/]{43})\b", shown.stdout.decode())
+    assert match, shown.stdout
+    return match[1]
+
+
+def _uploads(runner: Gateway) -> int:
+    return len(list((runner.home / "spool").glob("*/*.json")))
+
+
+def test_send_refuses_a_server_key_that_is_not_the_pinned_fingerprint(gateway, telegram, tmp_path):
+    fp = _fingerprint_shown(gateway)
+    remote = multimsg("keys", "show", "--server", gateway.url)
+    assert remote.returncode == 0 and remote.stdout.decode().startswith(fp), remote.stdout
+    note = tmp_path / "note.txt"
+    note.write_text("pinned")
+    send = ("send", str(note), "--serv", "telegram", "--dest", "4300", "--server", gateway.url)
+
+    assert multimsg(*send, "--key-fingerprint", fp).returncode == 0
+    digest = __import__("base64").b64decode(fp[7:] + "=")
+    assert multimsg(*send, "--key-fingerprint", digest.hex()).returncode == 0  # hex works too
+    assert multimsg(*send, env={"MULTIMSG_KEY_FINGERPRINT": fp}).returncode == 0
+    assert _uploads(gateway) == 3
+
+    other = "SHA256:" + "A" * 43
+    for refused in (multimsg(*send, "--key-fingerprint", other), multimsg(*send, env={"MULTIMSG_KEY_FINGERPRINT": other})):
+        out, err = text(refused)
+        assert refused.returncode == 9, err
+        assert fp in err and "not the pinned one" in err and err.count("\n") == 1
+    assert _uploads(gateway) == 3  # nothing was sent to a server with another key
+    bad = multimsg(*send, "--key-fingerprint", "nonsense")
+    assert bad.returncode == 10 and "not a key fingerprint" in bad.stderr.decode()
+
+
+def test_the_first_key_seen_is_pinned_per_server_and_a_change_is_refused(make_gateway, telegram, tmp_path):
+    config = tmp_path / "xdg"
+    env = {"XDG_CONFIG_HOME": str(config)}
+    runner, other = make_gateway("tofu"), make_gateway("tofu-other")
+    note = tmp_path / "note.txt"
+    note.write_text("trust on first use")
+    send = ("send", str(note), "--serv", "telegram", "--dest", "4301")
+
+    assert multimsg(*send, "--server", runner.url, env=env).returncode == 0
+    known = config / "multimsg" / "known_keys"
+    assert known.read_text() == f"{runner.url} {_fingerprint_shown(runner)}\n"
+    assert oct(known.stat().st_mode & 0o777) == "0o600"
+    assert multimsg(*send, "--server", runner.url, env=env).returncode == 0  # same key: fine
+    assert multimsg(*send, "--server", other.url, env=env).returncode == 0  # another server: its own line
+    assert len(known.read_text().splitlines()) == 2
+
+    rotated = multimsg("keys", "rotate", env={"MULTIMSG_HOME": str(runner.home)})
+    assert rotated.returncode == 0, rotated.stderr
+    before = _uploads(runner)
+    changed = multimsg(*send, "--server", runner.url, env=env)
+    out, err = text(changed)
+    assert changed.returncode == 9, err
+    assert "key changed" in err and str(known) in err and _fingerprint_shown(runner) in err
+    assert _uploads(runner) == before
+    # The operator confirmed the rotation: forget the line, and the new key is pinned.
+    known.write_text("".join(line + "\n" for line in known.read_text().splitlines() if not line.startswith(runner.url + " ")))
+    assert multimsg(*send, "--server", runner.url, env=env).returncode == 0

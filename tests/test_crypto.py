@@ -131,3 +131,45 @@ def test_truncated_blob_is_rejected(gateway):
     _, wrapped = encrypt(pem, b"x")
     response = gateway.upload(b"short", key=wrapped)
     assert response.status_code == 400 and "too short" in response.text
+
+
+# -- replays ---------------------------------------------------------------------------------
+def test_a_replayed_encrypted_upload_is_refused_for_as_long_as_its_key_is_accepted(gateway):
+    import subprocess
+    import sys
+
+    from multimsg.crypto import encrypt_upload
+    from tests.gatewayproc import ROOT
+
+    pem = gateway.http.get(gateway.url + "/key").text
+    blob, wrapped = encrypt_upload(pem, b"captured on the way")
+    assert gateway.upload(blob, key=wrapped).status_code == 200
+    for source in (None, "127.0.0.2"):  # the same client, or anyone who captured it
+        again = gateway.upload(blob, key=wrapped, source=source)
+        assert again.status_code == 409, again.text
+        assert "received before" in again.text and "\n" not in again.text.strip()
+    assert len(list((gateway.home / "spool").glob("*/*.json"))) == 1
+
+    # An upload that fails is not recorded: the same wrapped key then works once.
+    blob2, wrapped2 = encrypt_upload(pem, b"second try")
+    assert gateway.upload(blob2[:-1], key=wrapped2).status_code == 400
+    assert gateway.upload(blob2, key=wrapped2).status_code == 200
+    assert gateway.upload(blob2, key=wrapped2).status_code == 409
+
+    # After a rotation the old key still opens it within the grace: still refused.
+    env = {**__import__("os").environ, "MULTIMSG_HOME": str(gateway.home)}
+    run = lambda *args: subprocess.run([sys.executable, "-m", "multimsg", "keys", "rotate", *args], env=env, cwd=ROOT, capture_output=True)  # noqa: E731
+    assert run("--grace", "3600").returncode == 0
+    assert gateway.upload(blob, key=wrapped).status_code == 409
+    blob3, wrapped3 = encrypt_upload(pem, b"old key, new upload")
+    assert gateway.upload(blob3, key=wrapped3).status_code == 200  # fresh wrapped key, retired key: accepted once
+    assert gateway.upload(blob3, key=wrapped3).status_code == 409
+    # Once no accepted key opens them, their record is deleted (and they do not decrypt anyway).
+    assert run("--grace", "0").returncode == 0
+    assert gateway.upload(blob, key=wrapped).status_code == 400
+    from multimsg.crypto import fingerprint
+
+    newest = gateway.http.get(gateway.url + "/key").text
+    newest_blob, newest_key = encrypt_upload(newest, b"with the newest key")
+    assert gateway.upload(newest_blob, key=newest_key).status_code == 200
+    assert {p.name for p in (gateway.home / "replay").iterdir() if p.is_dir()} == {fingerprint(newest)}

@@ -213,3 +213,30 @@ def test_every_service_declares_its_datatypes_and_limits_as_data():
         assert set(service.size_limits) >= Datatypes.FILES
         assert set(service.formats) >= Datatypes.FILES
         assert service.text_limit == 4096 and service.caption_limit == 1024
+
+
+def test_hostile_texts_split_into_full_parts_and_stop_at_the_cap():
+    from multimsg.services.text import MAX_WALK_BACK, TooManyParts
+
+    marks = "a" + "\u0301" * 24000  # one "character" with 24,000 combining marks
+    parts = split_text(marks, 4096, utf16_units, max_parts=32)
+    assert "".join(parts) == marks
+    assert [len(p) for p in parts] == [4096] * 5 + [24001 - 5 * 4096]  # not 24,001 parts of one character
+
+    # A real grapheme at a window's end is still kept whole (the walk back is bounded, not gone).
+    word = "x" * 4090 + "e" + "\u0301" * 10 + "y" * 100
+    parts = split_text(word, 4096)
+    assert "".join(parts) == word and parts[0] == "x" * 4090 and parts[1].startswith("e\u0301")
+    assert MAX_WALK_BACK >= 10
+
+    skin = "\U0001F44D\U0001F3FD" * 3000  # thumbs up + skin tone: 4 UTF-16 units per pair
+    parts = split_text(skin, 4096, utf16_units)
+    assert "".join(parts) == skin and all(utf16_units(p) <= 4096 for p in parts)
+    assert all(not p.startswith("\U0001F3FD") for p in parts)
+
+    for hostile in ("\u0301" * 262000, "a" * 524000, "\u200d" * 262000, "\U0001F3FD" * 131000):
+        with pytest.raises(TooManyParts):
+            split_text(hostile, 4096, utf16_units, max_parts=32)
+        parts = split_text(hostile, 4096, utf16_units)  # no cap: every part is as long as the limit allows
+        assert "".join(parts) == hostile and all(utf16_units(p) >= 4095 for p in parts[:-1])
+    assert len(split_text("a" * (32 * 4096), 4096, max_parts=32)) == 32  # exactly at the cap is fine

@@ -391,7 +391,9 @@ def test_a_client_over_its_rate_gets_429_with_retry_after_and_others_do_not(make
     assert int(limited.headers["Retry-After"]) >= 1
     assert one_line_reason(limited.text) and "per second" in limited.text
     assert runner.msg(id="A" * 16, serv="telegram", dest="1", type="text").status_code == 429  # /msg shares the bucket
-    assert runner.cons("A" * 16).status_code == 404  # /cons is not limited
+    consulted = runner.cons("A" * 16)  # /cons too: it reads the store on every call
+    assert consulted.status_code == 429 and int(consulted.headers["Retry-After"]) >= 1
+    assert runner.http.get(runner.url + "/health").status_code == 200  # open and cheap (cached), not limited
     assert len(spooled_uploads(runner)) == 3  # the refused upload was not stored
     assert runner.upload(b"another client", source="127.0.0.2").status_code == 200
 
@@ -408,3 +410,74 @@ def test_the_rate_limit_holds_across_the_runners_threads(make_gateway):
     with ThreadPoolExecutor(12) as pool:
         statuses = sorted(pool.map(upload, range(12)))
     assert statuses.count(200) == 5 and statuses.count(429) == 7, statuses
+
+
+# -- text splitting cost ------------------------------------------------------------------
+def test_texts_of_combining_marks_are_judged_quickly_with_the_right_answer(make_gateway, telegram):
+    r = make_gateway("marks", env={"MULTIMSG_RATE_LIMIT": "0", "MULTIMSG_FSYNC": "0"})
+    msg = {"serv": "telegram", "dest": "5150", "type": "text"}
+    marks = "a" + "\u0301" * 24000  # 48 KB: six full parts, not 24,001 one-character parts
+    data_id = r.upload_id(marks.encode())
+    answer = r.http.post(r.url + "/msg", data={"id": data_id, **msg}, timeout=5)
+    assert answer.status_code == 200, answer.text
+    assert r.wait_state(answer.text)["state"] == "delivered"
+    sent = [record["fields"]["text"] for record in telegram.received(ok_only=True)]
+    assert "".join(sent) == marks and len(sent) == 6
+
+    for hostile in ("a" + "\u0301" * 262000, "\u200d" * 174000, "x" * 524000):  # at the 512 KB text limit
+        data_id = r.upload_id(hostile.encode())
+        answer = r.http.post(r.url + "/msg", data={"id": data_id, **msg}, timeout=5)
+        assert answer.status_code == 413, answer.text
+        assert one_line_reason(answer.text) and "more than 32 messages" in answer.text
+
+
+# -- templates ------------------------------------------------------------------------------
+def test_a_deeply_nested_template_gets_400_with_a_reason_not_a_traceback(hard, whatsapp):
+    r = hard
+    msg = {"serv": "wpp1", "dest": "5491155551234", "type": "template"}
+    deep_components = '{"name": "order_update", "language": "es_AR", "components": ' + "[" * 5000 + "]" * 5000 + "}"
+    for document in ("[" * 60000, "{\"a\": " * 8000 + "1" + "}" * 8000, deep_components):
+        data_id = r.upload_id(document.encode())
+        answer = r.http.post(r.url + "/msg", data={"id": data_id, **msg}, timeout=10)
+        assert answer.status_code == 400, answer.text
+        assert one_line_reason(answer.text) and "nested too deeply" in answer.text
+    # Brackets inside strings are text, and a real template is a few levels deep.
+    fine = {"name": "order_update", "language": "es_AR",
+            "components": [{"type": "body", "parameters": [{"type": "text", "text": "[[[[" * 100 + "{{{{" * 100}]}]}
+    answer = r.http.post(r.url + "/msg", data={"id": r.upload_id(json.dumps(fine).encode()), **msg}, timeout=10)
+    assert answer.status_code == 200, answer.text
+    assert "Traceback" not in r.log() and "internal error" not in r.log()
+
+
+# -- upload file names ---------------------------------------------------------------------
+def test_an_upload_name_is_stored_as_a_plain_file_name(make_gateway, telegram):
+    r = make_gateway("names", env={"MULTIMSG_RATE_LIMIT": "0", "MULTIMSG_FSYNC": "0"})
+    hostile = "evil\x00\x1b[31m" + "n" * 400_000 + "\x1b]0;title\x07.txt"
+    stored = {}
+    for name in (hostile, "../../etc/passwd", "C:\\Users\\ana\\report.pdf", "\x00\x1b\x7f", "informe.pdf"):
+        data_id = r.upload_id(b"%PDF-1.4 named content", filename=name)
+        meta = json.loads(next((r.home / "spool").glob(f"*/{data_id}.json")).read_text())
+        stored[name[:20]] = meta["filename"]
+        assert len(meta["filename"]) <= 255 and not re.search(r"[\x00-\x1f\x7f/\\]", meta["filename"]), meta["filename"][:80]
+    assert stored["../../etc/passwd"] == "passwd"
+    assert stored["C:\\Users\\ana\\report.pdf"[:20]] == "report.pdf"
+    assert stored["\x00\x1b\x7f"] == "data"
+    assert stored["informe.pdf"] == "informe.pdf"
+    assert stored[hostile[:20]] == ("evil[31m" + "n" * 400_000)[:255]
+    # /msg's filename option follows the same rule, and refuses what breaks it.
+    data_id = r.upload_id(b"%PDF-1.4 doc")
+    for bad in ("a\x1bb.pdf", "x" * 256, "a/b.pdf"):
+        answer = r.msg(id=data_id, serv="telegram", dest="1", type="document", filename=bad)
+        assert answer.status_code == 400 and "plain file name" in answer.text, answer.text
+
+
+def test_an_existing_data_folder_open_to_others_is_made_private_at_start(tmp_path, make_gateway):
+    home = tmp_path / "loose"
+    home.mkdir(mode=0o755)
+    os.chmod(home, 0o755)
+    (home / "spool").mkdir(mode=0o755)
+    os.chmod(home / "spool", 0o755)
+    runner = make_gateway(home=home)
+    assert stat.S_IMODE(home.stat().st_mode) == 0o700
+    assert stat.S_IMODE((home / "spool").stat().st_mode) == 0o700
+    assert "WARNING" in runner.log() and "changed it to 0700" in runner.log()

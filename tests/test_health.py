@@ -52,3 +52,36 @@ def test_health_is_503_when_the_store_cannot_be_read(gateway):
         store.unlink()
         moved.rename(store)
     assert gateway.http.get(gateway.url + "/health").status_code == 200
+
+
+def test_a_passed_check_is_reused_for_a_few_seconds_so_the_probe_is_written_rarely(tmp_path, monkeypatch):
+    from multimsg import config, gateway, health
+
+    monkeypatch.setenv("MULTIMSG_HOME", str(tmp_path / "home"))
+    config.settings.cache_clear()
+    gateway.gateway.cache_clear()
+    writes, now = [], [1000.0]
+    real_write = health.write_atomic
+    monkeypatch.setattr(health, "write_atomic", lambda path, data, **kw: (writes.append(path), real_write(path, data, **kw)))
+    monkeypatch.setattr(health, "_clock", lambda: now[0])
+    monkeypatch.setattr(health, "_passed", None)
+    try:
+        reports = [health.check() for _ in range(50)]
+        assert len(writes) == 1 and all(r["status"] == "ok" for r in reports)
+        now[0] += health.CACHE_SECONDS + 0.1
+        health.check()
+        assert len(writes) == 2
+        # A failure is not remembered: the next call probes again, and recovers at once.
+        now[0] += health.CACHE_SECONDS + 0.1
+        monkeypatch.setattr(health, "write_atomic", lambda path, data, **kw: (_ for _ in ()).throw(OSError(28, "No space left on device")))
+        for _ in range(2):
+            try:
+                health.check()
+                raise AssertionError("a failing probe passed")
+            except health.Unavailable as exc:
+                assert "No space left" in exc.reason
+        monkeypatch.setattr(health, "write_atomic", lambda path, data, **kw: (writes.append(path), real_write(path, data, **kw)))
+        assert health.check()["status"] == "ok" and len(writes) == 3
+    finally:
+        config.settings.cache_clear()
+        gateway.gateway.cache_clear()

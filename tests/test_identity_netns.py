@@ -220,3 +220,27 @@ def test_a_host_that_changes_its_mac_becomes_another_client(lan, lan_gateway):
     # hint anyone on the segment can claim, not a credential.
     a.set_mac(original, lan.bridge)
     assert a.call("POST", url + "/cons", form={"id": message_id}) == (200, "queued")
+
+
+def test_a_peer_whose_address_ends_another_neighbours_address_keeps_its_own_mac(lan, lan_gateway):
+    a, b = lan.hosts
+    url = lan_gateway.url
+    # Neighbour rows whose addresses end with a's and b's (110.213.X.11 ends with
+    # 10.213.X.11): an unanchored search of the table finds them for a and b.
+    fake = {}
+    for index, host in enumerate((a, b)):
+        for prefix in ("1", "2", "11", "12", "21", "22"):
+            address = prefix + host.address
+            if int(address.split(".")[0]) > 223:
+                continue
+            mac = "02:13:ee:ee:%02x:%02x" % (index, len(fake))
+            ip("neigh", "replace", address, "lladdr", mac, "dev", lan.bridge, "nud", "permanent")
+            fake[address] = mac
+    try:
+        for host in (a, b):
+            status, data_id = host.call("POST", url + "/data", upload=f"from {host.address}")
+            assert status == 200, data_id
+        assert _spool_clients(lan_gateway) == {"mac_" + a.mac.replace(":", "_"), "mac_" + b.mac.replace(":", "_")}
+    finally:
+        for address in fake:
+            ip("neigh", "del", address, "dev", lan.bridge, check=False)

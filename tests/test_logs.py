@@ -59,3 +59,35 @@ def test_secret_settings_and_token_shapes_never_reach_a_log_line(monkeypatch):
     [first, second, third] = [json.loads(line) for line in text.splitlines()]
     assert first["msg"] == "calling https://api.telegram.org/bot***/sendMessage"
     assert second["authorization"] == "Bearer ***"
+
+
+def test_redaction_covers_bot_urls_stray_spaces_and_percent_encoded_secrets(monkeypatch):
+    import re
+    import urllib.parse
+
+    bot = "7771234:AAF-not-a-real-token-but-shaped-like-one"
+    wpp = "EAAG/sys+user token=="  # a secret with characters a URL encoder changes
+    monkeypatch.setenv("MULTIMSG_WPP1_TOKEN", wpp + "  ")  # pasted with trailing spaces
+    monkeypatch.setenv("MULTIMSG_DRAIN_TOKEN", "\toperator-pass ")
+    assert env("MULTIMSG_WPP1_TOKEN") == wpp and env("MULTIMSG_DRAIN_TOKEN") == "operator-pass"  # read stripped
+    redactor = logs.Redactor()
+    lower_hex = re.sub(r"%[0-9A-F]{2}", lambda m: m[0].lower(), urllib.parse.quote(wpp, safe=""))
+    lines = [
+        f"POST https://api.telegram.org/bot{bot}/sendMessage failed",  # no word boundary after 'bot'
+        f"url=https://graph.example/v1/media?access_token={urllib.parse.quote(wpp, safe='')}&x=1",
+        f"form body token={urllib.parse.quote_plus(wpp)}",
+        f"path /{urllib.parse.quote(wpp)}/x and lower-case hex {lower_hex}",
+        f"header Authorization: Bearer {wpp}",
+        "drain asked with operator-pass and %6Fperator-pass",
+        "proxy https://multimsg:hunter2-password@proxy.example:3128/ refused",
+        f"telegram said: bot {urllib.parse.quote(bot)} is not known",
+    ]
+    scrubbed = [redactor.scrub(line) for line in lines]
+    text = "\n".join(scrubbed)
+    for leaked in (bot, wpp, urllib.parse.quote(wpp, safe=""), urllib.parse.quote_plus(wpp), urllib.parse.quote(wpp),
+                   lower_hex, "operator-pass", "hunter2-password", urllib.parse.quote(bot), "AAF-not-a-real"):
+        assert leaked not in text, (leaked, text)
+    assert scrubbed[0] == "POST https://api.telegram.org/bot***/sendMessage failed"
+    assert scrubbed[6] == "proxy https://multimsg:***@proxy.example:3128/ refused"
+    # Ordinary text is left alone.
+    assert redactor.scrub("monkey=banana serv=telegram dest=12345 state=queued") == "monkey=banana serv=telegram dest=12345 state=queued"

@@ -20,6 +20,7 @@ import sys
 
 import pytest
 
+from multimsg.errors import InvalidInput
 from multimsg.identity import peer_address
 from multimsg.tokens import TokenFile, add_token, remove_token
 from tests.gatewayproc import ROOT, session_from
@@ -198,10 +199,32 @@ def test_behind_a_trusted_proxy_the_client_is_the_address_the_proxy_saw(make_gat
     assert runner.http.post(runner.url + "/drain", headers=via("127.0.0.1")).status_code == 200
 
 
+def test_behind_a_trusted_proxy_a_request_with_too_few_hops_is_not_loopback_nor_the_proxys_client(make_gateway):
+    runner = make_gateway("short-chain", env={"MULTIMSG_TRUST_PROXY": "1", "MULTIMSG_RATE_LIMIT": "0"})  # mac identity
+    loopback_client = runner.home / "spool" / "mac_00_00_00_00_00_00"
+    for headers in ({"X-Real-IP": "203.0.113.5"}, {"Forwarded": "for=203.0.113.5"}, {"X-Forwarded-For": ""},
+                    {"X-Real-IP": "127.0.0.1", "Forwarded": "for=127.0.0.1"}):
+        assert runner.http.post(runner.url + "/drain", headers=headers).status_code == 401, headers
+        assert runner.http.get(runner.url + "/metrics", headers=headers).status_code == 401, headers
+        upload = runner.http.post(runner.url + "/data", files={"data": ("a", b"x")}, headers=headers)
+        assert upload.status_code == 400 and "X-Forwarded-For" in upload.text, (headers, upload.text)
+        assert "\n" not in upload.text.strip()
+        assert runner.http.post(runner.url + "/cons", data={"id": "A" * 16}, headers=headers).status_code == 400
+    assert not loopback_client.exists()
+    # A direct call on the host (no forwarding header) is still loopback, and a full chain works.
+    assert runner.http.post(runner.url + "/drain").status_code == 200
+    data_id = runner.http.post(runner.url + "/data", files={"data": ("a", b"x")}, headers={"X-Forwarded-For": "127.0.0.1"}).text
+    assert (loopback_client / data_id).exists()
+
+
 def test_the_trusted_entry_is_counted_from_the_right():
     chain = ["198.51.100.1, 203.0.113.5", "10.0.0.2"]  # two headers, three hops
     assert str(peer_address("10.0.0.9", chain, 0)) == "10.0.0.9"
     assert str(peer_address("10.0.0.9", chain, 1)) == "10.0.0.2"
     assert str(peer_address("10.0.0.9", chain, 2)) == "203.0.113.5"
-    assert str(peer_address("10.0.0.9", chain, 5)) == "10.0.0.9"  # fewer hops than proxies: the socket peer
+    with pytest.raises(InvalidInput, match="trusts 5 proxies"):  # fewer hops than proxies: refused, not the socket peer
+        peer_address("10.0.0.9", chain, 5)
+    assert str(peer_address("10.0.0.9", [], 5)) == "10.0.0.9"  # no forwarding header at all: a direct call
+    with pytest.raises(InvalidInput):
+        peer_address("127.0.0.1", [], 1, forwarded=True)  # X-Real-IP or Forwarded only
     assert str(peer_address("::ffff:192.0.2.4", [], 0)) == "192.0.2.4"

@@ -15,7 +15,7 @@ def _iso(epoch):
 
 
 @functions_framework.http
-@endpoint("POST", identify=True)
+@endpoint("POST", identify=True, rate_limit=True)
 def cons(request):
     message = gateway().consult(client_of(request), fields(request, ("id",)).get("id"))
     report = message.public()

@@ -25,6 +25,7 @@ away at most 64 KB of it for at most 5 s itself, else closes the connection.
 
 from __future__ import annotations
 
+import errno
 import functools
 import hmac
 import json
@@ -57,11 +58,14 @@ STATUS = {
     errors.NotConfigured: 400,
     errors.Unauthorized: 401,
     errors.NotFound: 404,
+    errors.Replayed: 409,
     errors.TooLarge: 413,
     errors.NotMultipart: 415,
     errors.RateLimited: 429,
     errors.Unavailable: 503,
+    errors.StorageFull: 507,
 }
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)  # OSErrors that mean "no room", not "broken": StorageFull
 
 
 @dataclass
@@ -88,13 +92,10 @@ def _without_secrets(body: str) -> str:
 
     Reasons and ``/cons`` reports can quote a platform's error text; a platform
     that echoes our credential must not hand it to a client. Only the exact
-    values are replaced (the log redactor's shape rules would also mangle
-    legitimate text, such as this API's own description).
+    values are replaced, also percent-encoded (the log redactor's shape rules
+    would also mangle legitimate text, such as this API's own description).
     """
-    for secret in _redactor.secrets():
-        if secret in body:
-            body = body.replace(secret, "***")
-    return body
+    return _redactor.scrub_secrets(body)
 
 
 def _render(request: flask.Request, status: int, text: str, data: dict, headers: dict | None = None, always_json: bool = False) -> flask.Response:
@@ -141,6 +142,13 @@ def endpoint(*methods: str, identify: bool = False, rate_limit: bool = False) ->
                 return _error(request, status, exc.reason, _error_headers(exc))
             except HTTPException as exc:  # raised by werkzeug while parsing (413, bad multipart, ...)
                 return _error(request, exc.code or 400, exc.description or exc.name)
+            except OSError as exc:
+                if exc.errno not in DISK_FULL:
+                    log.exception("internal error in %s", handler.__name__)
+                    return _error(request, 500, "internal error; the server log has the details")
+                log.error("%s: the data folder's disk is full (%s)", handler.__name__, exc.strerror)
+                full = errors.StorageFull("the server's storage is full; this request stored nothing (what was stored before is kept); try again later")
+                return _error(request, STATUS[errors.StorageFull], full.reason)
             except Exception:
                 log.exception("internal error in %s", handler.__name__)
                 return _error(request, 500, "internal error; the server log has the details")
@@ -222,20 +230,27 @@ def client_of(request: flask.Request) -> str:
             request.headers.get("Authorization"),
             trust_proxy=s.trust_proxy,
             tokens=token_file() if s.identity == TOKEN else None,
+            forwarded=_other_forwarding(request),
         )
         request.environ[_CLIENT_KEY] = client
     return client
 
 
+def _other_forwarding(request: flask.Request) -> bool:
+    """Whether the request carries a forwarding header besides X-Forwarded-For."""
+    return any(name in request.headers for name in FORWARDING_HEADERS if name != "X-Forwarded-For")
+
+
 def _from_loopback(request: flask.Request) -> bool:
     """A caller on this host. Through a proxy that is the address the trusted proxy saw;
     a loopback peer that forwards for someone else (a local proxy MULTIMSG_TRUST_PROXY
-    does not know about) is not."""
+    does not know about, or a request with fewer hops than it says) is not."""
     s = settings()
     if not s.trust_proxy and any(name in request.headers for name in FORWARDING_HEADERS):
         return False
     try:
-        return peer_address(request.remote_addr, request.headers.getlist("X-Forwarded-For"), s.trust_proxy).is_loopback
+        return peer_address(request.remote_addr, request.headers.getlist("X-Forwarded-For"), s.trust_proxy,
+                            _other_forwarding(request)).is_loopback
     except errors.InvalidInput:
         return False
 

@@ -45,9 +45,10 @@ from requests.adapters import HTTPAdapter
 from ..config import ServiceConfig, service_config
 from ..content import Content
 from ..errors import InvalidInput, TooLarge
+from ..names import FILENAME_MAX, check_filename  # noqa: F401  (FILENAME_MAX: the one rule lives in names.py)
 from .datatypes import Datatypes
 from .sniff import describe, extension, sniff
-from .text import MEASURES, split_text
+from .text import MEASURES, TooManyParts, split_text
 
 __all__ = [
     "ServiceBase", "Outcome", "OutcomeKind", "Throttle", "Held", "read_text", "json_or_none", "file_name", "megabytes",
@@ -82,8 +83,6 @@ class Held(Exception):
 
 MB = 1000 * 1000  # platforms state limits in MB; the decimal reading is the stricter one
 POOL_SIZE = 64  # connections kept per host: the drain sends from a thread pool
-FILENAME_MAX = 255
-_FILENAME_BAD = re.compile(r"[\x00-\x1f\x7f/\\]")
 
 
 @dataclass(frozen=True)
@@ -221,10 +220,7 @@ class ServiceBase(ABC):
         if filename is not None and filename.strip():
             if datatype != Datatypes.DOCUMENT:
                 raise InvalidInput("'filename' goes with type document only")
-            filename = filename.strip()
-            if len(filename) > FILENAME_MAX or _FILENAME_BAD.search(filename):
-                raise InvalidInput(f"'filename' must be a plain file name: at most {FILENAME_MAX} characters, no slashes or control characters")
-            checked["filename"] = filename
+            checked["filename"] = check_filename(filename)
         return checked
 
     def check_format(self, datatype: str, content: Content) -> str | None:
@@ -242,13 +238,13 @@ class ServiceBase(ABC):
     def text_parts(self, content: Content) -> list[str]:
         """The message parts a text is sent as (InvalidInput/TooLarge if it cannot be)."""
         text = read_text(content)
-        parts = split_text(text, self.text_limit, MEASURES[self.text_measure])
-        if len(parts) > self.max_text_parts:
+        try:  # the split stops as soon as the cap is passed
+            return split_text(text, self.text_limit, MEASURES[self.text_measure], max_parts=self.max_text_parts)
+        except TooManyParts:
             raise TooLarge(
-                f"text is {self.measure(text)} {self._unit}, {len(parts)} messages on {self.name}; "
+                f"text is {self.measure(text)} {self._unit}, more than {self.max_text_parts} messages on {self.name}; "
                 f"at most {self.max_text_parts} messages of {self.text_limit} are sent for one text"
-            )
-        return parts
+            ) from None
 
     @property
     def _unit(self) -> str:

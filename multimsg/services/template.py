@@ -10,7 +10,9 @@ conversation sends one. The upload for type ``template`` is a JSON document::
 objects with a ``type``, e.g. ``header``, ``body``, ``button``, and their
 ``parameters``); it is passed through. ``load_template(path)`` checks the
 document (``InvalidInput`` with the reason) and returns the ``template``
-object of the message body, with ``language`` as ``{"code": ...}``.
+object of the message body, with ``language`` as ``{"code": ...}``. A document
+nested deeper than ``MAX_DEPTH`` arrays and objects is refused before it is
+parsed (the parser would otherwise recurse until Python's limit).
 """
 
 from __future__ import annotations
@@ -21,9 +23,12 @@ import re
 from ..content import Content
 from ..errors import InvalidInput
 
-__all__ = ["load_template", "TEMPLATE_MAX_BYTES"]
+__all__ = ["load_template", "TEMPLATE_MAX_BYTES", "MAX_DEPTH"]
 
 TEMPLATE_MAX_BYTES = 64 * 1024
+MAX_DEPTH = 32  # a real template is about 5 deep (components, parameters, their objects)
+_STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.S)
+_BRACKET = re.compile(r"[\[\]{}]")
 _NAME = re.compile(r"[a-z0-9_]{1,512}")  # Meta: lowercase letters, digits and underscores
 _LANGUAGE = re.compile(r"[a-z]{2,3}(_[A-Z]{2})?")  # Meta's codes: "en", "en_US", "es_AR", "fil"
 _KEYS = {"name", "language", "components"}
@@ -32,9 +37,13 @@ _KEYS = {"name", "language", "components"}
 def load_template(content: Content) -> dict:
     """The ``template`` object of a WhatsApp message, from the uploaded JSON document."""
     try:
-        document = json.loads(content.read(TEMPLATE_MAX_BYTES + 1).decode("utf-8"))
+        text = content.read(TEMPLATE_MAX_BYTES + 1).decode("utf-8")
+        _check_depth(text)
+        document = json.loads(text)
     except UnicodeDecodeError:
         raise InvalidInput("template must be a UTF-8 JSON document") from None
+    except RecursionError:
+        raise InvalidInput(f"template is nested too deeply (at most {MAX_DEPTH} levels)") from None
     except ValueError as exc:
         raise InvalidInput(f"template is not valid JSON ({exc})") from None
     if not isinstance(document, dict):
@@ -51,6 +60,15 @@ def load_template(content: Content) -> dict:
     if "components" in document:
         template["components"] = _components(document["components"])
     return template
+
+
+def _check_depth(text: str) -> None:
+    """InvalidInput if ``text`` nests arrays and objects deeper than MAX_DEPTH (brackets in strings do not count)."""
+    depth = 0
+    for bracket in _BRACKET.findall(_STRING.sub("", text)):
+        depth += 1 if bracket in "[{" else -1
+        if depth > MAX_DEPTH:
+            raise InvalidInput(f"template is nested too deeply (at most {MAX_DEPTH} levels)")
 
 
 def _components(components) -> list:

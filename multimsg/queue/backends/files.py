@@ -58,7 +58,11 @@ class FileSpool(Spool):
         size = write_stream_atomic(folder / data_id, chunks, fsync=self.fsync)
         info = DataInfo(data_id, size, filename, time.time())
         meta = {"filename": filename, "size": size, "created_at": info.created_at}
-        write_atomic(folder / f"{data_id}.json", json.dumps(meta).encode(), fsync=self.fsync)
+        try:
+            write_atomic(folder / f"{data_id}.json", json.dumps(meta).encode(), fsync=self.fsync)
+        except BaseException:  # e.g. a full disk: no content without its sidecar
+            (folder / data_id).unlink(missing_ok=True)
+            raise
         return info
 
     def _meta(self, client: str, data_id: str) -> dict:
@@ -105,18 +109,22 @@ class FileSpool(Spool):
         (self.layout.client_spool(client) / "msg" / message_id).unlink(missing_ok=True)
 
     def usage(self, client: str) -> int:
+        """Bytes the spool holds for ``client``: its uploads and its messages' content (a hard link counts once)."""
+        seen, total = set(), 0
         folder = self.layout.client_spool(client)
-        total = 0
-        try:
-            entries = list(os.scandir(folder))
-        except FileNotFoundError:
-            return 0
-        for entry in entries:
-            if entry.is_file() and is_id(entry.name):
+        for path in (folder, folder / "msg"):
+            try:
+                entries = list(os.scandir(path))
+            except FileNotFoundError:
+                continue
+            for entry in entries:
                 try:
-                    total += entry.stat().st_size
+                    info = entry.stat(follow_symlinks=False)
                 except FileNotFoundError:
                     continue
+                if entry.is_file(follow_symlinks=False) and (info.st_dev, info.st_ino) not in seen:
+                    seen.add((info.st_dev, info.st_ino))
+                    total += info.st_size
         return total
 
     def sweep(self, now: float, live: Iterable[str] | None = None, older_than: float = 3600.0) -> int:

@@ -26,6 +26,7 @@ Archived records leave the shards for ``archive/messages-YYYY-MM.jsonl``.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -37,7 +38,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 from filelock import FileLock, Timeout
 
-from ...errors import Unavailable
+from ...errors import StorageFull, Unavailable
 from ...fsutil import append_durable, ensure_private_dir, write_atomic
 from ...ids import new_id
 from ...layout import Layout
@@ -215,6 +216,8 @@ class TinyStore(MessageStore):
         try:
             storage.write({_TABLE: txn.table})
         except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise StorageFull("the server's storage is full; nothing of this change was stored") from exc
             raise StoreUnwritable(f"the store cannot be written ({os.strerror(exc.errno or 0) or exc})") from exc
         self._set_due(shard, txn.earliest_due())
         self._count(shard, txn)
