@@ -122,7 +122,7 @@ class FileSpool(Spool):
                     info = entry.stat(follow_symlinks=False)
                 except FileNotFoundError:
                     continue
-                if entry.is_file(follow_symlinks=False) and (info.st_dev, info.st_ino) not in seen:
+                if is_id(entry.name) and entry.is_file(follow_symlinks=False) and (info.st_dev, info.st_ino) not in seen:
                     seen.add((info.st_dev, info.st_ino))
                     total += info.st_size
         return total
