@@ -1,7 +1,7 @@
 """One contract suite for every storage backend (records, leases, due index, figures, content).
 
-Each test runs over every backend in ``BACKENDS`` (the memory backend and
-TinyDB now), as Dramatiq's backend tests do; the delivery engine is driven
+Each test runs over every backend in ``BACKENDS`` (the memory backend,
+TinyDB, and Redis against a real redis-server: ``tests/redis_support.py``), as Dramatiq's backend tests do; the delivery engine is driven
 in-process against each one, with a sending service that counts what it was
 asked to send.
 """
@@ -23,8 +23,9 @@ from multimsg.queue.drain import Drain, Tuning
 from multimsg.queue.retry import RetryPolicy
 from multimsg.services.base import Outcome, ServiceBase
 from multimsg.config import ServiceConfig
+from tests.redis_support import redis_server, redis_url  # noqa: F401  (fixtures)
 
-BACKENDS = ["memory", "tiny"]
+BACKENDS = ["memory", "tiny", "redis"]
 CLIENT = "ip:127.0.0.9"
 _ids = (f"{n:016d}" for n in itertools.count(1))
 
@@ -34,6 +35,12 @@ def backend(request, tmp_path):
     """(store, spool) of one backend."""
     if request.param == "memory":
         return MemoryStore(), MemorySpool(ttl=3600)
+    if request.param == "redis":
+        from multimsg.queue.backends.redis import RedisSpool, RedisStore, connect
+
+        client = connect(request.getfixturevalue("redis_url"))
+        request.addfinalizer(client.close)
+        return RedisStore(client), RedisSpool(client, ttl=3600)
     layout = Layout(tmp_path / "home")
     return TinyStore(layout, fsync=False), FileSpool(layout, ttl=3600, fsync=False)
 
