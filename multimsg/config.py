@@ -214,6 +214,10 @@ class Settings:
     rate_burst: int = setting("MULTIMSG_RATE_BURST", 200, int)
     key_grace: float = setting("MULTIMSG_KEY_GRACE", 7 * DAY, float)
     log_format: str = setting("MULTIMSG_LOG_FORMAT", "text")
+    backend: str | None = setting("MULTIMSG_BACKEND", None, secret=True,
+                                  help="unset: the embedded store in the data folder; redis://HOST:PORT/DB (or rediss://, a password in the URL): a store shared by several gateways")
+    redis_tag: str = setting("MULTIMSG_REDIS_TAG", "mm", help="the hash tag of every Redis key (mm:{TAG}:...): one per deployment sharing a Redis")
+    redis_blob_max: int = setting("MULTIMSG_REDIS_BLOB_MAX", 20 * 1000 * 1000, int, help="largest upload kept in Redis, in bytes (above: 413)")
 
     @classmethod
     def from_env(cls) -> "Settings":

@@ -275,3 +275,69 @@ def test_a_forward_clock_jump_does_not_expire_messages_in_bulk(store, spool):
     summary = drain.run_pass()
     assert summary["delivered"] == 5 and summary["failed"] == 0
     assert sorted(service.sent) == sorted(ids)
+
+
+# -- the Redis backend's own promises -------------------------------------------------------------------
+@pytest.fixture
+def redis_backend(redis_url):
+    from multimsg.queue.backends.redis import RedisSpool, RedisStore, connect
+
+    client = connect(redis_url)
+    yield RedisStore(client, "t"), RedisSpool(client, "t", ttl=1, blob_max=3 * 1024 * 1024), client
+    client.close()
+
+
+def test_redis_unreachable_is_unavailable_not_a_connection_error():
+    from multimsg.errors import Unavailable
+    from multimsg.queue.backends.redis import UNREACHABLE, RedisSpool, RedisStore, connect
+    from tests.gatewayproc import free_port
+
+    client = connect(f"redis://127.0.0.1:{free_port()}/0", timeout=0.5)
+    store, spool = RedisStore(client), RedisSpool(client, ttl=60)
+    calls = [lambda: store.add(message()), lambda: store.get("x" * 16), lambda: list(store.claim_due(time.time(), 5)),
+             lambda: store.finish(message(claim="c"), {}, time.time()), lambda: store.report("x" * 16, time.time()),
+             lambda: store.archive("x" * 16, time.time()), lambda: store.counters.snapshot(), lambda: store.rebuild(),
+             lambda: spool.put(CLIENT, [b"x"], "x"), lambda: spool.get(CLIENT, "d" * 16), lambda: spool.usage(CLIENT)]
+    for call in calls:
+        with pytest.raises(Unavailable, match=UNREACHABLE):
+            call()
+
+
+def test_redis_keys_carry_one_hash_tag_and_uploads_over_the_cap_are_too_large(redis_backend):
+    from multimsg.errors import TooLarge
+
+    store, spool, client = redis_backend
+    store.add(message())
+    spool.put(CLIENT, [b"x" * 1000], "x.bin")
+    assert all(b"{t}" in key for key in client.keys("*"))
+    with pytest.raises(TooLarge):
+        spool.put(CLIENT, [b"x" * (1024 * 1024)] * 4, "big.bin")
+    assert not client.keys("mm:{t}:blob:*") or len(client.keys("mm:{t}:blob:*")) == 1  # the refused one left nothing
+
+
+def test_redis_upload_expires_while_its_message_keeps_the_content(redis_backend):
+    from multimsg.errors import NotFound
+
+    store, spool, client = redis_backend
+    info = spool.put(CLIENT, [b"a" * (1024 * 1024), b"b" * 10], "x.bin")  # two chunks
+    spool.attach(CLIENT, info.data_id, "M" * 16)
+    time.sleep(1.2)  # the upload's TTL (1 s) as Redis expiry
+    with pytest.raises(NotFound):
+        spool.get(CLIENT, info.data_id)
+    content = spool.message_content(CLIENT, "M" * 16)
+    assert content.size == 1024 * 1024 + 10 and content.read()[-10:] == b"b" * 10 and content.head(2) == b"aa"
+    spool.release(CLIENT, "M" * 16)
+    assert client.keys("mm:{t}:blob:*") == []  # the last reference took the blob with it
+
+
+def test_redis_malformed_record_is_failed_with_the_reason_not_yielded(redis_backend):
+    store, _, client = redis_backend
+    m = message()
+    store.add(m)
+    client.hset(f"mm:{{t}}:m:{m.id}", "r", '{"id": "%s", "state": "queued"}' % m.id)
+    assert list(store.claim_due(time.time() + 1, 60)) == []
+    import json
+
+    record = json.loads(client.hget(f"mm:{{t}}:m:{m.id}", "r"))
+    assert record["state"] == "failed" and record["last_error"].startswith("malformed record")
+    assert store.rebuild() == 0 and list(store.claim_due(time.time() + 1, 60)) == []
