@@ -70,6 +70,9 @@ def test_redis_down_is_503_with_a_reason_and_back_up_works_again(runners, telegr
             assert down.status_code == 503, down.text
             assert "shared store is unreachable" in down.text
             assert a.upload(b"x").status_code == 503
+            for path in ("/cons", "/drain"):
+                answer = a.http.post(a.url + path, data={"id": "A" * 16}, timeout=30)
+                assert answer.status_code == 503 and "unreachable" in answer.text, (path, answer.status_code, answer.text)
 
             server.start()  # the same port; an empty Redis (no persistence in tests): upload again
             message_id = a.send(b"otra vez", "telegram", "7", filename="t.txt")
