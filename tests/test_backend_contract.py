@@ -341,3 +341,23 @@ def test_redis_malformed_record_is_failed_with_the_reason_not_yielded(redis_back
     record = json.loads(client.hget(f"mm:{{t}}:m:{m.id}", "r"))
     assert record["state"] == "failed" and record["last_error"].startswith("malformed record")
     assert store.rebuild() == 0 and list(store.claim_due(time.time() + 1, 60)) == []
+
+
+def test_redis_figures_are_the_memory_backends_figures(redis_backend):
+    """The same changes, counted by figures.count (memory) and by the Redis operations, give the same snapshot."""
+    redis_store = redis_backend[0]
+    memory_store = MemoryStore()
+    now = time.time() - 1000  # every change in the past hour (the Redis figures read the last hour's minutes)
+    for store in (memory_store, redis_store):
+        batch = [message(id=f"F{n:015d}", now=now, serv=serv) for n, serv in enumerate(["counting", "counting", "other", "counting"])]
+        for m in batch:
+            store.add(m)
+        claims = {c.id: c for c in store.claim_due(now + 1, 60)}
+        store.finish(claims[batch[0].id], {"state": State.DELIVERED}, now + 3)
+        store.finish(claims[batch[1].id], {"attempts": 1, "next_attempt_at": now + 10}, now + 4)
+        store.finish(claims[batch[2].id], {"state": State.FAILED, "last_error": "no"}, now + 700)
+        store.archive(batch[0].id, now + 5)
+    at = now + 1000
+    assert redis_store.counters.snapshot(at)["services"] == memory_store.counters.snapshot(at)["services"]
+    assert redis_store.rebuild() == 3
+    assert redis_store.counters.snapshot(at)["services"] == memory_store.counters.snapshot(at)["services"]

@@ -17,6 +17,9 @@ never from Redis.
 ``claim_due`` is two steps, because ``accept`` is a Python callback: read a
 batch of candidate ids and their records, ask ``accept``, then claim each
 accepted one with the CAS script (which fails if another pass took it first).
+Refused candidates stay in the index and are stepped over by position in the
+next rounds; when other passes claim at the same time, that can step over a
+due message too: it waits for the next pass (deferred, never lost or doubled).
 
 Redis unreachable: every method raises ``Unavailable`` (HTTP 503), never a
 raw connection error. The ``redis`` package is imported only here, and this
@@ -47,6 +50,7 @@ log = logging.getLogger("multimsg.redis")
 
 UNREACHABLE = "the shared store is unreachable; try again"
 BATCH = 200  # candidates read (and claimed) per round of claim_due
+SKEW = 600.0  # seconds another gateway's clock may run ahead of this one's, for the last hour's figures
 TRIES = 20  # compare-and-set attempts before a write gives up (only under heavy contention on one record)
 
 
@@ -77,7 +81,9 @@ class RedisCounters(Counters):
     @guarded
     def documents(self) -> Iterable[figures.Figures]:
         now = time.time()
-        minutes = range(int((now - figures.RECENT_WINDOW) // 60), int(now // 60) + 1)
+        # The last hour's per-minute counters, and a few minutes ahead: outcomes are counted at the
+        # writer's clock, and the gateways sharing this Redis may run a little ahead of this one.
+        minutes = range(int((now - figures.RECENT_WINDOW) // 60), int((now + SKEW) // 60) + 1)
         servs = sorted(m.decode() for m in self.r.smembers(self.keys.servs))
         pipe = self.r.pipeline(transaction=False)
         for serv in servs:
@@ -344,7 +350,8 @@ class RedisStore(MessageStore):
                     return len(messages)
                 except redis.WatchError:
                     continue
-        return len(list(self.messages()))
+        log.info("rebuild: records kept changing during the recount; the figures kept by the scripts stay")
+        return len(messages)
 
     @guarded
     def problems(self) -> list[str]:
