@@ -318,7 +318,7 @@ def test_redis_keys_carry_one_hash_tag_and_uploads_over_the_cap_are_too_large(re
 def test_redis_upload_expires_while_its_message_keeps_the_content(redis_backend):
     from multimsg.errors import NotFound
 
-    store, spool, client = redis_backend
+    _, spool, client = redis_backend
     info = spool.put(CLIENT, [b"a" * (1024 * 1024), b"b" * 10], "x.bin")  # two chunks
     spool.attach(CLIENT, info.data_id, "M" * 16)
     time.sleep(1.2)  # the upload's TTL (1 s) as Redis expiry

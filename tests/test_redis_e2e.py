@@ -40,7 +40,7 @@ def runners(tmp_path, gateway_env, redis_url):
 
 def test_a_message_queued_on_one_runner_is_delivered_by_another(runners, telegram):
     a, b = runners("a"), runners("b")
-    data_id = a.upload_id("hola desde A".encode(), filename="t.txt")
+    data_id = a.upload_id(b"hola desde A", filename="t.txt")
     assert b.upload(b"x").status_code == 200  # B works on its own too
     queued = a.msg(id=data_id, serv="telegram", dest="4242", type="text")
     assert queued.status_code == 200, queued.text

@@ -265,7 +265,8 @@ class RedisStore(MessageStore):
         for claim, result in zip(claims, results):
             if result is None:
                 result = bool(next(written)) or self._update(  # changed meanwhile: look again, alone
-                    claim.id, lambda m: m.with_changes(claim_until=until) if m.leased_by(claim.claim) else None, until) is not None
+                    claim.id, lambda m, token=claim.claim: m.with_changes(claim_until=until) if m.leased_by(token) else None,
+                    until) is not None
             out.append(result)
         return out
 
@@ -353,9 +354,11 @@ class RedisStore(MessageStore):
         log.info("rebuild: records kept changing during the recount; the figures kept by the scripts stay")
         return len(messages)
 
-    @guarded
     def problems(self) -> list[str]:
-        self.r.ping()
+        try:
+            self.r.ping()
+        except (redis.ConnectionError, redis.TimeoutError):
+            return [UNREACHABLE]
         return []
 
     @guarded
