@@ -45,8 +45,12 @@ _SECRET_RE = re.compile(r"(^|_)(TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIALS|APIKEY|
 
 
 def is_secret(name: str) -> bool:
-    """Whether a setting holds a credential (masked by ``multimsg config``, redacted from logs)."""
-    return bool(_SECRET_RE.search(name))
+    """Whether a setting holds a credential (masked by ``multimsg config``, redacted from logs).
+
+    By its name, or because ``Settings`` declares it ``secret`` (``MULTIMSG_BACKEND``: a URL
+    that may carry a password).
+    """
+    return bool(_SECRET_RE.search(name)) or name in {f.metadata["env"] for f in fields(Settings) if f.metadata["secret"]}
 
 
 def config_path() -> tuple[Path, bool]:
