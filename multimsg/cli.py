@@ -18,7 +18,8 @@ import threading
 import time
 from pathlib import Path
 
-from .client import EXIT_CODES, Client, ClientError, Status, default_known_keys, infer_type
+from .client import EXIT_CODES, Client, ClientError, ConnectionFailed, Status, default_known_keys, infer_type
+from .errors import Unavailable
 
 __all__ = ["main", "build_parser", "Bar"]
 
@@ -452,6 +453,9 @@ def main(argv: list[str] | None = None) -> int:
     except ClientError as exc:
         _say(exc.reason)
         return exc.exit_code
+    except Unavailable as exc:  # drain, stats, rebuild on a shared store that cannot be reached
+        _say(exc.reason)
+        return ConnectionFailed.exit_code
     except KeyboardInterrupt:
         print(file=sys.stderr)
         return 130

@@ -45,8 +45,12 @@ _SECRET_RE = re.compile(r"(^|_)(TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIALS|APIKEY|
 
 
 def is_secret(name: str) -> bool:
-    """Whether a setting holds a credential (masked by ``multimsg config``, redacted from logs)."""
-    return bool(_SECRET_RE.search(name))
+    """Whether a setting holds a credential (masked by ``multimsg config``, redacted from logs).
+
+    By its name, or because ``Settings`` declares it ``secret`` (``MULTIMSG_BACKEND``: a URL
+    that may carry a password).
+    """
+    return bool(_SECRET_RE.search(name)) or name in {f.metadata["env"] for f in fields(Settings) if f.metadata["secret"]}
 
 
 def config_path() -> tuple[Path, bool]:
@@ -229,6 +233,10 @@ class Settings:
     header_timeout: float = setting("MULTIMSG_HEADER_TIMEOUT", 10.0, _positive, help="seconds a client has to send a request's headers")
     body_timeout: float = setting("MULTIMSG_BODY_TIMEOUT", 30.0, _positive, help="seconds a client has to send a body (plus 1 s per BODY_MIN_RATE bytes)")
     body_min_rate: float = setting("MULTIMSG_BODY_MIN_RATE", 1024.0, _rate, help="bytes per second a slow body must keep up")
+    backend: str | None = setting("MULTIMSG_BACKEND", None, secret=True,
+                                  help="unset: the embedded store; redis://HOST:PORT/DB (rediss://, a password in the URL): a shared store")
+    redis_tag: str = setting("MULTIMSG_REDIS_TAG", "mm", help="the hash tag of every Redis key (mm:{TAG}:...): one per deployment sharing a Redis")
+    redis_blob_max: int = setting("MULTIMSG_REDIS_BLOB_MAX", 20 * 1000 * 1000, int, help="largest upload kept in Redis, in bytes (above: 413)")
 
     @classmethod
     def from_env(cls) -> "Settings":

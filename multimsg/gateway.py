@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from functools import lru_cache
+from pathlib import Path
 from typing import BinaryIO, Callable
 
 from .config import Settings, settings
@@ -52,11 +53,10 @@ class Gateway:
     @classmethod
     def from_settings(cls, s: Settings) -> "Gateway":
         layout = Layout(s.home)
-        store = TinyStore(layout, fsync=s.fsync)
-        spool = FileSpool(layout, ttl=s.data_ttl, fsync=s.fsync)
+        store, spool, archive_folder = _backend(s, layout)
         clock = SteadyClock()
         drain = Drain(store, spool, get_service, RetryPolicy.from_settings(s), layout.lock("drain") if s.drain_lock else None,
-                      clock=clock, tuning=Tuning.from_settings(s), archive_folder=layout.archive)
+                      clock=clock, tuning=Tuning.from_settings(s), archive_folder=archive_folder)
         return cls(ServerKeys(layout), store, spool, drain, get_service, s.report_grace, clock, quota=s.client_quota,
                    replay=ReplayRecord(s.home / "replay", fsync=s.fsync))
 
@@ -143,6 +143,22 @@ class Gateway:
         if not summary.get("busy"):
             self.store.counters.drain_pass(time.monotonic() - started, summary)
         return summary
+
+
+def _backend(s: Settings, layout: Layout) -> tuple[MessageStore, Spool, "Path | None"]:
+    """The store and spool ``MULTIMSG_BACKEND`` names (and the archive folder, for the embedded one)."""
+    url = (s.backend or "").strip()
+    if not url:
+        return TinyStore(layout, fsync=s.fsync), FileSpool(layout, ttl=s.data_ttl, fsync=s.fsync), layout.archive
+    if not url.startswith(("redis://", "rediss://")):
+        raise SystemExit("MULTIMSG_BACKEND must be empty (the embedded store) or a redis:// or rediss:// URL")
+    try:
+        from .queue.backends.redis import RedisSpool, RedisStore, connect  # imported only when chosen
+    except ImportError:
+        raise SystemExit("MULTIMSG_BACKEND names Redis, but the redis package is not installed (pip install 'multimsg[redis]')") from None
+    client = connect(url, timeout=s.connect_timeout)
+    return (RedisStore(client, s.redis_tag, archive_months=s.archive_months),
+            RedisSpool(client, s.redis_tag, ttl=s.data_ttl, blob_max=s.redis_blob_max), None)
 
 
 @lru_cache(maxsize=1)

@@ -1,7 +1,7 @@
 """One contract suite for every storage backend (records, leases, due index, figures, content).
 
-Each test runs over every backend in ``BACKENDS`` (the memory backend and
-TinyDB now), as Dramatiq's backend tests do; the delivery engine is driven
+Each test runs over every backend in ``BACKENDS`` (the memory backend,
+TinyDB, and Redis against a real redis-server: ``tests/redis_support.py``), as Dramatiq's backend tests do; the delivery engine is driven
 in-process against each one, with a sending service that counts what it was
 asked to send.
 """
@@ -23,8 +23,9 @@ from multimsg.queue.backends.tiny import TinyStore
 from multimsg.queue.drain import Drain, Tuning
 from multimsg.queue.retry import RetryPolicy
 from multimsg.services.base import Outcome, ServiceBase
+from tests.redis_support import redis_server, redis_url  # noqa: F401  (fixtures)
 
-BACKENDS = ["memory", "tiny"]
+BACKENDS = ["memory", "tiny", "redis"]
 CLIENT = "ip:127.0.0.9"
 _ids = (f"{n:016d}" for n in itertools.count(1))
 
@@ -34,6 +35,12 @@ def backend(request, tmp_path):
     """(store, spool) of one backend."""
     if request.param == "memory":
         return MemoryStore(), MemorySpool(ttl=3600)
+    if request.param == "redis":
+        from multimsg.queue.backends.redis import RedisSpool, RedisStore, connect
+
+        client = connect(request.getfixturevalue("redis_url"))
+        request.addfinalizer(client.close)
+        return RedisStore(client), RedisSpool(client, ttl=3600)
     layout = Layout(tmp_path / "home")
     return TinyStore(layout, fsync=False), FileSpool(layout, ttl=3600, fsync=False)
 
@@ -268,3 +275,89 @@ def test_a_forward_clock_jump_does_not_expire_messages_in_bulk(store, spool):
     summary = drain.run_pass()
     assert summary["delivered"] == 5 and summary["failed"] == 0
     assert sorted(service.sent) == sorted(ids)
+
+
+# -- the Redis backend's own promises -------------------------------------------------------------------
+@pytest.fixture
+def redis_backend(redis_url):
+    from multimsg.queue.backends.redis import RedisSpool, RedisStore, connect
+
+    client = connect(redis_url)
+    yield RedisStore(client, "t"), RedisSpool(client, "t", ttl=1, blob_max=3 * 1024 * 1024), client
+    client.close()
+
+
+def test_redis_unreachable_is_unavailable_not_a_connection_error():
+    from multimsg.errors import Unavailable
+    from multimsg.queue.backends.redis import UNREACHABLE, RedisSpool, RedisStore, connect
+    from tests.gatewayproc import free_port
+
+    client = connect(f"redis://127.0.0.1:{free_port()}/0", timeout=0.5)
+    store, spool = RedisStore(client), RedisSpool(client, ttl=60)
+    calls = [lambda: store.add(message()), lambda: store.get("x" * 16), lambda: list(store.claim_due(time.time(), 5)),
+             lambda: store.finish(message(claim="c"), {}, time.time()), lambda: store.report("x" * 16, time.time()),
+             lambda: store.archive("x" * 16, time.time()), lambda: store.counters.snapshot(), lambda: store.rebuild(),
+             lambda: spool.put(CLIENT, [b"x"], "x"), lambda: spool.get(CLIENT, "d" * 16), lambda: spool.usage(CLIENT)]
+    for call in calls:
+        with pytest.raises(Unavailable, match=UNREACHABLE):
+            call()
+
+
+def test_redis_keys_carry_one_hash_tag_and_uploads_over_the_cap_are_too_large(redis_backend):
+    from multimsg.errors import TooLarge
+
+    store, spool, client = redis_backend
+    store.add(message())
+    spool.put(CLIENT, [b"x" * 1000], "x.bin")
+    assert all(b"{t}" in key for key in client.keys("*"))
+    with pytest.raises(TooLarge):
+        spool.put(CLIENT, [b"x" * (1024 * 1024)] * 4, "big.bin")
+    assert not client.keys("mm:{t}:blob:*") or len(client.keys("mm:{t}:blob:*")) == 1  # the refused one left nothing
+
+
+def test_redis_upload_expires_while_its_message_keeps_the_content(redis_backend):
+    from multimsg.errors import NotFound
+
+    _, spool, client = redis_backend
+    info = spool.put(CLIENT, [b"a" * (1024 * 1024), b"b" * 10], "x.bin")  # two chunks
+    spool.attach(CLIENT, info.data_id, "M" * 16)
+    time.sleep(1.2)  # the upload's TTL (1 s) as Redis expiry
+    with pytest.raises(NotFound):
+        spool.get(CLIENT, info.data_id)
+    content = spool.message_content(CLIENT, "M" * 16)
+    assert content.size == 1024 * 1024 + 10 and content.read()[-10:] == b"b" * 10 and content.head(2) == b"aa"
+    spool.release(CLIENT, "M" * 16)
+    assert client.keys("mm:{t}:blob:*") == []  # the last reference took the blob with it
+
+
+def test_redis_malformed_record_is_failed_with_the_reason_not_yielded(redis_backend):
+    store, _, client = redis_backend
+    m = message()
+    store.add(m)
+    client.hset(f"mm:{{t}}:m:{m.id}", "r", '{"id": "%s", "state": "queued"}' % m.id)
+    assert list(store.claim_due(time.time() + 1, 60)) == []
+    import json
+
+    record = json.loads(client.hget(f"mm:{{t}}:m:{m.id}", "r"))
+    assert record["state"] == "failed" and record["last_error"].startswith("malformed record")
+    assert store.rebuild() == 0 and list(store.claim_due(time.time() + 1, 60)) == []
+
+
+def test_redis_figures_are_the_memory_backends_figures(redis_backend):
+    """The same changes, counted by figures.count (memory) and by the Redis operations, give the same snapshot."""
+    redis_store = redis_backend[0]
+    memory_store = MemoryStore()
+    now = time.time() - 1000  # every change in the past hour (the Redis figures read the last hour's minutes)
+    for store in (memory_store, redis_store):
+        batch = [message(id=f"F{n:015d}", now=now, serv=serv) for n, serv in enumerate(["counting", "counting", "other", "counting"])]
+        for m in batch:
+            store.add(m)
+        claims = {c.id: c for c in store.claim_due(now + 1, 60)}
+        store.finish(claims[batch[0].id], {"state": State.DELIVERED}, now + 3)
+        store.finish(claims[batch[1].id], {"attempts": 1, "next_attempt_at": now + 10}, now + 4)
+        store.finish(claims[batch[2].id], {"state": State.FAILED, "last_error": "no"}, now + 700)
+        store.archive(batch[0].id, now + 5)
+    at = now + 1000
+    assert redis_store.counters.snapshot(at)["services"] == memory_store.counters.snapshot(at)["services"]
+    assert redis_store.rebuild() == 3
+    assert redis_store.counters.snapshot(at)["services"] == memory_store.counters.snapshot(at)["services"]

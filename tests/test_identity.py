@@ -71,9 +71,8 @@ def test_an_all_zero_mac_from_getmac_is_no_mac_for_a_remote_peer(monkeypatch, tm
 
 
 def test_ipv6_zone_ids_keep_link_local_peers_on_two_interfaces_apart():
-    from multimsg.layout import client_dir_name
-
     from multimsg.identity import identify
+    from multimsg.layout import client_dir_name
 
     eth0, eth1 = identify("ip", "fe80::1%eth0", [], None), identify("ip", "fe80::1%eth1", [], None)
     assert eth0 == "ip:fe80::1%eth0" and eth1 == "ip:fe80::1%eth1"

@@ -1,0 +1,209 @@
+"""The Redis backend's keys, its Lua scripts, and figures as Redis operations.
+
+Every key of a deployment starts with ``mm:{T}:`` (one hash tag ``{T}``), so
+all of them live in one slot and the scripts may touch any of them on Redis
+Cluster too::
+
+    mm:{T}:m:<id>            hash, field "r": the Message record as JSON
+    mm:{T}:due               ZSET id -> next_attempt_at   (queued, not leased)
+    mm:{T}:inflight          ZSET id -> claim_until       (queued, leased)
+    mm:{T}:servs             SET of service names seen (for the figures)
+    mm:{T}:fig:<serv>        hash: state:<s>, out:<o>, lat:<o>:<bucket|inf|sum|count>
+    mm:{T}:queued:<serv>     ZSET id -> created_at of the queued messages (oldest age)
+    mm:{T}:recent:<serv>:<o>:<minute>   counter, expires after a bit more than an hour
+    mm:{T}:archive:<YYYY-MM> list of archived records (JSON)
+    mm:{T}:drain             hash, field "r": the drain figures (JSON)
+    mm:{T}:ver               counter bumped by every record change (rebuild's WATCH)
+    mm:{T}:d:<client>:<data id>, mm:{T}:blob:<blob id>, ... (the spool, ``redis_spool``)
+
+One script, ``CAS``, does every record change: it compares the stored record
+with the one Python read (the whole JSON string, so the claim token is part of
+what is compared: that is the fencing) and only then writes the new record and
+applies the index and figures operations Python computed from the same two
+records, all in one atomic step. Python, not Lua, merges the changes: Redis's
+cjson encodes numbers with 14 significant digits, which would round Unix
+times to a tenth of a millisecond on every write.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ...model import FINAL_STATES, Message, State
+from .. import figures
+
+__all__ = ["Keys", "CAS", "ATTACH", "RELEASE", "figure_ops", "index_ops"]
+
+RECENT_TTL = int(figures.RECENT_WINDOW) + 180  # a per-minute counter outlives the hour it is counted in
+
+# KEYS[1] the record's hash; ARGV[1] the expected record ("" = absent), ARGV[2] the new record
+# ("" = delete), ARGV[3] a JSON list of operations [command, key, args...] (all strings), ARGV[4] the version key.
+CAS = """
+local current = redis.call('HGET', KEYS[1], 'r')
+if ARGV[1] == '' then
+  if current then return 0 end
+elseif current ~= ARGV[1] then
+  return 0
+end
+if ARGV[2] == '' then redis.call('DEL', KEYS[1]) else redis.call('HSET', KEYS[1], 'r', ARGV[2]) end
+local allowed = {HINCRBY=1, HINCRBYFLOAT=1, ZADD=1, ZREM=1, SADD=1, INCRBY=1, EXPIRE=1, RPUSH=1}
+for _, op in ipairs(cjson.decode(ARGV[3])) do
+  if not allowed[op[1]] then return redis.error_reply('CAS: command not allowed: ' .. tostring(op[1])) end
+  redis.call(unpack(op))
+end
+redis.call('INCR', ARGV[4])
+return 1
+"""
+
+# Give a message its reference to an upload's blob. KEYS: upload meta, blob, message reference, references index.
+# ARGV: message member, now. Returns the blob id, or false if the upload is gone.
+ATTACH = """
+local blob = redis.call('HGET', KEYS[1], 'blob')
+if not blob or redis.call('EXISTS', KEYS[2]) == 0 then return false end
+redis.call('HINCRBY', KEYS[2], 'refs', 1)
+redis.call('PERSIST', KEYS[2])
+redis.call('SET', KEYS[3], blob)
+redis.call('ZADD', KEYS[4], ARGV[2], ARGV[1])
+return blob
+"""
+
+# Drop a message's reference. KEYS: message reference, references index; ARGV: message member, blob key prefix.
+# The blob goes when its last reference goes, unless its upload is still live: then it expires with the upload.
+RELEASE = """
+local blob = redis.call('GET', KEYS[1])
+redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+if not blob then return 0 end
+local key = ARGV[2] .. blob
+local refs = redis.call('HINCRBY', key, 'refs', -1)
+if refs <= 0 then
+  local upload = redis.call('HGET', key, 'upload')
+  local left = upload and redis.call('PTTL', upload) or -2
+  if left > 0 then redis.call('PEXPIRE', key, left) else redis.call('DEL', key) end
+end
+return 1
+"""
+
+
+class Keys:
+    """The key names of one deployment (hash tag ``{tag}``)."""
+
+    def __init__(self, tag: str = "mm"):
+        if not tag or any(c in tag for c in "{}"):
+            raise ValueError("the Redis key tag must be non-empty and without braces")
+        self.base = f"mm:{{{tag}}}:"
+        self.due = self.base + "due"
+        self.inflight = self.base + "inflight"
+        self.servs = self.base + "servs"
+        self.drain = self.base + "drain"
+        self.ver = self.base + "ver"
+        self.archives = self.base + "archives"
+        self.record_prefix = self.base + "m:"
+        self.blob_prefix = self.base + "blob:"
+        self.refs = self.base + "refs"
+
+    def record(self, message_id: str) -> str:
+        return self.record_prefix + message_id
+
+    def fig(self, serv: str) -> str:
+        return f"{self.base}fig:{serv}"
+
+    def queued(self, serv: str) -> str:
+        return f"{self.base}queued:{serv}"
+
+    def recent(self, serv: str, outcome: str, minute: int) -> str:
+        return f"{self.base}recent:{serv}:{outcome}:{minute}"
+
+    def archive(self, month: str) -> str:
+        return f"{self.base}archive:{month}"
+
+    def upload(self, client: str, data_id: str) -> str:
+        return f"{self.base}d:{client}:{data_id}"
+
+    def uploads(self, client: str) -> str:
+        return f"{self.base}up:{client}"
+
+    def blob(self, blob_id: str) -> str:
+        return self.blob_prefix + blob_id
+
+    def message_ref(self, client: str, message_id: str) -> str:
+        return f"{self.base}mref:{client}:{message_id}"
+
+
+def _num(x: float) -> str:
+    return repr(float(x))
+
+
+def index_ops(keys: Keys, message_id: str, after: Message | None) -> list[list[str]]:
+    """Where the message stands in the due index after the change (in exactly one ZSET, or none)."""
+    if after is None or after.final:
+        return [["ZREM", keys.due, message_id], ["ZREM", keys.inflight, message_id]]
+    if after.claim is not None and after.claim_until is not None:
+        return [["ZREM", keys.due, message_id], ["ZADD", keys.inflight, _num(after.claim_until), message_id]]
+    return [["ZREM", keys.inflight, message_id], ["ZADD", keys.due, _num(after.next_attempt_at), message_id]]
+
+
+def _enter(keys: Keys, m: Message) -> list[list[str]]:
+    ops = [["SADD", keys.servs, m.serv], ["HINCRBY", keys.fig(m.serv), f"state:{m.state}", "1"]]
+    if m.state == State.QUEUED:
+        ops.append(["ZADD", keys.queued(m.serv), _num(m.created_at), m.id])
+    return ops
+
+
+def _leave(keys: Keys, m: Message) -> list[list[str]]:
+    ops = [["HINCRBY", keys.fig(m.serv), f"state:{m.state}", "-1"]]
+    if m.state == State.QUEUED:
+        ops.append(["ZREM", keys.queued(m.serv), m.id])
+    return ops
+
+
+def _outcome(keys: Keys, serv: str, outcome: str, now: float) -> list[list[str]]:
+    recent = keys.recent(serv, outcome, int(now // 60))
+    return [["HINCRBY", keys.fig(serv), f"out:{outcome}", "1"], ["INCRBY", recent, "1"], ["EXPIRE", recent, str(RECENT_TTL)]]
+
+
+def _latency(keys: Keys, serv: str, outcome: str, seconds: float) -> list[list[str]]:
+    seconds = max(0.0, seconds)
+    bucket = next((str(i) for i, bound in enumerate(figures.LATENCY_BOUNDS) if seconds <= bound), "inf")
+    fig, lat = keys.fig(serv), f"lat:{outcome}:"
+    return [["HINCRBY", fig, lat + bucket, "1"], ["HINCRBY", fig, lat + "count", "1"],
+            ["HINCRBYFLOAT", fig, lat + "sum", _num(seconds)]]
+
+
+def figure_ops(keys: Keys, before: Message | None, after: Message | None, now: float) -> list[list[str]]:
+    """``figures.count`` as Redis operations: the same change counted the same way."""
+    if after is None:
+        return _leave(keys, before) if before is not None else []
+    if before is None:
+        return _enter(keys, after)
+    if before.state == after.state:
+        if after.state == State.QUEUED and after.attempts > before.attempts:
+            return _outcome(keys, after.serv, figures.RETRIED, now)
+        return []
+    ops = _leave(keys, before) + _enter(keys, after)
+    if after.state in FINAL_STATES:
+        ops += _outcome(keys, after.serv, str(after.state), now) + _latency(keys, after.serv, str(after.state), now - after.created_at)
+    return ops
+
+
+def document(serv: str, fig: dict[str, str], queued: tuple[int, float] | None, recent: dict[str, dict[str, int]]) -> dict[str, Any]:
+    """One service's entry of a figures document (the shape ``figures.merge`` reads) from its Redis keys."""
+    entry: dict[str, Any] = {"states": {}, "queued": {}, "outcomes": {}, "recent": recent, "latency": {}}
+    for name, value in fig.items():
+        kind, _, rest = name.partition(":")
+        if kind == "state":
+            entry["states"][rest] = int(value)
+        elif kind == "out":
+            entry["outcomes"][rest] = int(value)
+        elif kind == "lat":
+            outcome, _, part = rest.partition(":")
+            hist = entry["latency"].setdefault(outcome, figures.histogram(figures.LATENCY_BOUNDS))
+            if part in ("inf", "count"):
+                hist[part] = int(value)
+            elif part == "sum":
+                hist["sum"] = float(value)
+            elif part.isdigit() and int(part) < len(hist["buckets"]):
+                hist["buckets"][int(part)] = int(value)
+    if queued is not None and queued[0] > 0:
+        entry["queued"][str(int(queued[1] // 60))] = [queued[0], queued[1]]
+    return entry
