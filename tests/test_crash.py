@@ -31,7 +31,8 @@ def enqueue(gateway, serv: str, items: list[tuple[str, str]], threads: int = 4) 
 
 def test_kill_9_mid_drain_then_restart_delivers_everything_with_at_most_the_in_flight_duplicated(make_gateway, whatsapp):
     whatsapp.configure(latency=0.05)
-    env = {"MULTIMSG_WPP1_CONCURRENCY": str(IN_FLIGHT), "MULTIMSG_RATE_LIMIT": "0"}
+    # The dead pass's leases lapse after MULTIMSG_LEASE; then the restarted runner takes them back.
+    env = {"MULTIMSG_WPP1_CONCURRENCY": str(IN_FLIGHT), "MULTIMSG_RATE_LIMIT": "0", "MULTIMSG_LEASE": "3"}
     gateway = make_gateway(env=env)
     texts = [f"crash test {n}" for n in range(120)]
     ids = enqueue(gateway, "wpp1", [(text, str(5491190000000 + n)) for n, text in enumerate(texts)])

@@ -186,15 +186,19 @@ class TinyStore(MessageStore):
         return sorted(e.name[: -len(".json")] for e in os.scandir(self.layout.store) if e.name.endswith(".json") and e.is_file())
 
     @contextmanager
-    def _txn(self, shard: str) -> Iterator[_Txn]:
-        """The shard's records under its lock; changes are written back (once) when the block ends."""
+    def _txn(self, shard: str, durable: bool = True) -> Iterator[_Txn]:
+        """The shard's records under its lock; changes are written back (once) when the block ends.
+
+        ``durable=False`` skips the fsync: for lease extensions, whose loss in a
+        crash only makes a lease lapse early (which a crash does anyway).
+        """
         try:
             lock = self._lock(f"shard-{shard}")
             lock.acquire()
         except Timeout:
             raise Unavailable("the store is busy; try again") from None
         try:
-            storage = AtomicJSONStorage(self.layout.shard(shard), fsync=self.fsync)
+            storage = AtomicJSONStorage(self.layout.shard(shard), fsync=self.fsync and durable)
             try:
                 document = storage.read() or {}
                 table = document.get(_TABLE, {})
@@ -392,7 +396,7 @@ class TinyStore(MessageStore):
         for index, claim in enumerate(claims):
             by_shard.setdefault(self.shard_of(claim.id), []).append(index)
         for shard, indexes in by_shard.items():
-            with self._txn(shard) as txn:
+            with self._txn(shard, durable=False) as txn:
                 for index in indexes:
                     claim = claims[index]
                     found = txn.find(claim.id)
