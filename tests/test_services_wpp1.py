@@ -44,6 +44,7 @@ def test_each_file_datatype_arrives_byte_identical(service_gateway, whatsapp, da
     [sent] = whatsapp.wait_for(lambda r: r["method"] == "messages" and r["dest"] == number)
     body = sent["json"]
     assert body["type"] == kind and body["messaging_product"] == "whatsapp" and body["to"] == number
+    assert body["biz_opaque_callback_data"] == message_id  # our id, echoed in WhatsApp's status webhooks
     # The media the message names is the upload, byte for byte, with the sniffed MIME type.
     assert sent["media"]["sha256"] == sha256(content) and sent["media"]["size"] == len(content)
     assert sent["media"]["content_type"] == mime

@@ -148,10 +148,13 @@ class WhatsApp(ServiceBase):
         return self.send_parts(data, parts)
 
     def _message_part(self, data: dict, kind: str, payload: dict):
-        return lambda pace: self._send_message(data["dest"], kind, payload, pace)
+        return lambda pace: self._send_message(data["dest"], kind, payload, pace, data["id"])
 
-    def _send_message(self, dest: str, kind: str, payload: dict, pace) -> Outcome:
-        body = {"messaging_product": "whatsapp", "recipient_type": "individual", "to": dest, "type": kind, kind: payload}
+    def _send_message(self, dest: str, kind: str, payload: dict, pace, message_id: str) -> Outcome:
+        # biz_opaque_callback_data: our message id, echoed in the status webhooks, so a
+        # status maps to its message, and a message whose answer was lost can be recognised.
+        body = {"messaging_product": "whatsapp", "recipient_type": "individual", "to": dest, "type": kind, kind: payload,
+                "biz_opaque_callback_data": message_id}
         return self.post(self._url("messages"), self.classify, pace=pace, json=body, headers=self._auth)
 
     def _send_media(self, data: dict, pace) -> Outcome:
@@ -174,7 +177,7 @@ class WhatsApp(ServiceBase):
         kind = datatype
         if datatype == Datatypes.VOICE:
             kind, media["voice"] = Datatypes.AUDIO, True
-        outcome = self._send_message(data["dest"], kind, media, pace)
+        outcome = self._send_message(data["dest"], kind, media, pace, data["id"])
         if outcome.kind != "retry":  # delivered or given up: the upload is not needed again
             self._forget_media_id(data["id"])
         return outcome
