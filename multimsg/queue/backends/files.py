@@ -21,10 +21,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO, Iterable, Iterator
 
+from filelock import FileLock
+
 from ...errors import NotFound
 from ...fsutil import copy_stream, ensure_private_dir, fsync_dir, write_atomic, write_stream_atomic
 from ...ids import is_id, new_id
-from ...layout import Layout
+from ...layout import Layout, client_dir_name
 from ..spool import Content, DataInfo, Spool
 
 __all__ = ["FileSpool", "FileContent"]
@@ -63,6 +65,7 @@ class FileSpool(Spool):
         except BaseException:  # e.g. a full disk: no content without its sidecar
             (folder / data_id).unlink(missing_ok=True)
             raise
+        self._add_usage(client, size)
         return info
 
     def _meta(self, client: str, data_id: str) -> dict:
@@ -108,24 +111,35 @@ class FileSpool(Spool):
     def release(self, client: str, message_id: str) -> None:
         (self.layout.client_spool(client) / "msg" / message_id).unlink(missing_ok=True)
 
+    # -- usage: bytes of the client's live uploads, kept in spool/<client>/.usage ---------
+    # Counted as uploads come and go (a scan per upload would cost O(uploads)); the
+    # sweep recounts it from the folder. Message links of an expired upload are not
+    # counted: they go as their messages are archived.
+    def _usage_path(self, client: str) -> Path:
+        return self.layout.client_spool(client) / ".usage"
+
+    def _add_usage(self, client: str, delta: int) -> None:
+        with FileLock(self.layout.lock(f"usage-{client_dir_name(client)}"), timeout=30):
+            self._write_usage(client, max(0, self.usage(client) + delta))
+
+    def _write_usage(self, client: str, value: int) -> None:
+        write_atomic(self._usage_path(client), str(value).encode(), fsync=False)
+
     def usage(self, client: str) -> int:
-        """Bytes the spool holds for ``client``: its uploads and its messages' content (a hard link counts once)."""
-        seen, total = set(), 0
-        folder = self.layout.client_spool(client)
-        for path in (folder, folder / "msg"):
-            try:
-                entries = list(os.scandir(path))
-            except FileNotFoundError:
-                continue
-            for entry in entries:
+        try:
+            return int(self._usage_path(client).read_bytes() or 0)
+        except (FileNotFoundError, ValueError):
+            return 0
+
+    def _recount_usage(self, client_folder: Path) -> None:
+        total = 0
+        for entry in os.scandir(client_folder):
+            if is_id(entry.name) and entry.is_file(follow_symlinks=False):
                 try:
-                    info = entry.stat(follow_symlinks=False)
+                    total += entry.stat(follow_symlinks=False).st_size
                 except FileNotFoundError:
                     continue
-                if is_id(entry.name) and entry.is_file(follow_symlinks=False) and (info.st_dev, info.st_ino) not in seen:
-                    seen.add((info.st_dev, info.st_ino))
-                    total += info.st_size
-        return total
+        write_atomic(client_folder / ".usage", str(total).encode(), fsync=False)
 
     def sweep(self, now: float, live: Iterable[str] | None = None, older_than: float = 3600.0) -> int:
         removed = 0
@@ -156,6 +170,10 @@ class FileSpool(Spool):
                 elif is_id(name) and not (folder / f"{name}.json").exists() and old(path):
                     path.unlink(missing_ok=True)  # its sidecar was never written (a full disk, a crash)
                     removed += 1
+            try:
+                self._recount_usage(folder)  # outside the request path: drift from a crash is fixed here
+            except OSError:
+                pass
             links = folder / "msg"
             if keep is not None and links.is_dir():
                 for path in list(links.iterdir()):

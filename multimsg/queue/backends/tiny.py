@@ -10,8 +10,10 @@ Beside the shards (all derived data, rebuilt by ``rebuild``):
 
 - ``store/due/<shard>``: an empty file whose modification time is the
   earliest time any message of the shard is due (a retry, a lapsed lease);
-  absent when none is. A pass lists this folder and opens only the shards
-  that are due: O(due + shards), whatever is stored. The index is lowered
+  absent when none is; and ``store/due/at/<minute>/<shard>``, the same shard
+  filed under the minute it is due. A pass lists only the minutes already
+  due and opens only those shards: with 100,000 messages none of which is
+  due, it reads one folder listing. The index is lowered
   *before* a shard write that makes something due earlier and set exactly
   after it, so a crash leaves it early (a wasted look), never late.
 - ``store/counts/<shard>.json``: the shard's figures (``queue/figures.py``),
@@ -55,6 +57,7 @@ log = logging.getLogger("multimsg.store")
 _TABLE = "messages"  # TinyDB's table name inside each shard file
 SHARD_HEX_DIGITS = 3  # 4096 shards: ~25 records each at 100k stored messages
 LOCK_TIMEOUT = 30.0
+DUE_BUCKET = 60.0  # seconds per folder of the due index
 
 
 def _raw_due(record: dict) -> float | None:
@@ -270,8 +273,14 @@ class TinyStore(MessageStore):
         return found
 
     # -- the due index -------------------------------------------------------------
+    # due/<shard>: the shard's earliest due time, as the file's mtime (one stat reads it).
+    # due/at/<bucket>/<shard>: the same shard filed under its minute (bucket = due // 60),
+    # so a pass lists only the buckets that are due, never every shard.
     def _due_path(self, shard: str) -> Path:
         return self.due_dir / shard
+
+    def _bucket_path(self, shard: str, due: float) -> Path:
+        return self.due_dir / "at" / str(int(max(0.0, due) // DUE_BUCKET)) / shard
 
     def _indexed_due(self, shard: str) -> float | None:
         try:
@@ -279,16 +288,34 @@ class TinyStore(MessageStore):
         except FileNotFoundError:
             return None
 
+    @staticmethod
+    def _touch(path: Path) -> None:
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+        except FileNotFoundError:
+            ensure_private_dir(path.parent)
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+
     def _set_due(self, shard: str, due: float | None) -> None:
         path = self._due_path(shard)
+        old = self._indexed_due(shard)
+        if old is not None and (due is None or self._bucket_path(shard, old) != self._bucket_path(shard, due)):
+            bucket = self._bucket_path(shard, old)
+            bucket.unlink(missing_ok=True)
+            try:
+                bucket.parent.rmdir()  # an empty minute goes (another writer may be filling it: then it stays)
+            except OSError:
+                pass
         if due is None:
             path.unlink(missing_ok=True)
             return
+        if old is None or self._bucket_path(shard, old) != self._bucket_path(shard, due):
+            self._touch(self._bucket_path(shard, due))
         ns = int(max(0.0, due) * 1e9)
         try:
             os.utime(path, ns=(ns, ns))
         except FileNotFoundError:
-            os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+            self._touch(path)
             os.utime(path, ns=(ns, ns))
 
     def _lower_due(self, shard: str, due: float) -> None:
@@ -298,16 +325,25 @@ class TinyStore(MessageStore):
 
     def due_shards(self, now: float) -> list[str]:
         """The shards with something due at ``now``, earliest first."""
-        limit = int(now * 1e9)
+        limit, last = int(now * 1e9), int(max(0.0, now) // DUE_BUCKET)
         found = []
-        for entry in os.scandir(self.due_dir):
+        try:
+            buckets = [e for e in os.scandir(self.due_dir / "at") if e.name.isdigit() and int(e.name) <= last]
+        except FileNotFoundError:
+            return []
+        for bucket in buckets:
             try:
-                mtime = entry.stat().st_mtime_ns
+                names = [e.name for e in os.scandir(bucket.path)]
             except FileNotFoundError:
                 continue
-            if mtime <= limit:
-                found.append((mtime, entry.name))
-        return [name for _, name in sorted(found)]
+            for name in names:
+                try:
+                    mtime = os.stat(self._due_path(name)).st_mtime_ns
+                except FileNotFoundError:
+                    continue
+                if mtime <= limit:
+                    found.append((mtime, name))
+        return [name for _, name in sorted(set(found))]
 
     # -- the contract ----------------------------------------------------------------
     def add(self, message: Message) -> None:
@@ -478,8 +514,18 @@ class TinyStore(MessageStore):
                 self.counters.write(shard, document)
                 self._set_due(shard, txn.earliest_due())
         for entry in os.scandir(self.due_dir):
-            if entry.name not in present:
+            if entry.is_file() and entry.name not in present:
                 Path(entry.path).unlink(missing_ok=True)
+        # Bucket entries left by a crash (their shard is filed under another minute, or none) go.
+        for bucket in list(os.scandir(self.due_dir / "at")) if (self.due_dir / "at").is_dir() else []:
+            for entry in list(os.scandir(bucket.path)):
+                due = self._indexed_due(entry.name)
+                if due is None or self._bucket_path(entry.name, due) != Path(entry.path):
+                    Path(entry.path).unlink(missing_ok=True)
+            try:
+                os.rmdir(bucket.path)
+            except OSError:
+                pass
         return counted
 
     def problems(self) -> list[str]:
