@@ -18,7 +18,6 @@ import argparse
 import json
 import platform
 import shutil
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -30,25 +29,9 @@ from tests.emulators import WhatsAppEmulator
 from tests.gatewayproc import Gateway
 from tests.redis_support import RedisServer
 
+from .backlog import enqueue_pairs, summarize
+
 RESULTS = Path(__file__).resolve().parent / "results.json"
-
-
-def enqueue_pairs(gateway: Gateway, count: int) -> list[float]:
-    for n in range(5):
-        gateway.send(b"warm-up", "wpp1", str(5491000000000 + n))
-    times = []
-    for n in range(count):
-        started = time.perf_counter()
-        gateway.send(f"enqueue benchmark {n}".encode(), "wpp1", str(5491200000000 + n))
-        times.append(time.perf_counter() - started)
-    return times
-
-
-def summarize(times: list[float]) -> dict:
-    ordered = sorted(times)
-    at = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))]  # noqa: E731
-    return {"pairs": len(times), "median_ms": round(1000 * statistics.median(times), 2),
-            "p90_ms": round(1000 * at(0.9), 2), "p99_ms": round(1000 * at(0.99), 2)}
 
 
 def main(argv: list[str] | None = None) -> None:
