@@ -192,17 +192,18 @@ def test_a_hold_between_parts_does_not_block_the_pass(tmp_path):
 
 # 9. The runner's timer paces passes even when each finds a little work.
 def test_the_timer_does_not_run_passes_back_to_back(make_gateway, telegram):
-    gateway = make_gateway(env={"MULTIMSG_DRAIN_INTERVAL": "5"})
+    gateway = make_gateway(env={"MULTIMSG_DRAIN_INTERVAL": "1"})
     data_id = gateway.upload_id(b"hola")
     before = scrape(gateway).get(("multimsg_drain_pass_duration_seconds_count",), 0.0)
-    deadline = time.monotonic() + 3.0
+    deadline = time.monotonic() + 4.0
     n = 0
     while time.monotonic() < deadline:  # a message becoming due every 50 ms
         assert gateway.msg(id=data_id, serv="telegram", dest=str(5000 + n), type="text").status_code == 200
         n += 1
         time.sleep(0.05)
     passes = scrape(gateway)[("multimsg_drain_pass_duration_seconds_count",)] - before
-    assert passes <= 3.0 / 0.5 + 2, f"{passes} passes in 3 s"
+    assert len(telegram.received()) > 0  # the timer ran passes that found work...
+    assert passes <= 4.0 / 0.5 + 3, f"{passes} passes in 4 s"  # ...but not back to back (every 50 ms before)
 
 
 # 10. Leftovers of interrupted writes are swept once they are old.
