@@ -15,7 +15,7 @@ from tests import media
 from tests.gatewayproc import Gateway
 from tests.test_cli import multimsg
 
-__all__ = ["FILES", "start_gateway", "cli_send", "FAST"]
+__all__ = ["FILES", "start_gateway", "cli_send", "FAST", "wait_attempted"]
 
 FILES = [
     ("image", media.png, "shot.png", "image/png"),
@@ -45,3 +45,17 @@ def cli_send(gateway: Gateway, tmp_path, content: bytes, serv: str, dest: str, *
     path = tmp_path / name
     path.write_bytes(content)
     return multimsg("send", str(path), "--serv", serv, "--dest", dest, "--server", gateway.url, "--wait", "--timeout", "20", "--json", *args)
+
+
+def wait_attempted(gateway: Gateway, message_id: str, timeout: float = 10.0) -> tuple[dict, str]:
+    """Drain until the message has been tried once (the runner's timer may hold the drain); its report, and the passes' summaries as text."""
+    import json
+    import time
+
+    deadline, summaries = time.monotonic() + timeout, []
+    while True:
+        summaries.append(json.dumps(gateway.drain()))
+        report = gateway.state(message_id)
+        if report["attempts"] or report["last_error"] or time.monotonic() > deadline:
+            return report, " ".join(summaries)
+        time.sleep(0.1)

@@ -10,7 +10,7 @@ import pytest
 
 from tests import media
 from tests.emulators import DiscordEmulator
-from tests.native_support import FILES, cli_send, start_gateway
+from tests.native_support import FILES, cli_send, start_gateway, wait_attempted
 from tests.services_support import sha256
 
 _threads = itertools.count(1_100_000_000_000_000_001)
@@ -103,10 +103,9 @@ def test_refusals_of_the_message_fail(discord_gateway, discord, response, words)
 
 def test_a_refused_webhook_token_is_misconfigured(discord_gateway, discord):
     message_id = discord_gateway.send(b"wrong token", "discordx", "-")
-    summary = discord_gateway.drain()
-    report = discord_gateway.state(message_id)
+    report, summaries = wait_attempted(discord_gateway, message_id)
     assert report["state"] == "queued" and "Invalid Webhook Token" in report["last_error"], report
-    assert "discordx" in json.dumps(summary) + json.dumps(discord_gateway.drain())
+    assert "discordx" in summaries + json.dumps(discord_gateway.drain())
     [sent] = discord.wait_for()
     assert sent["status"] == 401
 
@@ -116,8 +115,7 @@ def test_an_unknown_webhook_is_misconfigured(tmp_path_factory, server_keys, disc
     runner = start_gateway(tmp_path_factory, server_keys, {"MULTIMSG_D2_KIND": "discord", "MULTIMSG_D2_WEBHOOK_URL": gone}, "discord-gone")
     try:
         message_id = runner.send(b"deleted webhook", "d2", "-")
-        runner.drain()
-        report = runner.state(message_id)
+        report, _ = wait_attempted(runner, message_id)
         assert report["state"] == "queued" and "Unknown Webhook" in report["last_error"], report
     finally:
         runner.stop()

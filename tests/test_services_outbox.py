@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.native_support import FILES, cli_send, start_gateway
+from tests.native_support import FILES, cli_send, start_gateway, wait_attempted
 
 
 @pytest.fixture(scope="module")
@@ -60,8 +60,7 @@ def test_an_unwritable_outbox_is_retried_and_then_delivered(outbox_gateway):
     blocker.parent.mkdir(parents=True, exist_ok=True)
     blocker.write_text("a file where the folder should be")
     message_id = outbox_gateway.send(b"after the disk is fixed", "outbox", "carol")
-    outbox_gateway.drain()
-    report = outbox_gateway.state(message_id)
+    report, _ = wait_attempted(outbox_gateway, message_id)
     assert report["state"] == "queued" and report["attempts"] >= 1 and "could not write" in report["last_error"], report
     blocker.unlink()
     report = outbox_gateway.wait_state(message_id)
