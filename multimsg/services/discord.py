@@ -44,11 +44,12 @@ __all__ = ["Discord"]
 
 MIB = 1024 * 1024
 UNKNOWN_WEBHOOK = 10015
-NO_MENTIONS = {"parse": []}
+NO_MENTIONS: dict[str, list[str]] = {"parse": []}
 
 
 class Discord(ServiceBase):
     kind = "discord"
+    webhook_url: str  # the settings, set from the ServiceConfig
     datatypes = frozenset({Datatypes.TEXT, *Datatypes.FILES})
     dest_format = "'-' (the webhook's channel) or a thread id (17 to 20 digits)"
     dest_pattern = re.compile(r"-|[1-9][0-9]{16,19}")

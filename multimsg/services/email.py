@@ -57,6 +57,15 @@ def _on(value: str | None) -> bool:
 
 class Email(ServiceBase):
     kind = "email"
+    host: str  # the settings, set from the ServiceConfig
+    sender: str
+    port: str
+    username: str
+    password: str
+    starttls: str
+    ssl: str
+    cafile: str
+    subject: str
     datatypes = frozenset({Datatypes.TEXT, *Datatypes.FILES})
     dest_format = "an e-mail address (name@example.com)"
     dest_pattern = re.compile(rf"(?=.{{3,254}}$){_ATOM}(?:\.{_ATOM})*@{_LABEL}(?:\.{_LABEL})+")

@@ -39,6 +39,7 @@ __all__ = ["Outbox"]
 
 class Outbox(ServiceBase):
     kind = "outbox"
+    folder: str  # the setting, set from the ServiceConfig
     datatypes = frozenset({Datatypes.TEXT, *Datatypes.FILES})
     dest_format = "a folder name: letters, digits, '.', '_', '@', '+' or '-', starting with a letter or digit (at most 64)"
     dest_pattern = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+-]{0,63}")

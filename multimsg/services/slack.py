@@ -51,6 +51,8 @@ RATE_ERRORS = frozenset({"ratelimited", "rate_limited"})
 
 class Slack(ServiceBase):
     kind = "slack"
+    token: str  # the settings, set from the ServiceConfig
+    api_url: str
     datatypes = frozenset({Datatypes.TEXT, *Datatypes.FILES})
     dest_format = "a channel id (C…, G… or D… and 8 to 20 capital letters and digits)"
     dest_pattern = re.compile(r"[CDG][A-Z0-9]{8,20}")

@@ -53,6 +53,7 @@ def card(text: str) -> dict:
 
 class Teams(ServiceBase):
     kind = "teams"
+    url: str  # the settings, set from the ServiceConfig
     datatypes = frozenset({Datatypes.TEXT})
     dest_format = "'-' (the workflow's channel)"
     dest_pattern = re.compile(r"-")

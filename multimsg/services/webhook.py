@@ -62,6 +62,8 @@ def sign(secret: bytes, webhook_id: str, timestamp: int, body: bytes) -> str:
 
 class Webhook(ServiceBase):
     kind = "webhook"
+    url: str  # the settings, set from the ServiceConfig
+    secret: str
     datatypes = frozenset({Datatypes.TEXT, *Datatypes.FILES})
     dest_format = "a label for the receiver: letters, digits, '.', '_', ':', '@', '+' or '-' (at most 128)"
     dest_pattern = re.compile(r"[A-Za-z0-9._:@+-]{1,128}")
