@@ -246,14 +246,14 @@ def _paint_drain(counters, stop: threading.Event) -> None:
 
 def cmd_stats(args) -> int:
     from .gateway import gateway
-    from .services import SERVICES
+    from .services import instances
 
     store = gateway().store
     if args.rebuild:
         counted = store.rebuild()
         print(f"counted {counted} stored messages again", file=sys.stderr)
     snapshot = store.counters.snapshot()
-    for serv in SERVICES:
+    for serv in instances():
         snapshot["services"].setdefault(serv, {
             "states": {}, "oldest_queued_age": None, "outcomes": {}, "last_hour": {}, "latency": {},
         })
@@ -312,10 +312,11 @@ def cmd_keys(args) -> int:
 
 def cmd_config(args) -> int:
     from . import config
-    from .services import SERVICES, get_service
+    from .services import get_service, instances
 
     s = config.settings()
-    for name in SERVICES:  # services read their own settings when made
+    configured_instances = instances()
+    for name in configured_instances:  # instances read their own settings when made
         get_service(name)
     config.env("MULTIMSG_LOG_FORMAT", "text")
     path, explicit = config.config_path()
@@ -341,9 +342,16 @@ def cmd_config(args) -> int:
             value = "******** (set)"
         rows[name] = {"value": value, "source": source}
     unknown = sorted(set(from_file) - set(config.READ))
+    services = {}
+    for name, kind in sorted(configured_instances.items()):
+        service = get_service(name)
+        variables = [config.instance_variable(name, "kind"), *service.config.variables.values()]
+        services[name] = {"kind": kind, "configured": service.configured(), "missing": service.missing_credentials(),
+                          "settings": {variable: rows[variable]["value"] for variable in variables if variable in rows}}
     file_state = "found" if from_file or path.exists() else ("missing" if explicit else "none")
     if args.json:
-        print(json.dumps({"file": str(path), "file_state": file_state, "home": str(s.home), "settings": rows, "unknown": unknown}, indent=2))
+        print(json.dumps({"file": str(path), "file_state": file_state, "home": str(s.home), "settings": rows, "services": services,
+                          "unknown": unknown}, indent=2))
     else:
         print(f"# config file: {path} ({file_state}); the environment wins over it")
         print(f"# data folder: {s.home}")
@@ -351,6 +359,10 @@ def cmd_config(args) -> int:
         for name, row in rows.items():
             value = "(unset)" if row["value"] is None else row["value"]
             print(f"{name.ljust(width)}  {value}  [{row['source']}]")
+        print("# service instances (serv: kind, configured or the settings missing)")
+        for name, shown in services.items():
+            state = "configured" if shown["configured"] else "missing " + ", ".join(shown["missing"])
+            print(f"{name}: {shown['kind']}, {state}")
     for name in unknown:
         _say(f"{path}: {name} is not a setting multimsg reads (ignored)")
     if from_file and path.exists() and path.stat().st_mode & 0o077 and any(config.is_secret(n) for n in from_file):

@@ -254,9 +254,9 @@ def infer_type(head: bytes, serv: str | None = None) -> str:
     formats: dict = {}
     if serv:
         try:
-            from .services import SERVICES
+            from .services import service_class
 
-            formats = dict(getattr(SERVICES.get(serv), "formats", {}) or {})
+            formats = dict(getattr(service_class(serv), "formats", {}) or {})
         except Exception:
             formats = {}
     if formats:

@@ -12,6 +12,16 @@ A TOML file can hold the same settings (``MULTIMSG_CONFIG``, else
 to the variable of the same name, upper-cased, with tables joined by ``_`` and
 ``MULTIMSG_`` put in front (``[telegram] token`` is ``MULTIMSG_TELEGRAM_TOKEN``;
 ``host`` and ``port`` are ``HOST`` and ``PORT``).
+
+Service instances: ``serv`` names an instance, whose ``kind`` says which
+module sends. ``wpp1`` (kind whatsapp), ``telegram`` and ``outbox`` exist
+always; more come from ``[services.NAME]`` tables (``kind = "whatsapp"``,
+``token = "..."``) or from ``MULTIMSG_<NAME>_KIND`` in the environment. Every
+key of an instance is the variable ``MULTIMSG_<NAME>_<KEY>``
+(``[services.wpp2] token`` is ``MULTIMSG_WPP2_TOKEN``), so the environment
+sets or overrides any of it. Instance names are lower-case letters and
+digits, starting with a letter, and may not shadow a global setting
+(``drain``, ``retry``, ...).
 """
 
 from __future__ import annotations
@@ -22,7 +32,10 @@ from dataclasses import dataclass, field, fields
 from functools import lru_cache
 from pathlib import Path
 
-__all__ = ["Settings", "ServiceConfig", "settings", "service_config", "setting", "env", "env_float", "env_int", "DEFAULT_HOME"]
+__all__ = [
+    "Settings", "ServiceConfig", "settings", "service_config", "setting", "env", "env_float", "env_int", "DEFAULT_HOME",
+    "instances", "instance_variable", "BUILTIN_INSTANCES", "INSTANCE_NAME",
+]
 
 DEFAULT_HOME = "~/.local/share/multimsg"
 
@@ -50,7 +63,12 @@ def is_secret(name: str) -> bool:
     By its name, or because ``Settings`` declares it ``secret`` (``MULTIMSG_BACKEND``: a URL
     that may carry a password).
     """
-    return bool(_SECRET_RE.search(name)) or name in {f.metadata["env"] for f in fields(Settings) if f.metadata["secret"]}
+    if name in DECLARED_SECRETS or _SECRET_RE.search(name):
+        return True
+    return name in {f.metadata["env"] for f in fields(Settings) if f.metadata["secret"]}
+
+
+DECLARED_SECRETS: set[str] = set()  # service settings their class declares secret (a webhook URL carries its token)
 
 
 def config_path() -> tuple[Path, bool]:
@@ -90,6 +108,12 @@ def _read_toml(path: str, _mtime_ns: int, _size: int) -> dict[str, str]:
 def _flatten(path: str, table: dict, prefix: tuple[str, ...]):
     for key, value in table.items():
         keys = prefix + (str(key),)
+        if not prefix and key == "services" and isinstance(value, dict):  # [services.NAME] key: MULTIMSG_NAME_KEY
+            for name, section in value.items():
+                if not isinstance(section, dict) or not INSTANCE_NAME.fullmatch(str(name)):
+                    raise SystemExit(f"{path}: services.{name} must be a table named by lower-case letters and digits")
+                yield from _flatten(path, section, (str(name),))
+            continue
         if isinstance(value, dict):
             yield from _flatten(path, value, keys)
             continue
@@ -261,18 +285,68 @@ class ServiceConfig:
     concurrency: int | None = None  # MULTIMSG_<SERV>_CONCURRENCY: sends in flight at once
     connect_timeout: float = 5.0
     read_timeout: float = 30.0
+    name: str = ""  # the instance (the serv value)
+    kind: str = ""  # the module that sends (KINDS in multimsg.services)
+    variables: dict[str, str] = field(default_factory=dict)  # attribute -> the variable it was read from
 
 
-def service_config(name: str, credentials: dict[str, str], options: dict[str, tuple[str, str]]) -> ServiceConfig:
-    """Read one service's section: the variables its class declares, and ``MULTIMSG_<NAME>_*`` pacing."""
+def service_config(name: str, credentials: dict[str, str], options: dict[str, tuple[str, str]], *,
+                   kind: str = "", secrets: frozenset[str] = frozenset()) -> ServiceConfig:
+    """Read one instance's settings: the keys its class declares, as ``MULTIMSG_<NAME>_<KEY>``, and its pacing.
+
+    ``credentials`` map attribute -> key (required), ``options`` attribute -> (key, default);
+    ``secrets`` are the attributes whose value is a credential (masked, redacted).
+    """
     prefix = f"MULTIMSG_{name.upper()}_"
-    values: dict[str, str | None] = {attr: env(variable) for attr, variable in credentials.items()}
-    values.update({attr: env(variable, default) for attr, (variable, default) in options.items()})
+    variables = {attr: instance_variable(name, key) for attr, key in credentials.items()}
+    variables.update({attr: instance_variable(name, key) for attr, (key, _default) in options.items()})
+    DECLARED_SECRETS.update(variables[attr] for attr in secrets if attr in variables)
+    values: dict[str, str | None] = {attr: env(variables[attr]) for attr in credentials}
+    values.update({attr: env(variables[attr], default) for attr, (_key, default) in options.items()})
     optional_float = lambda variable: None if env(variable) is None else env_float(variable, 0.0)  # noqa: E731
     concurrency = env(prefix + "CONCURRENCY")
     s = settings()
     return ServiceConfig(values, optional_float(prefix + "RATE"), optional_float(prefix + "DEST_INTERVAL"),
-                         None if concurrency is None else env_int(prefix + "CONCURRENCY", 1), s.connect_timeout, s.read_timeout)
+                         None if concurrency is None else env_int(prefix + "CONCURRENCY", 1), s.connect_timeout, s.read_timeout,
+                         name=name, kind=kind, variables=variables)
+
+
+# -- service instances -----------------------------------------------------------
+INSTANCE_NAME = re.compile(r"[a-z][a-z0-9]{0,31}")
+BUILTIN_INSTANCES = {"wpp1": "whatsapp", "telegram": "telegram", "outbox": "outbox"}  # instance -> kind, always there
+_KIND_VARIABLE = re.compile(r"MULTIMSG_([A-Z][A-Z0-9]{0,31})_KIND")
+
+
+def instance_variable(name: str, key: str) -> str:
+    """The variable of an instance's key: ``MULTIMSG_<NAME>_<KEY>`` (``wpp2``, ``token``: ``MULTIMSG_WPP2_TOKEN``)."""
+    return f"MULTIMSG_{name.upper()}_{key.upper()}"
+
+
+def _reserved(name: str) -> str | None:
+    """The global setting an instance called ``name`` would shadow, if any."""
+    prefix = f"MULTIMSG_{name.upper()}_"
+    for variable in Settings.variables().values():
+        if variable.startswith(prefix):
+            return variable
+    return None
+
+
+def instances() -> dict[str, str]:
+    """Every configured service instance: name -> kind (the built-in ones, the config file's, the environment's)."""
+    names = set(BUILTIN_INSTANCES)
+    for variable in [*os.environ, *file_values()]:
+        match = _KIND_VARIABLE.fullmatch(variable)
+        if match and (os.environ.get(variable, "").strip() or file_values().get(variable, "").strip()):
+            names.add(match.group(1).lower())
+    found = {}
+    for name in sorted(names):
+        if name not in BUILTIN_INSTANCES:
+            shadowed = _reserved(name)
+            if shadowed:
+                raise SystemExit(f"service instance {name!r}: the name is taken by the setting {shadowed}; choose another")
+        kind = (env(instance_variable(name, "kind"), BUILTIN_INSTANCES.get(name)) or "").strip().lower()
+        found[name] = kind
+    return found
 
 
 @lru_cache(maxsize=1)

@@ -81,7 +81,8 @@ class Gateway:
         if missing:
             raise InvalidInput(f"missing field{'s' if len(missing) > 1 else ''}: {', '.join(missing)}")
         data_id = check_id(fields["id"], "data id")
-        service = self.service_for(service_class(fields["serv"]).name)
+        service_class(fields["serv"])  # an unknown instance: 400 listing the configured ones
+        service = self.service_for(fields["serv"])
         datatype = fields["type"]
         if not service.validate(datatype):
             raise InvalidInput(f"{service.name} does not send type {datatype!r}; it sends: {', '.join(sorted(service.datatypes))}")

@@ -49,7 +49,7 @@ def _probe() -> dict:
     """The health report, or ``Unavailable`` with the reason (no cache)."""
     from .config import settings
     from .gateway import gateway
-    from .services import SERVICES, get_service
+    from .services import get_service, instances
 
     home = settings().home
     try:
@@ -71,8 +71,9 @@ def _probe() -> dict:
     problems = gw.store.problems()  # e.g. a damaged shard set aside: the rest works, an operator must look
     if problems:
         raise Unavailable(f"the store is degraded: {problems[0]}")
-    services = {}
-    for name in sorted(SERVICES):
+    services, kinds = {}, {}
+    for name, kind in sorted(instances().items()):
+        kinds[name] = kind
         try:
             services[name] = get_service(name).configured()
         except Exception:
@@ -82,4 +83,5 @@ def _probe() -> dict:
         "version": __version__,
         "services": services,
         "configured": [name for name, ok in services.items() if ok],
+        "kinds": kinds,
     }

@@ -170,10 +170,11 @@ class QueueCollector:
     def collect(self):
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
-        from .services import SERVICES, get_service
+        from .services import get_service, instances
 
         snapshot = self.counters.snapshot()
-        services = sorted(set(SERVICES) | set(snapshot["services"]))
+        configured_instances = instances()
+        services = sorted(set(configured_instances) | set(snapshot["services"]))
         depth = GaugeMetricFamily(
             "multimsg_queue_messages",
             "Messages in the store by service and state (delivered/failed: not yet reported by /cons)",
@@ -205,7 +206,7 @@ class QueueCollector:
             for outcome in ("delivered", "failed"):
                 histogram = figures.get("latency", {}).get(outcome, {})
                 latency.add_metric([serv, outcome], _cumulative(histogram, LATENCY_BOUNDS), histogram.get("sum", 0.0))
-            if serv in SERVICES:
+            if serv in configured_instances:
                 try:
                     configured.add_metric([serv], 1.0 if get_service(serv).configured() else 0.0)
                 except Exception:

@@ -75,7 +75,7 @@ def test_one_upload_can_go_to_several_recipients(gateway, telegram):
     [
         ({"serv": "telegram", "dest": "1", "type": "text"}, 400, "missing field: id"),
         ({"id": "DATA", "dest": "1", "type": "text"}, 400, "missing field: serv"),
-        ({"id": "DATA", "serv": "signal", "dest": "1", "type": "text"}, 400, "known services: telegram, wpp1"),
+        ({"id": "DATA", "serv": "signal", "dest": "1", "type": "text"}, 400, "known services: outbox, telegram, wpp1"),
         ({"id": "DATA", "serv": "telegram", "dest": "1", "type": "hologram"}, 400, "does not send type 'hologram'"),
         ({"id": "DATA", "serv": "wpp1", "dest": "+54 9 11 5555-1234", "type": "text"}, 400, "digits only"),
         ({"id": "DATA", "serv": "wpp1", "dest": "1234", "type": "text"}, 400, "8 to 15 digits"),

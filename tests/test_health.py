@@ -16,8 +16,9 @@ def test_health_is_ok_and_says_which_services_are_configured(make_gateway):
     assert response.headers["Content-Type"] == "application/json"
     report = response.json()
     assert report["status"] == "ok"
-    assert report["services"] == {"telegram": True, "wpp1": False}
-    assert report["configured"] == ["telegram"]
+    assert report["services"] == {"outbox": True, "telegram": True, "wpp1": False}  # the outbox needs no account
+    assert report["configured"] == ["outbox", "telegram"]
+    assert report["kinds"] == {"outbox": "outbox", "telegram": "telegram", "wpp1": "whatsapp"}
     # Not an operator endpoint: a load balancer elsewhere may ask.
     assert session_from("127.0.0.2").get(gateway.url + "/health").status_code == 200
     assert gateway.http.post(gateway.url + "/health").status_code == 405

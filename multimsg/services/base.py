@@ -2,9 +2,10 @@
 
 A service is one class per platform, deriving from ``ServiceBase``:
 
-- declared as data: ``name``, ``datatypes``, ``dest_format`` (shown to users),
-  ``dest_pattern``, ``credentials`` (environment names that must be set),
-  ``options`` (environment names with defaults), pacing (``rate``,
+- declared as data: ``kind`` (the module's name in ``KINDS``), ``datatypes``,
+  ``dest_format`` (shown to users), ``dest_pattern``, ``credentials`` (keys that
+  must be set), ``options`` (keys with defaults), ``secrets`` (the attributes
+  holding a credential, beyond those named like one), pacing (``rate``,
   ``dest_limit``), and the content rules: ``size_limits`` and ``formats`` per
   datatype, ``text_limit`` and ``text_measure`` (how the platform counts),
   ``max_text_parts``, ``caption_limit`` and ``caption_types``;
@@ -23,9 +24,11 @@ the service calls right before each request that sends a message part (not
 before media uploads); ``pace`` may raise ``Held`` when the platform holds
 the service longer than the engine will wait.
 
-A service is built with a ``ServiceConfig`` (``multimsg.config``): its
-declared credentials and options, pacing overrides and timeouts. It never
-reads the environment.
+A service *instance* is built with a ``ServiceConfig`` (``multimsg.config``):
+its name (the ``serv`` value: ``self.name``, never a class constant, since one
+kind may have several instances), its declared credentials and options
+(``[services.NAME] key`` or ``MULTIMSG_<NAME>_<KEY>``), pacing overrides and
+timeouts. It never reads the environment.
 
 ``send`` runs concurrently in a thread pool: services keep no per-message
 state on ``self`` (caches are locked), and their session pools 64 connections.
@@ -52,7 +55,7 @@ from .text import MEASURES, TooManyParts, split_text
 
 __all__ = [
     "ServiceBase", "Outcome", "OutcomeKind", "Throttle", "Held", "read_text", "json_or_none", "file_name", "megabytes",
-    "DELIVERED", "RETRY", "FAILED", "MISCONFIGURED", "THROTTLE_SERVICE", "THROTTLE_DEST", "MB", "POOL_SIZE",
+    "DELIVERED", "RETRY", "FAILED", "MISCONFIGURED", "THROTTLE_SERVICE", "THROTTLE_DEST", "MB", "POOL_SIZE", "seconds_or_none",
 ]
 
 
@@ -123,15 +126,18 @@ def _no_pace() -> None:
 
 
 class ServiceBase(ABC):
-    name: ClassVar[str]
+    kind: ClassVar[str]  # the key in KINDS: what `kind = "..."` names in the configuration
+    default_name: ClassVar[str] = ""  # the instance built without a configuration (the kind's name unless set)
+    name: str  # this instance's name: the serv value
     datatypes: ClassVar[frozenset[str]]
     dest_format: ClassVar[str]
     dest_pattern: ClassVar[re.Pattern]
     # Pacing, as data (the drain enforces it): sends per second for the whole
     # service, and per destination ``dest_limit(dest) -> (sends, per_seconds)``.
     rate: ClassVar[float] = 1.0
-    credentials: ClassVar[dict[str, str]] = {}  # attribute -> setting name (required)
-    options: ClassVar[dict[str, tuple[str, str]]] = {}  # attribute -> (setting name, default)
+    credentials: ClassVar[dict[str, str]] = {}  # attribute -> key (required): MULTIMSG_<NAME>_<KEY>
+    options: ClassVar[dict[str, tuple[str, str]]] = {}  # attribute -> (key, default)
+    secrets: ClassVar[frozenset[str]] = frozenset()  # attributes holding a credential whose key does not say so (a URL)
 
     # Content rules, as data.
     size_limits: ClassVar[dict[str, int]] = {}  # datatype -> most bytes a file of it may have
@@ -144,6 +150,7 @@ class ServiceBase(ABC):
 
     def __init__(self, config: ServiceConfig | None = None, session: requests.Session | None = None):
         self.config = config or self.read_config()
+        self.name = self.config.name or self.default_name or self.kind
         self.session = session or requests.Session()
         adapter = HTTPAdapter(pool_connections=4, pool_maxsize=POOL_SIZE)
         self.session.mount("http://", adapter)
@@ -153,13 +160,14 @@ class ServiceBase(ABC):
         self.timeout = (self.config.connect_timeout, self.config.read_timeout)
 
     @classmethod
-    def read_config(cls) -> ServiceConfig:
-        """This service's settings as the configuration gives them (what ``get_service`` builds it with)."""
-        return service_config(cls.name, cls.credentials, cls.options)
+    def read_config(cls, name: str | None = None) -> ServiceConfig:
+        """Instance ``name``'s settings as the configuration gives them (what ``get_service`` builds it with)."""
+        return service_config(name or cls.default_name or cls.kind, cls.credentials, cls.options, kind=cls.kind, secrets=cls.secrets)
 
     # -- configuration -----------------------------------------------------
     def missing_credentials(self) -> list[str]:
-        return [variable for attribute, variable in self.credentials.items() if not getattr(self, attribute)]
+        """The variables of the credentials this instance lacks."""
+        return [self.config.variables.get(attribute, attribute) for attribute in self.credentials if not getattr(self, attribute)]
 
     def configured(self) -> bool:
         return not self.missing_credentials()
@@ -326,3 +334,11 @@ def json_or_none(response: requests.Response) -> dict | None:
 
 def megabytes(size: int) -> str:
     return f"{size / MB:.1f} MB" if size % MB else f"{size // MB} MB"
+
+
+def seconds_or_none(value: object) -> float | None:
+    """A number of seconds (a ``Retry-After`` header, a ``retry_after`` field), or None when it is not one."""
+    try:
+        return max(0.0, float(value))  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None

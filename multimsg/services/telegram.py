@@ -56,13 +56,13 @@ METHODS = {
 
 
 class Telegram(ServiceBase):
-    name = "telegram"
+    kind = "telegram"
     datatypes = frozenset({Datatypes.TEXT, *METHODS})
     dest_format = "a chat id (an integer, negative for groups) or @channelusername"
     dest_pattern = re.compile(r"-?[1-9][0-9]{0,19}|@[A-Za-z][A-Za-z0-9_]{3,31}")
     rate = 30.0  # Bots FAQ: about 30 messages per second for bulk notifications
-    credentials = {"token": "MULTIMSG_TELEGRAM_TOKEN"}
-    options = {"api_url": ("MULTIMSG_TELEGRAM_API_URL", "https://api.telegram.org")}
+    credentials = {"token": "token"}
+    options = {"api_url": ("api_url", "https://api.telegram.org")}
 
     size_limits = {
         Datatypes.IMAGE: 10 * MB,  # multipart photo uploads
@@ -97,7 +97,7 @@ class Telegram(ServiceBase):
             try:
                 parts = [self._text_part(data["dest"], text) for text in self.text_parts(data["content"])]
             except MultimsgError as exc:  # the stored text no longer passes (it did at /msg)
-                return Outcome.failed(f"telegram: {exc.reason}")
+                return Outcome.failed(f"{self.name}: {exc.reason}")
         else:
             parts = [lambda pace: self._send_file(data, pace)]
         return self.send_parts(data, parts)
@@ -116,8 +116,7 @@ class Telegram(ServiceBase):
         with MultipartBody(fields, [(file_field, filename, mime.split(";")[0], data["content"])]) as body:
             return self.post(self._url(method), self.classify, pace=pace, data=body, headers={"Content-Type": body.content_type})
 
-    @staticmethod
-    def classify(response: requests.Response) -> Outcome:
+    def classify(self, response: requests.Response) -> Outcome:
         body = json_or_none(response)
         status = response.status_code
         description = str((body or {}).get("description") or f"HTTP {status} {response.reason or ''}".strip())
@@ -125,18 +124,18 @@ class Telegram(ServiceBase):
             result = (body or {}).get("result")
             if (body or {}).get("ok") is True and isinstance(result, dict) and "message_id" in result:
                 return Outcome.delivered([str(result["message_id"])])
-            return Outcome.retry("telegram: an answer that is not a sent message")
+            return Outcome.retry(f"{self.name}: an answer that is not a sent message")
         if status == 429:
             parameters = (body or {}).get("parameters") or {}
             after = parameters.get("retry_after") or response.headers.get("Retry-After")
-            return Outcome.retry(f"telegram: {description}", _seconds(after))
+            return Outcome.retry(f"{self.name}: {description}", _seconds(after))
         if status >= 500:
-            return Outcome.retry(f"telegram: {description}")
+            return Outcome.retry(f"{self.name}: {description}")
         if status == 401:
-            return Outcome.misconfigured(f"telegram: the bot token was refused ({description})")
+            return Outcome.misconfigured(f"{self.name}: the bot token was refused ({description})")
         if status == 404:  # Telegram's answer to a malformed token, or a wrong MULTIMSG_TELEGRAM_API_URL
-            return Outcome.misconfigured(f"telegram: the bot token or the API URL was refused ({description})")
-        return Outcome.failed(f"telegram: {description}")
+            return Outcome.misconfigured(f"{self.name}: the bot token or the API URL was refused ({description})")
+        return Outcome.failed(f"{self.name}: {description}")
 
 
 

@@ -86,13 +86,14 @@ MEDIA_ID_CACHE = 1024
 
 
 class WhatsApp(ServiceBase):
-    name = "wpp1"
+    kind = "whatsapp"
+    default_name = "wpp1"
     datatypes = frozenset({Datatypes.TEXT, *Datatypes.FILES, Datatypes.TEMPLATE})
     dest_format = "an international phone number, digits only, without '+', spaces or dashes (8 to 15 digits)"
     dest_pattern = re.compile(r"[1-9][0-9]{7,14}")
     rate = 80.0  # Cloud API throughput: 80 messages per second per business phone number
-    credentials = {"token": "MULTIMSG_WPP1_TOKEN", "phone_number_id": "MULTIMSG_WPP1_PHONE_NUMBER_ID"}
-    options = {"api_url": ("MULTIMSG_WPP1_API_URL", "https://graph.facebook.com/v23.0")}
+    credentials = {"token": "token", "phone_number_id": "phone_number_id"}
+    options = {"api_url": ("api_url", "https://graph.facebook.com/v23.0")}
 
     size_limits = {
         Datatypes.IMAGE: 5 * MB,
@@ -144,7 +145,7 @@ class WhatsApp(ServiceBase):
             else:
                 parts = [lambda pace: self._send_media(data, pace)]
         except MultimsgError as exc:  # the stored content no longer passes (it did at /msg)
-            return Outcome.failed(f"wpp1: {exc.reason}")
+            return Outcome.failed(f"{self.name}: {exc.reason}")
         return self.send_parts(data, parts)
 
     def _message_part(self, data: dict, kind: str, payload: dict):
@@ -196,7 +197,7 @@ class WhatsApp(ServiceBase):
         if response.status_code == 200 and isinstance(body.get("id"), (str, int)) and "error" not in body:
             return str(body["id"])
         outcome = self.classify(response)
-        return outcome if outcome.kind != "delivered" else Outcome.retry("wpp1: the media upload answer had no id")
+        return outcome if outcome.kind != "delivered" else Outcome.retry(f"{self.name}: the media upload answer had no id")
 
     # -- media id cache (the drain sends from several threads) --------------
     def _cached_media_id(self, message_id: str) -> str | None:
@@ -218,8 +219,7 @@ class WhatsApp(ServiceBase):
             self._media_ids.pop(message_id, None)
 
     # -- answers -----------------------------------------------------------
-    @staticmethod
-    def classify(response: requests.Response) -> Outcome:
+    def classify(self, response: requests.Response) -> Outcome:
         body = json_or_none(response) or {}
         status = response.status_code
         messages = body.get("messages")
@@ -227,17 +227,18 @@ class WhatsApp(ServiceBase):
             return Outcome.delivered([str(messages[0]["id"])])
         error = body.get("error") if isinstance(body.get("error"), dict) else None
         if error is None:
-            reason = f"wpp1: HTTP {status} {response.reason or ''}".strip()
+            reason = f"{self.name}: HTTP {status} {response.reason or ''}".strip()
             if status == 200:
-                return Outcome.retry("wpp1: an answer without a message id")
+                return Outcome.retry(f"{self.name}: an answer without a message id")
             if status >= 500 or status == 429:
                 return Outcome.retry(reason, _retry_after(response))
             if status in (401, 404):
-                return Outcome.misconfigured(f"{reason} (check MULTIMSG_WPP1_TOKEN, MULTIMSG_WPP1_PHONE_NUMBER_ID and MULTIMSG_WPP1_API_URL)")
+                return Outcome.misconfigured(f"{reason} (check {', '.join(self.config.variables.values())})")
             return Outcome.failed(reason)
         code = _int_or_none(error.get("code"))
         details = (error.get("error_data") or {}).get("details") if isinstance(error.get("error_data"), dict) else None
-        reason = f"wpp1: {error.get('message') or f'HTTP {status}'}" + (f": {details}" if details else "") + (f" (code {code})" if code is not None else "")
+        reason = (f"{self.name}: {error.get('message') or f'HTTP {status}'}" + (f": {details}" if details else "")
+                  + (f" (code {code})" if code is not None else ""))
         if code in CONFIG_CODES or _unknown_object(code, error):
             return Outcome.misconfigured(reason)
         if code in RATE_LIMIT_CODES:

@@ -35,7 +35,7 @@ from typing import IO, Any, Callable, NoReturn
 
 from .common import COMMON_OPTIONS, EmulatorApp
 
-__all__ = ["Emulator", "TelegramEmulator", "WhatsAppEmulator", "REPO_ROOT"]
+__all__ = ["Emulator", "TelegramEmulator", "WhatsAppEmulator", "DiscordEmulator", "SlackEmulator", "TeamsEmulator", "WebhookReceiver", "REPO_ROOT"]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never via an HTTP proxy
@@ -230,3 +230,49 @@ class WhatsAppEmulator(Emulator):
     @property
     def phone_id(self) -> str:
         return str(self.options.get("phone_id", self.defaults["phone_id"]))
+
+
+class DiscordEmulator(Emulator):
+    """`url` is the webhook URL for MULTIMSG_<NAME>_WEBHOOK_URL."""
+
+    module, APP = "discord", "DiscordApp"
+
+    @property
+    def url(self) -> str:
+        options = {**self.defaults, **self.options}
+        return f"{self.base}/api/webhooks/{options['webhook_id']}/{options['token']}"
+
+
+class SlackEmulator(Emulator):
+    """`url` is the Web API base for MULTIMSG_<NAME>_API_URL; `token` the bot token."""
+
+    module, APP = "slack", "SlackApp"
+
+    @property
+    def url(self) -> str:
+        return f"{self.base}/api"
+
+
+class TeamsEmulator(Emulator):
+    """`url` is the workflow's webhook URL for MULTIMSG_<NAME>_URL."""
+
+    module, APP = "teams", "TeamsApp"
+
+    @property
+    def url(self) -> str:
+        options = {**self.defaults, **self.options}
+        return f"{self.base}/workflows/{options['workflow']}/triggers/manual/paths/invoke?api-version=1&sig={options['sig']}"
+
+
+class WebhookReceiver(Emulator):
+    """`url` is the receiver's endpoint for MULTIMSG_<NAME>_URL; `secret` the signing secret."""
+
+    module, APP = "webhook", "WebhookApp"
+
+    @property
+    def url(self) -> str:
+        return f"{self.base}/hook"
+
+    @property
+    def secret(self) -> str:
+        return str(self.options.get("secret", self.defaults["secret"]))

@@ -1,0 +1,40 @@
+"""The README's first example runs as written against a fresh runner with no account, and its
+smallest complete module is the outbox's real code."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+from tests.conftest import require_tool
+
+README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+
+
+def first_example() -> str:
+    after = README[README.index("The first example needs no account"):]
+    return re.search(r"```sh\n(.*?)```", after, re.S).group(1)
+
+
+def test_the_first_example_works_with_no_account(make_gateway, tmp_path):
+    require_tool("curl", "the README's example is curl commands")
+    # No account at all, and the default report grace (the example asks /cons again after "delivered").
+    gateway = make_gateway(env={"MULTIMSG_TELEGRAM_TOKEN": "", "MULTIMSG_WPP1_TOKEN": "", "MULTIMSG_REPORT_GRACE": "3600"})
+    script = first_example().replace("http://127.0.0.1:8080", gateway.url).replace("~/.local/share/multimsg", str(gateway.home))
+    result = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout  # plain-text answers carry no trailing newline: they run together
+    assert out.startswith(("queued{", "delivered{")) and '}delivered{' in out, out
+    message_id = re.search(r'"id": "([A-Za-z0-9]{16})"', out).group(1)
+    assert '"state": "delivered"' in out and '"serv": "outbox"' in out
+    lines = out.splitlines()
+    assert lines[-2].endswith(f"{message_id}.txt"), out
+    assert lines[-1] == f"{message_id}.txt.json"
+    assert (gateway.home / "outbox" / "alice" / f"{message_id}.txt").read_text() == "Hola desde multimsg\n"
+
+
+def test_the_smallest_module_shown_is_the_outbox_itself():
+    shown = re.search(r"```python\n(class Outbox\(ServiceBase\):.*?)```", README, re.S).group(1)
+    source = (Path(__file__).resolve().parents[1] / "multimsg" / "services" / "outbox.py").read_text()
+    assert shown in source

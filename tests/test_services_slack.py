@@ -1,0 +1,123 @@
+"""Slack's Web API end to end: texts by chat.postMessage, files by the external upload flow,
+and one test per row of the outcome table in ``multimsg/services/slack.py``."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import pytest
+
+from tests import media
+from tests.emulators import SlackEmulator
+from tests.native_support import FILES, cli_send, start_gateway, wait_attempted
+from tests.services_support import sha256
+
+_channels = itertools.count(10_000_001)
+
+
+def new_channel() -> str:
+    return f"C{next(_channels)}X"
+
+
+@pytest.fixture(scope="module")
+def slack():
+    with SlackEmulator().start() as emulator:
+        yield emulator
+
+
+@pytest.fixture(autouse=True)
+def fresh(slack):
+    slack.reset()
+
+
+@pytest.fixture(scope="module")
+def slack_gateway(tmp_path_factory, server_keys, slack):
+    env = {"MULTIMSG_SLACK1_KIND": "slack", "MULTIMSG_SLACK1_TOKEN": slack.token, "MULTIMSG_SLACK1_API_URL": slack.url,
+           "MULTIMSG_SLACK1_DEST_INTERVAL": "0"}
+    for name in ("slackauth", "slackgone", "slackidle"):  # a misconfigured instance waits 60 s for its next probe: one per test
+        env.update({f"MULTIMSG_{name.upper()}_KIND": "slack", f"MULTIMSG_{name.upper()}_TOKEN": slack.token,
+                    f"MULTIMSG_{name.upper()}_API_URL": slack.url})
+    runner = start_gateway(tmp_path_factory, server_keys, env, "slack")
+    yield runner
+    runner.stop()
+
+
+def test_a_long_text_goes_by_chat_post_message_in_parts(slack_gateway, slack):
+    channel, text = new_channel(), ("palabra " * 1000).strip()
+    report = slack_gateway.wait_state(slack_gateway.send(text.encode(), "slack1", channel))
+    assert report["state"] == "delivered", report
+    sent = slack.wait_for(lambda r: r["dest"] == channel, count=2)
+    assert all(r["method"] == "chat.postMessage" and len(r["fields"]["text"]) <= 4000 for r in sent)
+    assert " ".join(r["fields"]["text"] for r in sent).split() == text.split()
+    assert report["platform_ids"] == [r["response"]["ts"] for r in sent]
+
+
+@pytest.mark.parametrize("datatype, build, upload_name, mime", FILES)
+def test_every_file_datatype_goes_through_the_external_upload(slack_gateway, slack, datatype, build, upload_name, mime):
+    content, channel = build(), new_channel()
+    message_id = slack_gateway.send(content, "slack1", channel, datatype, filename=upload_name, caption=f"{datatype} ✓")
+    report = slack_gateway.wait_state(message_id)
+    assert report["state"] == "delivered", report
+    ticket, upload, complete = slack.wait_for(lambda r: r["status"] == 200, count=3)
+    assert ticket["method"] == "files.getUploadURLExternal"
+    assert ticket["fields"] == {"filename": upload_name, "length": str(len(content))}
+    assert upload["method"] == "upload" and upload["files"]["file"]["sha256"] == sha256(content)
+    assert upload["files"]["file"]["content_type"] == mime
+    assert complete["method"] == "files.completeUploadExternal" and complete["dest"] == channel
+    assert complete["fields"]["initial_comment"] == f"{datatype} ✓"
+    assert complete["files"]["file"]["sha256"] == sha256(content) and complete["files"]["file"]["filename"] == upload_name
+    assert report["platform_ids"] == [ticket["response"]["file_id"]]
+
+
+def scripted(gateway, slack, response, serv="slack1", **extra) -> tuple[str, str]:
+    channel = new_channel()
+    slack.script(response, dest=channel, **extra)
+    return gateway.send(b"scripted", serv, channel), channel
+
+
+@pytest.mark.parametrize("response", ["ratelimited", "ratelimited_200"])
+def test_rate_limits_wait_for_retry_after(slack_gateway, slack, response):
+    message_id, channel = scripted(slack_gateway, slack, response, retry_after=1)
+    assert slack_gateway.wait_state(message_id)["state"] == "delivered"
+    first, second = slack.wait_for(lambda r: r["dest"] == channel, count=2)
+    assert first["response"]["error"] == "ratelimited" and second["status"] == 200
+    assert second["t"] - first["t"] >= 0.9
+
+
+@pytest.mark.parametrize("response", ["server_error", "bad_gateway", "drop"])
+def test_5xx_and_lost_connections_are_retried(slack_gateway, slack, response):
+    message_id, channel = scripted(slack_gateway, slack, response)
+    assert slack_gateway.wait_state(message_id)["state"] == "delivered"
+    assert slack.wait_for(lambda r: r["dest"] == channel, count=2)[-1]["status"] == 200
+
+
+@pytest.mark.parametrize("response, serv", [("invalid_auth", "slackauth"), ("not_authed", "slackgone"), ("account_inactive", "slackidle")])
+def test_refused_credentials_are_misconfigured(slack_gateway, slack, response, serv):
+    message_id, _ = scripted(slack_gateway, slack, response, serv=serv)
+    report, summaries = wait_attempted(slack_gateway, message_id)
+    assert report["state"] == "queued" and response in report["last_error"], report
+    assert serv in summaries + json.dumps(slack_gateway.drain())
+
+
+@pytest.mark.parametrize("response", ["channel_not_found", "not_in_channel", "msg_too_long"])
+def test_channel_errors_fail(slack_gateway, slack, response):
+    message_id, _ = scripted(slack_gateway, slack, response)
+    report = slack_gateway.wait_state(message_id)
+    assert report["state"] == "failed" and response in report["last_error"]
+
+
+def test_a_refused_completion_fails_the_file(slack_gateway, slack):
+    channel = new_channel()
+    slack.script("not_in_channel", dest=channel, method="files.completeUploadExternal")
+    report = slack_gateway.wait_state(slack_gateway.send(media.pdf(), "slack1", channel, "document"))
+    assert report["state"] == "failed" and "not_in_channel" in report["last_error"]
+
+
+def test_the_cli_sends_to_slack(slack_gateway, slack, tmp_path):
+    channel = new_channel()
+    result = cli_send(slack_gateway, tmp_path, "hola desde la terminal".encode(), "slack1", channel, name="hola.txt")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["state"] == "delivered"
+    [sent] = slack.wait_for(lambda r: r["dest"] == channel)
+    assert sent["fields"]["text"] == "hola desde la terminal"
