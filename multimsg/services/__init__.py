@@ -10,12 +10,20 @@ from __future__ import annotations
 from ..errors import InvalidInput
 from .base import Outcome, ServiceBase
 from .datatypes import Datatypes
+from .signal import Signal
 from .telegram import Telegram
 from .wpp1 import WhatsApp
 
-__all__ = ["SERVICES", "get_service", "service_class", "Outcome", "ServiceBase", "Datatypes"]
+__all__ = ["SERVICES", "KINDS", "get_service", "service_class", "Outcome", "ServiceBase", "Datatypes"]
 
 SERVICES: dict[str, type[ServiceBase]] = {cls.name: cls for cls in (WhatsApp, Telegram)}
+
+# Service modules by kind (an instance's ``kind`` picks its class).
+KINDS: dict[str, type[ServiceBase]] = {
+    "telegram": Telegram,
+    "whatsapp": WhatsApp,
+    "signal": Signal,
+}
 
 _instances: dict[str, ServiceBase] = {}
 
