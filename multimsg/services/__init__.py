@@ -12,6 +12,7 @@ from .base import Outcome, ServiceBase
 from .datatypes import Datatypes
 from .signal import Signal
 from .telegram import Telegram
+from .twilio import Twilio
 from .wpp1 import WhatsApp
 
 __all__ = ["SERVICES", "KINDS", "get_service", "service_class", "Outcome", "ServiceBase", "Datatypes"]
@@ -23,6 +24,7 @@ KINDS: dict[str, type[ServiceBase]] = {
     "telegram": Telegram,
     "whatsapp": WhatsApp,
     "signal": Signal,
+    "twilio": Twilio,
 }
 
 _instances: dict[str, ServiceBase] = {}
