@@ -10,6 +10,7 @@ from __future__ import annotations
 from ..errors import InvalidInput
 from .base import Outcome, ServiceBase
 from .datatypes import Datatypes
+from .matrix import Matrix
 from .signal import Signal
 from .telegram import Telegram
 from .twilio import Twilio
@@ -24,6 +25,7 @@ KINDS: dict[str, type[ServiceBase]] = {
     "telegram": Telegram,
     "whatsapp": WhatsApp,
     "signal": Signal,
+    "matrix": Matrix,
     "twilio": Twilio,
 }
 
