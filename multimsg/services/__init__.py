@@ -8,6 +8,7 @@ class to ``SERVICES``.
 from __future__ import annotations
 
 from ..errors import InvalidInput
+from .apprise_bridge import AppriseBridge
 from .base import Outcome, ServiceBase
 from .datatypes import Datatypes
 from .matrix import Matrix
@@ -27,6 +28,7 @@ KINDS: dict[str, type[ServiceBase]] = {
     "signal": Signal,
     "matrix": Matrix,
     "twilio": Twilio,
+    "apprise": AppriseBridge,
 }
 
 _instances: dict[str, ServiceBase] = {}

@@ -87,6 +87,8 @@ class Matrix(ServiceBase):
     # exempted by the homeserver's admin (override_ratelimit) can raise MULTIMSG_MATRIX_RATE.
     rate = 0.2
     credentials = {"homeserver": "MULTIMSG_MATRIX_HOMESERVER", "access_token": "MULTIMSG_MATRIX_ACCESS_TOKEN"}
+    homeserver: str  # set from the ServiceConfig (base.ServiceBase.__init__)
+    access_token: str
 
     size_limits = {datatype: 50 * MB for datatype in MSGTYPES}
     formats = {
@@ -101,7 +103,7 @@ class Matrix(ServiceBase):
     caption_limit = 4096
     caption_types = frozenset(MSGTYPES)
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._lock = threading.Lock()
         self._aliases: OrderedDict[str, tuple[float, str]] = OrderedDict()

@@ -45,6 +45,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+from typing import BinaryIO
 
 import requests
 
@@ -75,7 +76,7 @@ class Base64JsonBody:
         self.encoded = 4 * ((content.size + 2) // 3)
         self.total = len(self.prefix) + self.encoded + len(self.suffix)
         self._stage = 0  # 0 prefix, 1 content, 2 suffix, 3 done
-        self._stream = None
+        self._stream: BinaryIO | None = None
         self._pending = b""
 
     def __len__(self) -> int:
@@ -124,6 +125,8 @@ class Signal(ServiceBase):
     # One message a second for the account, one per second per chat, is what signal-cli users run.
     rate = 1.0
     credentials = {"api_url": "MULTIMSG_SIGNAL_API_URL", "number": "MULTIMSG_SIGNAL_NUMBER"}
+    api_url: str  # set from the ServiceConfig (base.ServiceBase.__init__)
+    number: str
 
     size_limits = {datatype: 100 * MB for datatype in (Datatypes.IMAGE, Datatypes.DOCUMENT, Datatypes.AUDIO, Datatypes.VIDEO)}
     formats = {

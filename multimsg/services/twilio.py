@@ -74,6 +74,9 @@ class Twilio(ServiceBase):
         "api_url": ("MULTIMSG_TWILIO_API_URL", "https://api.twilio.com"),
         "media_base_url": ("MULTIMSG_TWILIO_MEDIA_BASE_URL", ""),
     }
+    account_sid: str  # set from the ServiceConfig (base.ServiceBase.__init__)
+    auth_token: str
+    sender: str
     api_url = "https://api.twilio.com"
     media_base_url = ""  # defaults for a ServiceConfig that does not name them
 
