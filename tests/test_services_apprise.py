@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import importlib.util
+import time
 
 import pytest
 
@@ -16,7 +17,7 @@ from multimsg.config import ServiceConfig
 from multimsg.content import BytesContent
 from multimsg.errors import InvalidInput
 from multimsg.services import KINDS
-from multimsg.services.apprise_bridge import AppriseBridge
+from multimsg.services.apprise_bridge import AppriseBridge, _secret_pieces, classify
 from tests.conftest import require
 from tests.emulators import WebhookReceiver
 from tests.media import pdf, png
@@ -185,3 +186,17 @@ def test_a_plugin_without_attachments_sends_text_only():
 def test_a_plugin_whose_limits_are_properties_keeps_the_defaults():
     instance = bridge("matrix://user:pass@matrix.example.org/${dest}")  # body_maxlen is a property there
     assert instance.configured() and instance.text_limit == 32768 and instance.rate == pytest.approx(1 / 0.5)
+
+
+def test_credentials_of_the_url_are_hidden_in_reasons():
+    url = "json://user:s3cr3t-pa55word@hooks.example.org/in/T0KENabcdef123/ops"
+    outcome = classify(["Failed to send to json://user:s3cr3t-pa55word@hooks.example.org/in/T0KENabcdef123/ops: error=400."], _secret_pieces(url, "ops"))
+    assert outcome.kind == "failed"
+    assert "s3cr3t-pa55word" not in outcome.reason and "T0KENabcdef123" not in outcome.reason and "error=400" in outcome.reason
+
+
+def test_the_service_timeouts_reach_the_plugin(receiver):
+    receiver.script("timeout", dest="ops", seconds=6)
+    started = time.monotonic()
+    outcome = json_bridge(receiver).send(message(b"hola", "ops"))  # read timeout 2 s (Apprise's own default is 4)
+    assert outcome.kind == "retry" and time.monotonic() - started < 3.5, outcome

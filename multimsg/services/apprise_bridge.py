@@ -48,6 +48,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
+from typing import Sequence
 
 from ..errors import InvalidInput, MultimsgError
 from .base import THROTTLE_SERVICE, Outcome, ServiceBase, file_name
@@ -198,20 +199,24 @@ class AppriseBridge(ServiceBase):
         plugin = apprise.Apprise.instantiate(url, suppress_exceptions=True)
         if plugin is None:
             return Outcome.misconfigured("apprise: the URL template with this dest is not a URL Apprise can load")
+        for attribute, value in (("socket_connect_timeout", self.config.connect_timeout), ("socket_read_timeout", self.config.read_timeout)):
+            if hasattr(plugin, attribute):  # this service's timeouts, not Apprise's 4 s defaults
+                setattr(plugin, attribute, value)
+        secrets = _secret_pieces(url, dest)
         if data["type"] == Datatypes.TEXT:
             try:
                 texts = self.text_parts(data["content"])
             except MultimsgError as exc:
                 return Outcome.failed(f"apprise: {exc.reason}")
-            return self.send_parts(data, [self._text_part(plugin, text) for text in texts])
+            return self.send_parts(data, [self._text_part(plugin, text, secrets) for text in texts])
         if data["type"] not in self.datatypes:
             return Outcome.failed(f"apprise: this plugin takes no attachments ({data['type']})")
-        return self.send_parts(data, [lambda pace: self._send_file(plugin, data, pace)])
+        return self.send_parts(data, [lambda pace: self._send_file(plugin, data, pace, secrets)])
 
-    def _text_part(self, plugin, text: str):
-        return lambda pace: self._notify(plugin, pace, body=text)
+    def _text_part(self, plugin, text: str, secrets: list[str]):
+        return lambda pace: self._notify(plugin, pace, secrets, body=text)
 
-    def _send_file(self, plugin, data: dict, pace) -> Outcome:
+    def _send_file(self, plugin, data: dict, pace, secrets: list[str]) -> Outcome:
         from apprise.attachment.file import AttachFile
 
         content = data["content"]
@@ -220,9 +225,9 @@ class AppriseBridge(ServiceBase):
         caption = (data.get("options") or {}).get("caption") or ""
         with content.local_path() as path:
             attachment = AttachFile(str(path), name=name, mimetype=mime)
-            return self._notify(plugin, pace, body=caption, attach=[attachment])
+            return self._notify(plugin, pace, secrets, body=caption, attach=[attachment])
 
-    def _notify(self, plugin, pace, **kwargs) -> Outcome:
+    def _notify(self, plugin, pace, secrets: list[str], **kwargs) -> Outcome:
         capture = _capturer()
         if pace is not None:
             pace()
@@ -235,12 +240,21 @@ class AppriseBridge(ServiceBase):
             lines, capture.local.lines = capture.local.lines, None
         if ok:
             return Outcome.delivered([""])
-        return classify(lines)
+        return classify(lines, secrets)
 
 
-def classify(lines: list[str]) -> Outcome:
-    """The outcome of a failed Apprise send, from the log lines it wrote."""
-    said = "; ".join(lines)[-500:] or "the plugin reported a failure without a reason"
+def _secret_pieces(url: str, dest: str) -> list[str]:
+    """The runs of 8 or more URL characters of ``url`` but the dest: the places a credential can be."""
+    pieces = {piece for piece in re.findall(r"[A-Za-z0-9_~.+=:-]{8,}", url.split("://", 1)[-1]) if piece != dest}
+    return sorted(pieces, key=len, reverse=True)
+
+
+def classify(lines: list[str], secrets: Sequence[str] = ()) -> Outcome:
+    """The outcome of a failed Apprise send, from the log lines it wrote (with the URL's credentials hidden)."""
+    said = "; ".join(lines)
+    for piece in secrets:  # a plugin may name its URL, or a part of it, in a log line; the reason reaches /cons
+        said = said.replace(piece, "***")
+    said = said[-500:] or "the plugin reported a failure without a reason"
     statuses = [int(match) for line in lines for match in _STATUS.findall(line)]
     if statuses:
         status = statuses[-1]
