@@ -93,12 +93,12 @@ class Synapse:
         self.stop()
 
     # -- admin ---------------------------------------------------------------
-    def register(self, user: str, password: str = "correct horse battery") -> str:
+    def register(self, user: str, password: str = "correct horse battery", admin: bool = False) -> str:
         """A new user's access token (shared-secret registration, /_synapse/admin/v1/register)."""
         url = f"{self.url}/_synapse/admin/v1/register"
         nonce = self.session.get(url, timeout=10).json()["nonce"]
-        mac = hmac.new(self.secret.encode(), b"\x00".join([nonce.encode(), user.encode(), password.encode(), b"notadmin"]), hashlib.sha1)
-        answer = self.session.post(url, json={"nonce": nonce, "username": user, "password": password, "admin": False, "mac": mac.hexdigest()},
+        mac = hmac.new(self.secret.encode(), b"\x00".join([nonce.encode(), user.encode(), password.encode(), b"admin" if admin else b"notadmin"]), hashlib.sha1)
+        answer = self.session.post(url, json={"nonce": nonce, "username": user, "password": password, "admin": admin, "mac": mac.hexdigest()},
                                    timeout=30)
         answer.raise_for_status()
         return answer.json()["access_token"]

@@ -4,8 +4,10 @@ The Synapse tests start a throwaway homeserver (tests/synapse_support.py: genera
 free loopback port, SQLite), register users through the shared-secret admin API, create rooms,
 send through ``multimsg.services.matrix.Matrix`` and read the events back. Synapse
 (``matrix-synapse``) is in the test extra, so under CI=true these tests must run.
-The outcome rows a real homeserver will not produce on demand (rate limits, 5xx,
-timeouts) run against tests/emulators/matrix.py.
+M_LIMIT_EXCEEDED comes from the real Synapse too (a user whose rate limit the admin API
+lowered). The outcome rows a real homeserver will not produce on demand (5xx, timeouts,
+dropped connections, M_TOO_LARGE, idempotency seen from the server side) run against
+tests/emulators/matrix.py.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import itertools
+import time
 from urllib.parse import quote
 
 import pytest
@@ -139,6 +142,26 @@ def test_synapse_unknown_alias_fails_not_found(synapse, room):
     token, _, _ = room
     outcome = service(synapse.url, token).send(message(b"hola", f"#no-such-room:{synapse.server_name}"))
     assert outcome.kind == "failed" and "M_NOT_FOUND" in outcome.reason
+
+
+def test_synapse_limit_exceeded_is_a_throttle_with_its_retry_after(synapse):
+    admin = synapse.register("operator", admin=True)
+    slow = synapse.register("slow-bot")
+    user_id = f"@slow-bot:{synapse.server_name}"
+    room_id = synapse.client(slow, "POST", "/_matrix/client/v3/createRoom", json={"preset": "private_chat"}).json()["room_id"]
+    override = synapse.client(admin, "POST", f"/_synapse/admin/v1/users/{quote(user_id)}/override_ratelimit",
+                              json={"messages_per_second": 1, "burst_count": 1})  # whole numbers only
+    assert override.status_code == 200, override.text
+    svc = service(synapse.url, slow)
+    for _ in range(5):  # room creation spent some of the budget: the first or second send is refused
+        data = message(b"rapido", room_id)
+        limited = svc.send(data)
+        if limited.kind == "retry":
+            break
+    assert limited.kind == "retry" and "M_LIMIT_EXCEEDED" in limited.reason and limited.throttle == "service", limited
+    assert limited.retry_after is not None and 0 < limited.retry_after <= 1.5
+    time.sleep(limited.retry_after + 0.1)  # honoured: after retry_after the same message goes out
+    assert svc.send(data).kind == "delivered"
 
 
 # -- fault rows, against the emulator ---------------------------------------------------------
