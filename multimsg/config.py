@@ -54,7 +54,8 @@ def env(name: str, default: str | None = None) -> str | None:
 # -- the TOML file -------------------------------------------------------------
 READ: dict[str, str | None] = {}  # every name env() was asked for, with its default (``multimsg config``)
 UNPREFIXED = frozenset({"HOST", "PORT"})
-_SECRET_RE = re.compile(r"(^|_)(TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIALS|APIKEY|API_KEY)(_|$)|_KEY$")
+# An Apprise URL holds its plugin's credentials.
+_SECRET_RE = re.compile(r"(^|_)(TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIALS|APIKEY|API_KEY)(_|$)|_KEY$|(^|_)APPRISE_URL$")
 
 
 def is_secret(name: str) -> bool:

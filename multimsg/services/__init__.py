@@ -18,14 +18,18 @@ import threading
 
 from .. import config
 from ..errors import InvalidInput
+from .apprise_bridge import AppriseBridge
 from .base import Outcome, ServiceBase
 from .datatypes import Datatypes
 from .discord import Discord
 from .email import Email
+from .matrix import Matrix
 from .outbox import Outbox
+from .signal import Signal
 from .slack import Slack
 from .teams import Teams
 from .telegram import Telegram
+from .twilio import Twilio
 from .webhook import Webhook
 from .wpp1 import WhatsApp
 
@@ -33,7 +37,8 @@ __all__ = ["KINDS", "instances", "get_service", "service_class", "Outcome", "Ser
 
 log = logging.getLogger("multimsg.services")
 
-KINDS: dict[str, type[ServiceBase]] = {cls.kind: cls for cls in (WhatsApp, Telegram, Outbox, Email, Webhook, Discord, Slack, Teams)}
+KINDS: dict[str, type[ServiceBase]] = {cls.kind: cls for cls in (
+    WhatsApp, Telegram, Outbox, Email, Webhook, Discord, Slack, Teams, Signal, Matrix, Twilio, AppriseBridge)}
 
 _instances: dict[tuple[str, str], ServiceBase] = {}
 _lock = threading.Lock()

@@ -35,7 +35,8 @@ from typing import IO, Any, Callable, NoReturn
 
 from .common import COMMON_OPTIONS, EmulatorApp
 
-__all__ = ["Emulator", "TelegramEmulator", "WhatsAppEmulator", "DiscordEmulator", "SlackEmulator", "TeamsEmulator", "WebhookReceiver", "REPO_ROOT"]
+__all__ = ["Emulator", "TelegramEmulator", "WhatsAppEmulator", "DiscordEmulator", "SlackEmulator", "TeamsEmulator", "WebhookReceiver",
+           "SignalEmulator", "MatrixEmulator", "TwilioEmulator", "Receiver", "REPO_ROOT"]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never via an HTTP proxy
@@ -276,3 +277,35 @@ class WebhookReceiver(Emulator):
     @property
     def secret(self) -> str:
         return str(self.options.get("secret", self.defaults["secret"]))
+
+
+class SignalEmulator(Emulator):
+    """`url` is the signal-cli-rest-api base for `api_url`; `number` the account it is registered with."""
+
+    module, APP = "signal", "SignalApp"
+
+    @property
+    def number(self) -> str:
+        return str(self.options.get("number", self.defaults["number"]))
+
+
+class MatrixEmulator(Emulator):
+    """`url` is the homeserver base for `homeserver`; `token` the access token it accepts."""
+
+    module, APP = "matrix", "MatrixApp"
+
+
+class TwilioEmulator(Emulator):
+    """`url` is the API base for `api_url` (requests go to url/2010-04-01/Accounts/<sid>/Messages.json)."""
+
+    module, APP = "twilio", "TwilioApp"
+
+    @property
+    def sid(self) -> str:
+        return str(self.options.get("sid", self.defaults["sid"]))
+
+
+class Receiver(Emulator):
+    """A plain HTTP receiver (any path): records JSON, form and multipart bodies; `url` is its base."""
+
+    module, APP = "receiver", "ReceiverApp"

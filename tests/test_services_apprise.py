@@ -1,0 +1,202 @@
+"""The Apprise bridge: Apprise's json:// and form:// plugins against a local receiver, byte for byte,
+and one test per outcome row (multimsg/services/apprise_bridge.py).
+
+Apprise (``apprise>=2.2``) is in the test extra, so under CI=true these tests must run.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import importlib.util
+import time
+
+import pytest
+
+from multimsg.config import ServiceConfig
+from multimsg.content import BytesContent
+from multimsg.errors import InvalidInput
+from multimsg.services import KINDS
+from multimsg.services.apprise_bridge import AppriseBridge, _secret_pieces, classify
+from tests.conftest import require
+from tests.emulators import Receiver
+from tests.media import pdf, png
+
+PATTERN = r"[a-z][a-z0-9-]{0,31}"
+
+
+@pytest.fixture(autouse=True)
+def _apprise_installed():
+    require(importlib.util.find_spec("apprise") is not None, "apprise is not installed (pip install -e '.[test]')")
+
+
+@pytest.fixture(scope="module")
+def receiver_server():
+    with Receiver().start() as emulator:
+        yield emulator
+
+
+@pytest.fixture
+def receiver(receiver_server):
+    receiver_server.reset()
+    return receiver_server
+
+
+def bridge(url: str, pattern: str = PATTERN, **values) -> AppriseBridge:
+    return AppriseBridge(ServiceConfig({"url_template": url, "dest_regex": pattern, "title": "", **values}, read_timeout=2.0))
+
+
+def json_bridge(receiver) -> AppriseBridge:
+    return bridge(f"json://127.0.0.1:{receiver.port}/hooks/${{dest}}")
+
+
+def form_bridge(receiver) -> AppriseBridge:
+    return bridge(f"form://127.0.0.1:{receiver.port}/hooks/${{dest}}")
+
+
+def message(content: bytes, dest: str, datatype: str = "text", **extra) -> dict:
+    return {"id": "A" * 16, "content": BytesContent(content), "dest": dest, "type": datatype, "options": {}, "platform_ids": [], **extra}
+
+
+def test_registered_as_a_kind():
+    assert KINDS["apprise"] is AppriseBridge and AppriseBridge.kind == "apprise"
+
+
+# -- the destination is checked before it is substituted --------------------------------------
+
+@pytest.mark.parametrize("dest", ["../admin", "a/b", "ops?x=1", "ops#frag", "ops%2f..", "user@evil.example", "ops x", "OPS", "", "a" * 40])
+def test_dests_the_pattern_or_the_url_rules_refuse(receiver, dest):
+    with pytest.raises(InvalidInput):
+        json_bridge(receiver).check_dest(dest)
+
+
+def test_a_permissive_pattern_still_refuses_traversal(receiver):
+    loose = bridge(f"json://127.0.0.1:{receiver.port}/hooks/${{dest}}", pattern=r".+")
+    for dest in ("../../etc", "x/../../y", "a@b"):
+        with pytest.raises(InvalidInput):
+            loose.check_dest(dest)
+    assert loose.check_dest("fine-dest") == "fine-dest"
+
+
+def test_a_dest_the_pattern_no_longer_matches_fails_at_send(receiver):
+    outcome = json_bridge(receiver).send(message(b"hola", "../admin"))
+    assert outcome.kind == "failed" and not receiver.received()
+
+
+@pytest.mark.parametrize("url, why", [
+    ("json://127.0.0.1/hooks", "exactly once"),
+    ("json://127.0.0.1/${dest}/${dest}", "exactly once"),
+    ("nosuchplugin://host/${dest}", "no Apprise plugin"),
+])
+def test_bad_templates_leave_the_instance_unconfigured(url, why):
+    instance = bridge(url)
+    assert not instance.configured() and why in instance.missing_credentials()[0]
+    assert instance.send(message(b"hola", "ops")).kind == "misconfigured"
+
+
+def test_a_bad_pattern_leaves_the_instance_unconfigured():
+    instance = bridge("json://127.0.0.1/${dest}", pattern="[unclosed")
+    assert not instance.configured() and "regular expression" in instance.missing_credentials()[0]
+
+
+def test_datatypes_and_pace_come_from_the_plugin(receiver):
+    instance = json_bridge(receiver)
+    assert instance.datatypes == {"text", "image", "document", "audio", "video", "voice"}  # json:// takes attachments
+    assert instance.rate == 1.0  # json:// states no spacing: the conservative default
+    assert bridge("mailgun://user@example.org/key/${dest}").rate == pytest.approx(1 / 0.2)
+    assert bridge("ntfy://ntfy.example.org/${dest}").rate == pytest.approx(1 / 5.5)  # Apprise's default spacing
+
+
+# -- json:// and form://, byte for byte -------------------------------------------------------
+
+def test_json_text_arrives_byte_for_byte(receiver):
+    text = "hola ✓ — «comillas» \"dobles\" \\ y\nsaltos\r\n\ttab 👍🏽"
+    outcome = json_bridge(receiver).send(message(text.encode(), "ops"))
+    assert outcome.kind == "delivered" and outcome.platform_ids == [""]
+    [sent] = receiver.received()
+    assert sent["method"] == "POST" and sent["media"]["path"] == "/hooks/ops"
+    assert sent["json"]["message"] == text and sent["json"]["type"] == "info"
+
+
+def test_json_attachment_arrives_byte_for_byte(receiver):
+    image = png()
+    outcome = json_bridge(receiver).send(message(image, "ops", "image", filename="foto.png", options={"caption": "mirá"}))
+    assert outcome.kind == "delivered", outcome
+    [sent] = receiver.received()
+    [attachment] = sent["json"]["attachments"]
+    assert base64.b64decode(attachment["base64"]) == image
+    assert attachment["filename"] == "foto.png" and attachment["mimetype"] == "image/png"
+    assert sent["json"]["message"] == "mirá"
+
+
+def test_form_text_and_attachment_arrive_byte_for_byte(receiver):
+    text, document = "línea 1\nlínea 2 ✓", pdf("acta")
+    assert form_bridge(receiver).send(message(text.encode(), "ops")).kind == "delivered"
+    assert form_bridge(receiver).send(message(document, "ops", "document", filename="acta 2026.pdf")).kind == "delivered"
+    first, second = receiver.received()
+    assert first["fields"]["message"] == text
+    [upload] = second["files"].values()
+    assert upload["sha256"] == hashlib.sha256(document).hexdigest() and upload["size"] == len(document)
+    assert upload["filename"] == "acta 2026.pdf" and upload["content_type"] == "application/pdf"
+
+
+def test_a_long_text_goes_as_parts_within_the_plugin_limit(receiver):
+    text = ("palabra " * 9000).strip()  # 71999 characters; json:// takes 32768 per message
+    outcome = json_bridge(receiver).send(message(text.encode(), "ops"))
+    assert outcome.kind == "delivered" and len(outcome.platform_ids) == 3
+    parts = [r["json"]["message"] for r in receiver.received()]
+    assert "".join(parts) == text and all(len(part) <= 32768 - 64 for part in parts)
+
+
+# -- outcome table ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("answer, kind, throttle", [
+    ("too_many", "retry", "service"),
+    ("server_error", "retry", None),
+    ("bad_request", "failed", None),
+    ("unauthorized", "failed", None),
+    ("not_found", "failed", None),
+])
+@pytest.mark.parametrize("plugin", ["json", "form"])
+def test_answers(receiver, plugin, answer, kind, throttle):
+    receiver.script(answer, dest="ops")
+    instance = json_bridge(receiver) if plugin == "json" else form_bridge(receiver)
+    outcome = instance.send(message(b"hola", "ops"))
+    assert outcome.kind == kind and outcome.throttle == throttle, outcome
+    assert outcome.retry_after is None  # Apprise gives none
+
+
+def test_connection_dropped_is_retried(receiver):
+    receiver.script("drop", dest="ops")
+    outcome = json_bridge(receiver).send(message(b"hola", "ops"))
+    assert outcome.kind == "retry", outcome
+
+
+def test_nobody_listening_is_retried(receiver):
+    outcome = bridge("json://127.0.0.1:9/hooks/${dest}").send(message(b"hola", "ops"))
+    assert outcome.kind == "retry" and "onnection" in outcome.reason, outcome
+
+
+def test_a_plugin_without_attachments_sends_text_only():
+    instance = bridge("gotify://gotify.example.org/${dest}")  # Apprise's gotify plugin takes no attachments
+    assert instance.datatypes == {"text"}
+    assert instance.send(message(png(), "ops", "image")).kind == "failed"
+
+
+def test_a_plugin_whose_limits_are_properties_keeps_the_defaults():
+    instance = bridge("matrix://user:pass@matrix.example.org/${dest}")  # body_maxlen is a property there
+    assert instance.configured() and instance.text_limit == 32768 and instance.rate == pytest.approx(1 / 0.5)
+
+
+def test_credentials_of_the_url_are_hidden_in_reasons():
+    url = "json://user:s3cr3t-pa55word@hooks.example.org/in/T0KENabcdef123/ops"
+    outcome = classify(["Failed to send to json://user:s3cr3t-pa55word@hooks.example.org/in/T0KENabcdef123/ops: error=400."], _secret_pieces(url, "ops"))
+    assert outcome.kind == "failed"
+    assert "s3cr3t-pa55word" not in outcome.reason and "T0KENabcdef123" not in outcome.reason and "error=400" in outcome.reason
+
+
+def test_the_service_timeouts_reach_the_plugin(receiver):
+    receiver.script("timeout", dest="ops", seconds=6)
+    started = time.monotonic()
+    outcome = json_bridge(receiver).send(message(b"hola", "ops"))  # read timeout 2 s (Apprise's own default is 4)
+    assert outcome.kind == "retry" and time.monotonic() - started < 3.5, outcome

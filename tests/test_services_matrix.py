@@ -1,0 +1,247 @@
+"""Matrix: the client-server API against a real Synapse, and the fault rows against the emulator.
+
+The Synapse tests start a throwaway homeserver (tests/synapse_support.py: generated config,
+free loopback port, SQLite), register users through the shared-secret admin API, create rooms,
+send through ``multimsg.services.matrix.Matrix`` and read the events back. Synapse
+(``matrix-synapse``) is in the test extra, so under CI=true these tests must run.
+M_LIMIT_EXCEEDED comes from the real Synapse too (a user whose rate limit the admin API
+lowered). The outcome rows a real homeserver will not produce on demand (5xx, timeouts,
+dropped connections, M_TOO_LARGE, idempotency seen from the server side) run against
+tests/emulators/matrix.py.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import itertools
+import time
+from urllib.parse import quote
+
+import pytest
+
+from multimsg.config import ServiceConfig
+from multimsg.content import BytesContent
+from multimsg.errors import InvalidInput
+from multimsg.services import KINDS
+from multimsg.services.matrix import Matrix
+from tests.conftest import require
+from tests.emulators import MatrixEmulator
+from tests.media import ogg_opus, png
+
+_ids = itertools.count(1)
+
+
+def new_id() -> str:
+    return f"M{next(_ids):015d}"
+
+
+def message(content: bytes, dest: str, datatype: str = "text", **extra) -> dict:
+    return {"id": new_id(), "content": BytesContent(content), "dest": dest, "type": datatype, "options": {}, "platform_ids": [], **extra}
+
+
+def service(homeserver: str, token: str) -> Matrix:
+    return Matrix(ServiceConfig({"homeserver": homeserver, "access_token": token}, read_timeout=2.0))
+
+
+def test_registered_as_a_kind():
+    assert KINDS["matrix"] is Matrix and Matrix.kind == "matrix"
+
+
+@pytest.mark.parametrize("dest", ["!abc:example.org", "!abc:matrix.example.org:8448", "!Yx1-_2abcdefghijklmnop", "#room:example.org", "#sala_ñ:[::1]:8008"])
+def test_dest_formats(dest):
+    assert service("http://x", "t").check_dest(dest) == dest
+
+
+@pytest.mark.parametrize("dest", ["abc:example.org", "#room", "#a/b:example.org", "!abc:exa mple.org", "@user:example.org"])
+def test_bad_dests_are_refused(dest):
+    with pytest.raises(InvalidInput):
+        service("http://x", "t").check_dest(dest)
+
+
+# -- a real Synapse --------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def synapse(tmp_path_factory):
+    require(importlib.util.find_spec("synapse") is not None, "matrix-synapse is not installed (pip install -e '.[test]')")
+    from tests.synapse_support import Synapse
+
+    with Synapse(tmp_path_factory.mktemp("synapse")) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def room(synapse):
+    """(bot token, room id, alias) for a room the bot created."""
+    token = synapse.register("multimsg")
+    answer = synapse.client(token, "POST", "/_matrix/client/v3/createRoom", json={"room_alias_name": "avisos", "preset": "private_chat"})
+    assert answer.status_code == 200, answer.text
+    return token, answer.json()["room_id"], f"#avisos:{synapse.server_name}"
+
+
+def read_event(synapse, token, room_id, event_id) -> dict:
+    answer = synapse.client(token, "GET", f"/_matrix/client/v3/rooms/{quote(room_id)}/event/{quote(event_id)}")
+    assert answer.status_code == 200, answer.text
+    return answer.json()
+
+
+def test_synapse_text_by_room_id_is_read_back(synapse, room):
+    token, room_id, _ = room
+    outcome = service(synapse.url, token).send(message("hola, sala ✓".encode(), room_id))
+    assert outcome.kind == "delivered", outcome
+    event = read_event(synapse, token, room_id, outcome.platform_ids[0])
+    assert event["type"] == "m.room.message" and event["content"] == {"msgtype": "m.text", "body": "hola, sala ✓"}
+
+
+def test_synapse_alias_is_resolved_and_a_retry_is_not_a_duplicate(synapse, room):
+    token, room_id, alias = room
+    data = message(b"una sola vez", alias)
+    first = service(synapse.url, token).send(data)
+    again = service(synapse.url, token).send(data)  # the same message id: the same transaction id
+    assert first.kind == again.kind == "delivered"
+    assert first.platform_ids == again.platform_ids
+    assert read_event(synapse, token, room_id, first.platform_ids[0])["room_id"] == room_id
+
+
+def test_synapse_image_is_uploaded_and_sent_as_m_image(synapse, room):
+    token, room_id, _ = room
+    image = png()
+    outcome = service(synapse.url, token).send(message(image, room_id, "image", filename="foto.png", options={"caption": "mirá"}))
+    assert outcome.kind == "delivered", outcome
+    content = read_event(synapse, token, room_id, outcome.platform_ids[0])["content"]
+    assert content["msgtype"] == "m.image" and content["body"] == "mirá" and content["filename"] == "foto.png"
+    assert content["info"] == {"mimetype": "image/png", "size": len(image)}
+    server, media_id = content["url"][len("mxc://"):].split("/", 1)
+    download = synapse.client(token, "GET", f"/_matrix/client/v1/media/download/{server}/{media_id}")
+    assert download.status_code == 200 and hashlib.sha256(download.content).digest() == hashlib.sha256(image).digest()
+
+
+def test_synapse_voice_is_m_audio_with_the_voice_flag(synapse, room):
+    token, room_id, _ = room
+    outcome = service(synapse.url, token).send(message(ogg_opus(), room_id, "voice"))
+    assert outcome.kind == "delivered", outcome
+    content = read_event(synapse, token, room_id, outcome.platform_ids[0])["content"]
+    assert content["msgtype"] == "m.audio" and "org.matrix.msc3245.voice" in content
+
+
+def test_synapse_unknown_token_is_misconfigured(synapse, room):
+    _, room_id, _ = room
+    outcome = service(synapse.url, "syt_not_a_token").send(message(b"hola", room_id))
+    assert outcome.kind == "misconfigured" and "M_UNKNOWN_TOKEN" in outcome.reason
+
+
+def test_synapse_room_the_bot_is_not_in_fails_forbidden(synapse, room):
+    token, _, _ = room
+    other = synapse.register("someone-else")
+    foreign = synapse.client(other, "POST", "/_matrix/client/v3/createRoom", json={"preset": "private_chat"}).json()["room_id"]
+    outcome = service(synapse.url, token).send(message(b"hola", foreign))
+    assert outcome.kind == "failed" and "M_FORBIDDEN" in outcome.reason
+
+
+def test_synapse_unknown_alias_fails_not_found(synapse, room):
+    token, _, _ = room
+    outcome = service(synapse.url, token).send(message(b"hola", f"#no-such-room:{synapse.server_name}"))
+    assert outcome.kind == "failed" and "M_NOT_FOUND" in outcome.reason
+
+
+def test_synapse_limit_exceeded_is_a_throttle_with_its_retry_after(synapse):
+    admin = synapse.register("operator", admin=True)
+    slow = synapse.register("slow-bot")
+    user_id = f"@slow-bot:{synapse.server_name}"
+    room_id = synapse.client(slow, "POST", "/_matrix/client/v3/createRoom", json={"preset": "private_chat"}).json()["room_id"]
+    override = synapse.client(admin, "POST", f"/_synapse/admin/v1/users/{quote(user_id)}/override_ratelimit",
+                              json={"messages_per_second": 1, "burst_count": 1})  # whole numbers only
+    assert override.status_code == 200, override.text
+    svc = service(synapse.url, slow)
+    for _ in range(5):  # room creation spent some of the budget: the first or second send is refused
+        data = message(b"rapido", room_id)
+        limited = svc.send(data)
+        if limited.kind == "retry":
+            break
+    assert limited.kind == "retry" and "M_LIMIT_EXCEEDED" in limited.reason and limited.throttle == "service", limited
+    assert limited.retry_after is not None and 0 < limited.retry_after <= 1.5
+    time.sleep(limited.retry_after + 0.1)  # honoured: after retry_after the same message goes out
+    assert svc.send(data).kind == "delivered"
+
+
+# -- fault rows, against the emulator ---------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def matrix_server():
+    with MatrixEmulator().start() as emulator:
+        yield emulator
+
+
+@pytest.fixture
+def matrix(matrix_server):
+    matrix_server.reset()
+    return matrix_server
+
+
+def test_emulator_limit_exceeded_honours_retry_after_ms(matrix):
+    matrix.script("limit", dest="!r:localhost", retry_after_ms=2500)
+    outcome = service(matrix.url, matrix.token).send(message(b"hola", "!r:localhost"))
+    assert outcome.kind == "retry" and outcome.retry_after == 2.5 and outcome.throttle == "service"
+    assert "M_LIMIT_EXCEEDED" in outcome.reason
+
+
+@pytest.mark.parametrize("answer, extra, reason", [
+    ("server_error", {}, "M_UNKNOWN"),
+    ("bad_gateway", {}, "HTTP 502"),
+    ("timeout", {"seconds": 3}, "did not answer in time"),
+    ("drop", {}, "could not reach the homeserver"),
+    ({"status": 200, "body": {}}, {}, "not a sent event"),
+], ids=["500", "502-html", "timeout", "dropped", "200-without-event_id"])
+def test_emulator_transient_answers_are_retried_with_the_same_transaction(matrix, answer, extra, reason):
+    matrix.script(answer, dest="!r:localhost", **extra)
+    data = message(b"hola", "!r:localhost")
+    outcome = service(matrix.url, matrix.token).send(data)
+    assert outcome.kind == "retry" and reason in outcome.reason, outcome
+    assert service(matrix.url, matrix.token).send(data).kind == "delivered"
+    transactions = {r["fields"]["txn"] for r in matrix.received() if r["method"] == "send"}
+    assert transactions == {f"multimsg.{data['id']}.0"}
+
+
+def test_emulator_a_timed_out_send_retried_is_the_same_event(matrix):
+    matrix.script("timeout", dest="!r:localhost", seconds=3)
+    data = message(b"hola", "!r:localhost")
+    assert service(matrix.url, matrix.token).send(data).kind == "retry"
+    assert service(matrix.url, matrix.token).send(data).kind == "delivered"
+    first, second = [r for r in matrix.received() if r["method"] == "send"]
+    assert first["status"] == second["status"] == 200 and second["fields"]["repeat"] is True
+    assert first["response"]["event_id"] == second["response"]["event_id"]
+
+
+@pytest.mark.parametrize("answer, kind, errcode", [
+    ("unknown_token", "misconfigured", "M_UNKNOWN_TOKEN"),
+    ("forbidden", "failed", "M_FORBIDDEN"),
+    ("not_found", "failed", "M_NOT_FOUND"),
+    ("too_large", "failed", "M_TOO_LARGE"),
+])
+def test_emulator_refusals(matrix, answer, kind, errcode):
+    matrix.script(answer, dest="!r:localhost")
+    outcome = service(matrix.url, matrix.token).send(message(b"hola", "!r:localhost"))
+    assert outcome.kind == kind and errcode in outcome.reason
+
+
+def test_emulator_a_homeserver_url_that_is_not_matrix_is_misconfigured(matrix):
+    outcome = service(matrix.url + "/nope", matrix.token).send(message(b"hola", "!r:localhost"))
+    assert outcome.kind == "misconfigured" and "M_UNRECOGNIZED" in outcome.reason
+
+
+def test_emulator_an_upload_is_not_repeated_by_a_retry(matrix):
+    matrix.script("server_error", method="send")
+    svc, data = service(matrix.url, matrix.token), message(png(), "#fotos:localhost", "image")
+    assert svc.send(data).kind == "retry"
+    assert svc.send(data).kind == "delivered"
+    uploads = [r for r in matrix.received() if r["method"] == "upload"]
+    assert len(uploads) == 1 and uploads[0]["files"]["file"]["sha256"] == hashlib.sha256(png()).hexdigest()
+    assert len([r for r in matrix.received() if r["method"] == "directory"]) == 1  # the alias is remembered too
+    assert {r["dest"] for r in matrix.received() if r["method"] == "send"} == {"!fotos:localhost"}
+
+
+def test_emulator_a_refused_upload_fails_before_any_event(matrix):
+    matrix.script("too_large", method="upload")
+    outcome = service(matrix.url, matrix.token).send(message(png(), "!r:localhost", "image"))
+    assert outcome.kind == "failed" and "M_TOO_LARGE" in outcome.reason
+    assert not [r for r in matrix.received() if r["method"] == "send"]

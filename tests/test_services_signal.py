@@ -1,0 +1,154 @@
+"""Signal through signal-cli-rest-api: the wire format and one test per outcome row (multimsg/services/signal.py).
+
+The service is built in-process with a ``ServiceConfig`` pointing at the emulator
+(tests/emulators/signal.py) and ``send`` is called directly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+
+import pytest
+
+from multimsg.config import ServiceConfig
+from multimsg.content import BytesContent
+from multimsg.errors import InvalidInput
+from multimsg.services import KINDS
+from multimsg.services.signal import Signal
+from tests.emulators import SignalEmulator
+from tests.media import png
+
+_numbers = itertools.count(4917000000001)
+
+
+def new_number() -> str:
+    return f"+{next(_numbers)}"
+
+
+@pytest.fixture(scope="module")
+def signal_server():
+    with SignalEmulator().start() as emulator:
+        yield emulator
+
+
+@pytest.fixture
+def signal(signal_server):
+    signal_server.reset()
+    return signal_server
+
+
+def service(emulator, **values) -> Signal:
+    config = {"api_url": emulator.url, "number": emulator.number, **values}
+    return Signal(ServiceConfig(config, read_timeout=2.0))
+
+
+def message(content: bytes, dest: str, datatype: str = "text", **extra) -> dict:
+    return {"id": "S" * 16, "content": BytesContent(content), "dest": dest, "type": datatype, "options": {}, "platform_ids": [], **extra}
+
+
+def test_registered_as_a_kind():
+    assert KINDS["signal"] is Signal and Signal.kind == "signal"
+
+
+@pytest.mark.parametrize("dest", ["+4915112345678", "0b1f7c1e-3a2d-4d7e-9f00-0123456789ab", "group.dGVzdGdyb3VwaWQ="])
+def test_dest_formats(dest):
+    assert Signal(ServiceConfig({"api_url": "http://x", "number": "+1"})).check_dest(dest) == dest
+
+
+@pytest.mark.parametrize("dest", ["4915112345678", "+49 151", "group.", "../v1/accounts", "+0123456789"])
+def test_bad_dests_are_refused(dest):
+    with pytest.raises(InvalidInput):
+        Signal(ServiceConfig({"api_url": "http://x", "number": "+1"})).check_dest(dest)
+
+
+def test_text_is_sent_with_number_and_recipients(signal):
+    dest = new_number()
+    outcome = service(signal).send(message("hola, señal ✓".encode(), dest))
+    assert outcome.kind == "delivered", outcome
+    [sent] = signal.received()
+    assert sent["json"] == {"message": "hola, señal ✓", "number": signal.number, "recipients": [dest]}
+    assert outcome.platform_ids == [sent["response"]["timestamp"]]
+
+
+def test_long_text_goes_as_ordered_parts(signal):
+    dest, text = new_number(), ("palabra " * 600).strip()
+    outcome = service(signal).send(message(text.encode(), dest))
+    assert outcome.kind == "delivered" and len(outcome.platform_ids) == 3
+    parts = [r["json"]["message"] for r in signal.received()]
+    assert "".join(parts) == text and all(len(part) <= 2000 for part in parts)
+
+
+def test_an_image_goes_as_a_data_uri_with_mime_type_and_file_name(signal):
+    dest, PNG = new_number(), png()
+    data = message(PNG, dest, "image", filename="foto; 1.png", options={"caption": "mirá"})
+    outcome = service(signal).send(data)
+    assert outcome.kind == "delivered", outcome
+    [sent] = signal.received()
+    assert sent["fields"]["message"] == "mirá"
+    attachment = sent["files"]["attachment0"]
+    assert attachment == {"sha256": hashlib.sha256(PNG).hexdigest(), "size": len(PNG), "filename": "foto_ 1.png", "content_type": "image/png"}
+
+
+def test_a_large_document_is_streamed_byte_for_byte(signal):
+    dest, blob = new_number(), bytes(range(256)) * 4099 + b"x"  # not a multiple of 3
+    outcome = service(signal).send(message(blob, dest, "document", filename="blob.bin"))
+    assert outcome.kind == "delivered", outcome
+    [sent] = signal.received()
+    assert sent["files"]["attachment0"]["sha256"] == hashlib.sha256(blob).hexdigest()
+    assert sent["files"]["attachment0"]["content_type"] == "application/octet-stream"
+
+
+# -- outcome table ---------------------------------------------------------------------------
+
+def test_captcha_challenge_is_misconfigured(signal):
+    dest = new_number()
+    signal.script("captcha", dest=dest)
+    outcome = service(signal).send(message(b"hola", dest))
+    assert outcome.kind == "misconfigured" and "needs a captcha" in outcome.reason
+
+
+def test_429_without_challenge_is_a_service_throttle(signal):
+    dest = new_number()
+    signal.script("rate_limited", dest=dest)
+    outcome = service(signal).send(message(b"hola", dest))
+    assert outcome.kind == "retry" and outcome.throttle == "service"
+
+
+def test_unknown_recipient_fails(signal):
+    dest = new_number()
+    signal.script("unregistered", dest=dest, who=dest)
+    outcome = service(signal).send(message(b"hola", dest))
+    assert outcome.kind == "failed" and "Unregistered user" in outcome.reason
+
+
+def test_an_account_the_api_does_not_have_is_misconfigured(signal):
+    outcome = service(signal, number="+4915199999999").send(message(b"hola", new_number()))
+    assert outcome.kind == "misconfigured" and "not an account" in outcome.reason
+
+
+def test_a_wrong_api_url_is_misconfigured(signal):
+    outcome = service(signal, api_url=signal.url + "/nope").send(message(b"hola", new_number()))
+    assert outcome.kind == "misconfigured" and "API URL" in outcome.reason
+
+
+@pytest.mark.parametrize("answer, extra, reason", [
+    ("server_error", {}, "Internal Server Error"),
+    ("bad_gateway", {}, "HTTP 502"),
+    ("timeout", {"seconds": 3}, "did not answer in time"),
+    ("drop", {}, "could not reach the platform"),
+    ({"status": 201, "body": {}}, {}, "not a sent message"),
+], ids=["500", "502-html", "timeout", "dropped", "201-without-timestamp"])
+def test_transient_answers_are_retried(signal, answer, extra, reason):
+    dest = new_number()
+    signal.script(answer, dest=dest, **extra)
+    outcome = service(signal).send(message(b"hola", dest))
+    assert outcome.kind == "retry" and reason in outcome.reason, outcome
+    assert service(signal).send(message(b"hola", dest)).kind == "delivered"
+
+
+def test_other_4xx_fail_with_the_error(signal):
+    dest = new_number()
+    signal.script({"status": 400, "body": {"error": "Invalid group id"}}, dest=dest)
+    outcome = service(signal).send(message(b"hola", dest))
+    assert outcome.kind == "failed" and outcome.reason == "signal: Invalid group id"

@@ -1,0 +1,144 @@
+"""SMS/MMS through Twilio: the wire format and one test per outcome row (multimsg/services/twilio.py).
+
+Built in-process with a ``ServiceConfig`` pointing at the emulator (tests/emulators/twilio.py).
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from multimsg.config import ServiceConfig
+from multimsg.content import BytesContent
+from multimsg.errors import InvalidInput
+from multimsg.services import KINDS
+from multimsg.services.twilio import Twilio
+from tests.emulators import TwilioEmulator
+from tests.media import png
+
+_numbers = itertools.count(14155550001)
+
+
+def new_number() -> str:
+    return f"+{next(_numbers)}"
+
+
+@pytest.fixture(scope="module")
+def twilio_server():
+    with TwilioEmulator().start() as emulator:
+        yield emulator
+
+
+@pytest.fixture
+def twilio(twilio_server):
+    twilio_server.reset()
+    return twilio_server
+
+
+def service(emulator, **values) -> Twilio:
+    config = {"account_sid": emulator.sid, "auth_token": emulator.token, "sender": "+15005550006", "api_url": emulator.url,
+              "media_base_url": "", **values}
+    return Twilio(ServiceConfig(config, read_timeout=2.0))
+
+
+def message(content: bytes, dest: str, datatype: str = "text", **extra) -> dict:
+    return {"id": "T" * 16, "content": BytesContent(content), "dest": dest, "type": datatype, "options": {}, "platform_ids": [], **extra}
+
+
+def test_registered_as_a_kind():
+    assert KINDS["twilio"] is Twilio and Twilio.kind == "twilio"
+
+
+def test_sms_goes_with_basic_auth_and_form_fields(twilio):
+    dest = new_number()
+    outcome = service(twilio).send(message("¡hola! ✓".encode(), dest))
+    assert outcome.kind == "delivered", outcome
+    [sent] = twilio.received()
+    assert sent["fields"] == {"To": dest, "From": "+15005550006", "Body": "¡hola! ✓"}
+    assert outcome.platform_ids == [sent["response"]["sid"]] and outcome.platform_ids[0].startswith("SM")
+
+
+def test_a_messaging_service_sid_goes_as_messaging_service_sid(twilio):
+    dest = new_number()
+    assert service(twilio, sender="MG" + "1" * 32).send(message(b"hola", dest)).kind == "delivered"
+    [sent] = twilio.received()
+    assert sent["fields"] == {"To": dest, "MessagingServiceSid": "MG" + "1" * 32, "Body": "hola"}
+
+
+def test_a_body_over_1600_is_split_into_parts(twilio):
+    dest, text = new_number(), ("mensaje " * 500).strip()  # 3999 characters
+    outcome = service(twilio).send(message(text.encode(), dest))
+    assert outcome.kind == "delivered" and len(outcome.platform_ids) == 3
+    parts = [r["fields"]["Body"] for r in twilio.received()]
+    assert "".join(parts) == text and all(len(part) <= 1600 for part in parts)
+
+
+def test_media_are_refused_at_msg_without_a_public_base_url(twilio):
+    with pytest.raises(InvalidInput, match="not public"):
+        service(twilio).check_content("image", BytesContent(png()), {})
+    assert service(twilio).check_content("text", BytesContent(b"hola"), {}) == {}
+
+
+def test_media_go_as_media_url_under_the_public_base_url(twilio):
+    svc = service(twilio, media_base_url="https://media.example.org/mm/")
+    assert svc.check_content("image", BytesContent(png()), {"caption": "foto"}) == {"caption": "foto"}
+    dest = new_number()
+    outcome = svc.send(message(png(), dest, "image", filename="foto 1.png", options={"caption": "foto"}))
+    assert outcome.kind == "delivered", outcome
+    [sent] = twilio.received()
+    assert sent["fields"]["MediaUrl"] == ["https://media.example.org/mm/TTTTTTTTTTTTTTTT/foto%201.png"]
+    assert sent["fields"]["Body"] == "foto"
+
+
+# -- outcome table ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("answer", ["too_many", {"status": 429, "body": {"message": "slow down"}, "headers": {"Retry-After": "2"}}], ids=["20429", "429-header"])
+def test_rate_limits_are_a_service_throttle(twilio, answer):
+    dest = new_number()
+    twilio.script(answer, dest=dest)
+    outcome = service(twilio).send(message(b"hola", dest))
+    assert outcome.kind == "retry" and outcome.throttle == "service", outcome
+    if isinstance(answer, dict):
+        assert outcome.retry_after == 2
+
+
+@pytest.mark.parametrize("answer, code", [("invalid_to", 21211), ("not_mobile", 21614), ("unsubscribed", 21610)])
+def test_refused_numbers_fail(twilio, answer, code):
+    dest = new_number()
+    twilio.script(answer, dest=dest)
+    outcome = service(twilio).send(message(b"hola", dest))
+    assert outcome.kind == "failed" and f"(error {code})" in outcome.reason
+
+
+def test_a_wrong_auth_token_is_misconfigured(twilio):
+    outcome = service(twilio, auth_token="wrong").send(message(b"hola", new_number()))
+    assert outcome.kind == "misconfigured" and "(error 20003)" in outcome.reason
+    assert "wrong" not in outcome.reason
+
+
+def test_a_wrong_account_sid_is_misconfigured(twilio):
+    svc = service(twilio)
+    svc.api_url = twilio.url + "/elsewhere"
+    outcome = svc.send(message(b"hola", new_number()))
+    assert outcome.kind == "misconfigured" and "(error 20404)" in outcome.reason
+
+
+def test_a_from_number_not_of_the_account_is_misconfigured(twilio):
+    outcome = service(twilio, sender="+15005550009").send(message(b"hola", new_number()))
+    assert outcome.kind == "misconfigured" and "(error 21606)" in outcome.reason
+
+
+@pytest.mark.parametrize("answer, extra, reason", [
+    ("server_error", {}, "Internal Server Error"),
+    ("bad_gateway", {}, "HTTP 503"),
+    ("timeout", {"seconds": 3}, "did not answer in time"),
+    ("drop", {}, "could not reach the platform"),
+    ({"status": 201, "body": {"status": "queued"}}, {}, "not a created message"),
+], ids=["500", "503-html", "timeout", "dropped", "201-without-sid"])
+def test_transient_answers_are_retried(twilio, answer, extra, reason):
+    dest = new_number()
+    twilio.script(answer, dest=dest, **extra)
+    outcome = service(twilio).send(message(b"hola", dest))
+    assert outcome.kind == "retry" and reason in outcome.reason, outcome
+    assert service(twilio).send(message(b"hola", dest)).kind == "delivered"
