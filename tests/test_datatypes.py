@@ -131,7 +131,7 @@ def test_a_template_document_becomes_the_cloud_api_template_object(tmp_path):
     path = tmp_path / "t.json"
     components = [{"type": "body", "parameters": [{"type": "text", "text": "Ana"}]}]
     path.write_text(json.dumps({"name": "order_update", "language": "es_AR", "components": components}))
-    assert load_template(FileContent(path)) == {"name": "order_update", "language": {"code": "es_AR"}, "components": components}
+    assert load_template(FileContent(path)) == {"name": "order_update", "language": {"code": "es_AR", "policy": "deterministic"}, "components": components}
 
 
 # -- the streamed multipart body -----------------------------------------------------------
