@@ -92,7 +92,9 @@ class WhatsApp(ServiceBase):
     dest_pattern = re.compile(r"[1-9][0-9]{7,14}")
     rate = 80.0  # Cloud API throughput: 80 messages per second per business phone number
     credentials = {"token": "MULTIMSG_WPP1_TOKEN", "phone_number_id": "MULTIMSG_WPP1_PHONE_NUMBER_ID"}
-    options = {"api_url": ("MULTIMSG_WPP1_API_URL", "https://graph.facebook.com/v23.0")}
+    options = {"api_url": ("MULTIMSG_WPP1_API_URL", "https://graph.facebook.com/v23.0"),
+               # status webhooks (multimsg/webhooks.py): the handshake's token, the key of X-Hub-Signature-256
+               "verify_token": ("MULTIMSG_WPP1_VERIFY_TOKEN", ""), "app_secret": ("MULTIMSG_WPP1_APP_SECRET", "")}
 
     size_limits = {
         Datatypes.IMAGE: 5 * MB,

@@ -368,7 +368,7 @@ class RedisStore(MessageStore):
         key = self.keys.base + "key:" + name
         self.r.set(key, make(), nx=True)
         value = self.r.get(key)
-        return None if value is None else bytes(value)
+        return None if value is None else (value.encode() if isinstance(value, str) else bytes(value))
 
     @guarded
     def report(self, message_id: str, now: float) -> Message | None:
