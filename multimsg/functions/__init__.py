@@ -23,5 +23,5 @@ HANDLERS = {"/key": key, "/data": data, "/msg": msg, "/cons": cons, "/drain": dr
 HANDLERS["/openapi.json"] = openapi
 HANDLERS["/health"] = health
 HANDLERS["/metrics"] = metrics
-HANDLERS["/webhook"] = webhook  # also /webhook/<serv> (app.py)
+HANDLERS["/webhook/wpp1"] = webhook  # the local runner also routes /webhook/<serv> here (app.py): 404 for others
 HANDLERS["/callback-key"] = callback_key

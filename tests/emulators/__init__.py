@@ -230,3 +230,7 @@ class WhatsAppEmulator(Emulator):
     @property
     def phone_id(self) -> str:
         return str(self.options.get("phone_id", self.defaults["phone_id"]))
+
+    def statuses(self, url: str, app_secret: str, message: str | None = None, **spec: Any) -> dict[str, Any]:
+        """Send signed status webhooks to ``url`` as Meta does (see whatsapp.py); returns the wamid and each answer."""
+        return self._control("POST", "statuses", {"url": url, "app_secret": app_secret, "message": message, **spec})
