@@ -52,7 +52,7 @@ from .model import Message
 from .queue.outbox import Event
 from .queue.store import MessageStore
 
-__all__ = ["CallbackKeys", "check_url", "make_event", "report", "dispatch", "Dispatcher", "DEFAULT_BACKOFF", "TIMEOUT"]
+__all__ = ["CallbackKeys", "check_url", "check_syntax", "make_event", "report", "dispatch", "Dispatcher", "DEFAULT_BACKOFF", "TIMEOUT"]
 
 log = logging.getLogger("multimsg.callbacks")
 
@@ -144,7 +144,7 @@ def _public(address: str) -> bool:
 
 
 def _split(url: str) -> tuple[str, str, int, str]:
-    if not isinstance(url, str) or len(url) > MAX_URL or any(c in url for c in "\r\n\t ") :
+    if not isinstance(url, str) or len(url) > MAX_URL or any(c in url for c in "\r\n\t "):
         raise InvalidInput("callback must be an http or https URL of at most 2048 characters")
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -178,6 +178,12 @@ def resolve(url: str, allow_private: bool) -> tuple[str, str, int, str, str]:
         raise InvalidInput(f"callback host {host!r} resolves to a loopback, private, link-local or multicast address; "
                            "callbacks go to public addresses only")
     return scheme, host, port, path, addresses[0]
+
+
+def check_syntax(url: str) -> str:
+    """``url`` if it is an http(s) URL a callback could go to (no resolution): ``InvalidInput`` if not."""
+    _split(url)
+    return url
 
 
 def check_url(url: str, allow_private: bool) -> str:

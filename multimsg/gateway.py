@@ -97,7 +97,7 @@ class Gateway:
         dest = service.check_dest(fields["dest"])
         if not service.configured():
             raise NotConfigured(f"service {service.name} is not configured on this server (missing {', '.join(service.missing_credentials())})")
-        callback = fields.get(MSG_CALLBACK) or self.default_callback or None
+        callback = fields.get(MSG_CALLBACK) or self._token_callback(client) or self.default_callback or None
         if callback is not None and self.callbacks is not None:
             check_url(callback, self.callbacks.allow_private)
         info = self.spool.get(client, data_id)
@@ -147,6 +147,13 @@ class Gateway:
         if reported is None:
             raise NotFound(gone)
         return reported
+
+    @staticmethod
+    def _token_callback(client: str) -> str | None:
+        """The per-token default (``multimsg token add NAME --callback URL``), in token identity mode."""
+        from .tokens import token_callback
+
+        return token_callback(client) if client.startswith("token:") else None
 
     # -- GET /callback-key --------------------------------------------------
     def callback_key(self) -> tuple[str, str]:

@@ -332,3 +332,16 @@ def test_the_dispatcher_retries_with_the_same_id_and_gives_up_after_the_backoff(
     assert d.run()["delivered"] == 1
     assert len({h["webhook-id"] for _, h in sent}) == 1 and all(h["webhook-signature"].startswith("v1a,") for _, h in sent)
     assert store.outbox_figures() == {"pending": 0, "delivered": 1, "given_up": 0}
+
+
+def test_a_token_can_carry_a_default_callback_url(tmp_path, capsys):
+    from multimsg.tokens import main as token_main
+    from multimsg.tokens import token_callback
+
+    path = tmp_path / "tokens"
+    assert token_main(["--file", str(path), "add", "shop", "--callback", "https://hooks.example.com/mm"]) == 0
+    assert token_callback("token:shop", path) == "https://hooks.example.com/mm"
+    assert token_callback("token:other", path) is None and token_callback("ip:127.0.0.1", path) is None
+    assert token_main(["--file", str(path), "add", "bad", "--callback", "ftp://x/"]) == 2
+    assert token_main(["--file", str(path), "remove", "shop"]) == 0
+    assert token_callback("token:shop", path) is None
