@@ -262,6 +262,11 @@ class Settings:
                                   help="unset: the embedded store; redis://HOST:PORT/DB (rediss://, a password in the URL): a shared store")
     redis_tag: str = setting("MULTIMSG_REDIS_TAG", "mm", help="the hash tag of every Redis key (mm:{TAG}:...): one per deployment sharing a Redis")
     redis_blob_max: int = setting("MULTIMSG_REDIS_BLOB_MAX", 20 * 1000 * 1000, int, help="largest upload kept in Redis, in bytes (above: 413)")
+    callback_url: str | None = setting("MULTIMSG_CALLBACK_URL", None, help="callback URL of messages sent without one")
+    callback_allow_private: bool = setting("MULTIMSG_CALLBACK_ALLOW_PRIVATE", False, bool,
+                                           help="let callbacks go to loopback, private and link-local addresses (tests, a trusted LAN)")
+    callback_backoff: str = setting("MULTIMSG_CALLBACK_BACKOFF", "60 300 1800 3600 7200 21600 50400",
+                                    help="seconds between callback attempts; one more attempt than values (default: 8 over ~24 h)")
 
     @classmethod
     def from_env(cls) -> "Settings":

@@ -79,3 +79,7 @@ class Replayed(MultimsgError):
 
 class StorageFull(MultimsgError):
     """The server's disk (or the user's disk quota) is full: nothing of this request was stored."""
+
+
+class Forbidden(MultimsgError):
+    """Credentials were given but are wrong (a webhook's signature or verify token): 403."""

@@ -13,6 +13,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import BinaryIO, Callable
 
+from .callbacks import CallbackKeys, Dispatcher, check_url, parse_backoff
 from .config import Settings, settings
 from .crypto import ServerKeys
 from .errors import InvalidInput, NotConfigured, NotFound
@@ -25,6 +26,7 @@ from .queue.backends.files import FileSpool
 from .queue.backends.tiny import TinyStore
 from .queue.clock import SteadyClock
 from .queue.drain import Drain, Tuning
+from .queue.receipts import Receipt
 from .queue.retry import RetryPolicy
 from .queue.spool import Spool
 from .queue.store import MessageStore
@@ -36,6 +38,8 @@ __all__ = ["Gateway", "gateway", "MSG_FIELDS", "MSG_OPTIONS"]
 
 MSG_FIELDS = ("id", "serv", "dest", "type")
 MSG_OPTIONS = ("caption", "filename")  # optional; checked by the service
+MSG_CALLBACK = "callback"  # optional: where status events go (multimsg/callbacks.py)
+FINAL_EVENTS = {State.DELIVERED: "message.delivered", State.FAILED: "message.failed"}
 
 
 @dataclass
@@ -49,6 +53,8 @@ class Gateway:
     clock: SteadyClock = field(default_factory=SteadyClock)
     quota: int = 0  # MULTIMSG_CLIENT_QUOTA: bytes a client's uploads may hold in the spool (0: no quota)
     replay: ReplayRecord | None = None  # wrapped keys already accepted (multimsg/replay.py)
+    callbacks: Dispatcher | None = None  # status events out (multimsg/callbacks.py)
+    default_callback: str | None = None  # MULTIMSG_CALLBACK_URL
 
     @classmethod
     def from_settings(cls, s: Settings) -> "Gateway":
@@ -57,8 +63,11 @@ class Gateway:
         clock = SteadyClock()
         drain = Drain(store, spool, get_service, RetryPolicy.from_settings(s), layout.lock("drain") if s.drain_lock else None,
                       clock=clock, tuning=Tuning.from_settings(s), archive_folder=archive_folder)
+        callbacks = Dispatcher(store, CallbackKeys(layout, store), parse_backoff(s.callback_backoff), s.callback_allow_private)
+        drain.on_final = lambda m: callbacks.enqueue(m, FINAL_EVENTS.get(m.state))
+        drain.after_pass = callbacks.run
         return cls(ServerKeys(layout), store, spool, drain, get_service, s.report_grace, clock, quota=s.client_quota,
-                   replay=ReplayRecord(s.home / "replay", fsync=s.fsync))
+                   replay=ReplayRecord(s.home / "replay", fsync=s.fsync), callbacks=callbacks, default_callback=s.callback_url)
 
     # -- GET /key ----------------------------------------------------------
     def public_key(self) -> str:
@@ -89,6 +98,9 @@ class Gateway:
         dest = service.check_dest(fields["dest"])
         if not service.configured():
             raise NotConfigured(f"service {service.name} is not configured on this server (missing {', '.join(service.missing_credentials())})")
+        callback = fields.get(MSG_CALLBACK) or self._token_callback(client) or self.default_callback or None
+        if callback is not None and self.callbacks is not None:
+            check_url(callback, self.callbacks.allow_private)
         info = self.spool.get(client, data_id)
         options = service.check_content(datatype, self.spool.content(client, data_id), {k: fields[k] for k in MSG_OPTIONS if k in fields})
 
@@ -96,7 +108,7 @@ class Gateway:
         message = Message(
             id=new_id(), client=client, data_id=data_id, serv=service.name, dest=dest, type=datatype,
             filename=options.pop("filename", None) or info.filename, options=options,
-            state=State.QUEUED, created_at=now, updated_at=now, next_attempt_at=now,
+            state=State.QUEUED, created_at=now, updated_at=now, next_attempt_at=now, callback=callback,
         )
         self.spool.attach(client, data_id, message.id)
         try:
@@ -136,6 +148,40 @@ class Gateway:
         if reported is None:
             raise NotFound(gone)
         return reported
+
+    @staticmethod
+    def _token_callback(client: str) -> str | None:
+        """The per-token default (``multimsg token add NAME --callback URL``), in token identity mode."""
+        from .tokens import token_callback
+
+        return token_callback(client) if client.startswith("token:") else None
+
+    # -- GET /callback-key --------------------------------------------------
+    def callback_key(self) -> tuple[str, str]:
+        """The public key that signs callbacks: PEM, and Standard Webhooks' ``whpk_`` form."""
+        if self.callbacks is None:
+            raise NotConfigured("callbacks are not set up on this server")
+        return self.callbacks.keys.public_pem(), self.callbacks.keys.public_whpk()
+
+    # -- POST /webhook/<serv> ---------------------------------------------
+    def receive(self, receipts: list[tuple[str, Receipt]]) -> int:
+        """Apply platform receipts (each atomically, fenced against the drain); how many changed a message."""
+        from .metrics import count_receipt
+
+        changed = 0
+        for message_id, receipt in receipts:
+            count_receipt(receipt.status)
+            try:
+                message_id = check_id(message_id, "message id")
+            except InvalidInput:
+                continue  # not one of ours
+            after, kind = self.store.apply_receipt(message_id, receipt, self.clock.now())
+            if after is None:
+                continue
+            changed += 1
+            if self.callbacks is not None and kind is not None:
+                self.callbacks.enqueue(after, kind)
+        return changed
 
     # -- POST /drain -------------------------------------------------------
     def drain(self) -> dict:

@@ -137,6 +137,29 @@ def _request_counter():
         return _requests
 
 
+_receipts = None
+
+
+def _receipt_counter():
+    global _receipts
+    _request_counter()  # the multiprocess value class is set up
+    with _lock:
+        if _receipts is None:
+            from prometheus_client import Counter
+
+            _receipts = Counter("multimsg_receipts", "Platform receipts (status webhooks) received, by service and status",
+                                ["service", "status"], registry=None)
+        return _receipts
+
+
+def count_receipt(status: str, service: str = "wpp1") -> None:
+    """Count one receipt received. Never raises."""
+    try:
+        _receipt_counter().labels(service, status).inc()
+    except Exception:
+        log.exception("receipt metrics are off in this process")
+
+
 def count_request(endpoint: str, status: int) -> None:
     """Count one answered request. Never raises: metrics must not break a request."""
     global _failed
@@ -164,8 +187,9 @@ def _cumulative(histogram: dict, bounds: tuple) -> list[tuple[str, float]]:
 class QueueCollector:
     """Queue figures from the counters file, read once per scrape."""
 
-    def __init__(self, counters: Counters):
+    def __init__(self, counters: Counters, outbox=None):
         self.counters = counters
+        self.outbox = outbox  # () -> the store's outbox figures (callbacks), or None
 
     def collect(self):
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
@@ -218,6 +242,25 @@ class QueueCollector:
         last = GaugeMetricFamily("multimsg_drain_last_pass_timestamp_seconds", "When the last drain pass ended (0: never)")
         last.add_metric([], drain.get("last_at") or 0.0)
         yield from (depth, oldest, outcomes, latency, passes, last, configured)
+        yield from self._callbacks()
+
+    def _callbacks(self):
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        if self.outbox is None:
+            return
+        try:
+            figures = self.outbox()
+        except Exception:
+            log.exception("callback figures not read")
+            return
+        pending = GaugeMetricFamily("multimsg_callbacks_pending", "Status events in the outbox, not yet delivered")
+        pending.add_metric([], figures.get("pending", 0))
+        ended = CounterMetricFamily("multimsg_callbacks", "Status events that left the outbox, by outcome (delivered, given_up)",
+                                    labels=["outcome"])
+        for outcome in ("delivered", "given_up"):
+            ended.add_metric([outcome], figures.get(outcome, 0))
+        yield from (pending, ended)
 
 
 def render(counters: Counters | None = None) -> bytes:
@@ -225,10 +268,12 @@ def render(counters: Counters | None = None) -> bytes:
     from prometheus_client import CollectorRegistry, generate_latest
     from prometheus_client.multiprocess import MultiProcessCollector
 
+    outbox = None
     if counters is None:
         from .gateway import gateway
 
         counters = gateway().store.counters
+        outbox = gateway().store.outbox_figures
 
     registry = CollectorRegistry()
     _request_counter()  # this process's file exists, so the request series are there from the first scrape
@@ -236,6 +281,6 @@ def render(counters: Counters | None = None) -> bytes:
     if time.monotonic() - _swept_at >= SWEEP_EVERY:
         _sweep_quietly(path)
     MultiProcessCollector(registry, path=path)
-    registry.register(QueueCollector(counters))
+    registry.register(QueueCollector(counters, outbox))
     with _scrape_lock(path):
         return generate_latest(registry)

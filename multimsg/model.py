@@ -61,6 +61,9 @@ class Message:
     claim: str | None = None  # the lease token of the pass sending it now
     claim_until: float | None = None  # when that lease lapses
     reported_at: float | None = None  # when /cons first reported its final state
+    callback: str | None = None  # where status events are POSTed (multimsg/callbacks.py); None: nowhere
+    receipt: dict[str, float] = field(default_factory=dict)  # platform receipt level -> when (sent, delivered, read, failed)
+    failure: dict[str, Any] | None = None  # the platform's reason when a receipt said failed
 
     @property
     def final(self) -> bool:
@@ -109,6 +112,12 @@ class Message:
         values["platform_ids"] = [] if ids is None else ids
         if not isinstance(values["platform_ids"], list) or not all(isinstance(i, str) for i in values["platform_ids"]):
             raise BadRecord(f"record {values['id']}: 'platform_ids' must be a list of text")
+        receipt = values.get("receipt")
+        values["receipt"] = {} if receipt is None else receipt
+        if not isinstance(values["receipt"], dict) or not all(isinstance(v, (int, float)) for v in values["receipt"].values()):
+            raise BadRecord(f"record {values['id']}: 'receipt' must be an object of times")
+        if values.get("failure") is not None and not isinstance(values["failure"], dict):
+            raise BadRecord(f"record {values['id']}: 'failure' must be an object")
         options = values.get("options")
         values["options"] = {} if options is None else options
         if not isinstance(values["options"], dict):
@@ -138,4 +147,6 @@ class Message:
             "next_attempt_at": None if self.final else self.next_attempt_at,
             "last_error": self.last_error,
             "platform_ids": list(self.platform_ids),
+            "receipt": dict(self.receipt),
+            "failure": None if self.failure is None else dict(self.failure),
         }

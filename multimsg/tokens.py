@@ -14,7 +14,10 @@ The server re-reads the file when it changes (size, mtime or inode), so tokens
 added or removed while it runs take effect on the next request. Checking a
 token hashes it and compares it with every line in constant time.
 
-    python -m multimsg token add NAME      # prints the new token once
+    python -m multimsg token add NAME [--callback URL]  # prints the new token once
+
+``--callback`` keeps a per-token default callback URL (status events of the
+client's messages sent without ``callback``) in ``<token file>.callbacks.json``.
     python -m multimsg token list
     python -m multimsg token remove NAME
 """
@@ -36,7 +39,8 @@ from pathlib import Path
 from .errors import InvalidInput
 from .fsutil import ensure_private_dir, write_atomic
 
-__all__ = ["TokenFile", "token_file", "tokens_path", "add_token", "remove_token", "hash_token", "NAME_RE", "main"]
+__all__ = ["TokenFile", "token_file", "tokens_path", "add_token", "remove_token", "hash_token", "NAME_RE", "main",
+           "token_callback", "set_token_callback"]
 
 log = logging.getLogger("multimsg.tokens")
 
@@ -191,6 +195,39 @@ def remove_token(name: str, path: Path | None = None) -> bool:
     return token_file(path).remove(name)
 
 
+def _callbacks_path(path: Path) -> Path:
+    return path.with_name(path.name + ".callbacks.json")
+
+
+def set_token_callback(name: str, url: str | None, path: Path | None = None) -> None:
+    """Keep (or with None forget) the default callback URL of token ``name``."""
+    import json
+
+    target = _callbacks_path(Path(path) if path else tokens_path())
+    try:
+        current = json.loads(target.read_bytes())
+    except (FileNotFoundError, ValueError):
+        current = {}
+    if url:
+        current[check_name(name)] = url
+    else:
+        current.pop(name, None)
+    write_atomic(target, json.dumps(current, indent=1).encode())
+
+
+def token_callback(client: str, path: Path | None = None) -> str | None:
+    """The default callback URL of a ``token:NAME`` client, if one was set."""
+    import json
+
+    if not client.startswith("token:"):
+        return None
+    try:
+        found = json.loads(_callbacks_path(Path(path) if path else tokens_path()).read_bytes()).get(client[len("token:"):])
+    except (FileNotFoundError, ValueError, AttributeError):
+        return None
+    return found if isinstance(found, str) and found else None
+
+
 def main(argv: list[str] | None = None) -> int:
     """``token add NAME | list | remove NAME`` (the ``multimsg token`` subcommand)."""
     parser = argparse.ArgumentParser(prog="multimsg token", description="Manage client tokens (MULTIMSG_IDENTITY=token).")
@@ -198,6 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     actions = parser.add_subparsers(dest="action", required=True)
     add = actions.add_parser("add", help="create a token for NAME, print it once and store its hash")
     add.add_argument("name")
+    add.add_argument("--callback", help="default callback URL for this client's messages (status events)")
     actions.add_parser("list", help="the names that have a token")
     remove = actions.add_parser("remove", help="revoke NAME's token")
     remove.add_argument("name")
@@ -208,13 +246,21 @@ def main(argv: list[str] | None = None) -> int:
             check_name(args.name)  # before tokens_path(), which makes the data folder
         path = args.file or tokens_path()
         if args.action == "add":
+            if args.callback:
+                from .callbacks import check_syntax
+
+                check_syntax(args.callback)
             token = add_token(args.name, path)
+            if args.callback:
+                set_token_callback(args.name, args.callback, path)
             print(token)
             print(f"token for {args.name!r} added to {path}; it is shown only now", file=sys.stderr)
         elif args.action == "list":
             for name in token_file(path).names():
                 print(name)
-        elif not remove_token(args.name, path):
+        elif remove_token(args.name, path):
+            set_token_callback(args.name, None, path)
+        else:
             print(f"multimsg token: no token named {args.name!r} in {path}", file=sys.stderr)
             return 1
     except InvalidInput as exc:

@@ -53,7 +53,8 @@ def test_json_answers_have_the_documented_shapes(gateway):
     message_id = queued.json()["id"]
     report = gateway.state(message_id)
     assert set(report) == {"id", "state", "serv", "dest", "type", "attempts", "created_at", "updated_at",
-                           "next_attempt_at", "last_error", "platform_ids"}
+                           "next_attempt_at", "last_error", "platform_ids", "receipt", "failure"}
+    assert report["receipt"] == {} and report["failure"] is None
     assert report["dest"] == "-100123" and report["state"] == "queued"
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", report["created_at"])
     error = gateway.http.post(gateway.url + "/cons", data={"id": "x" * 16}, headers={"Accept": "application/json"})

@@ -195,7 +195,7 @@ def test_the_sweep_removes_orphan_message_references(spool):
 class Counting(ServiceBase):
     """A service that records every send; our own engine's counterpart in these in-process tests."""
 
-    name = "counting"
+    kind = "counting"
     datatypes = frozenset({"text"})
     dest_format = "digits"
     import re as _re
@@ -361,3 +361,84 @@ def test_redis_figures_are_the_memory_backends_figures(redis_backend):
     assert redis_store.counters.snapshot(at)["services"] == memory_store.counters.snapshot(at)["services"]
     assert redis_store.rebuild() == 3
     assert redis_store.counters.snapshot(at)["services"] == memory_store.counters.snapshot(at)["services"]
+
+
+# -- receipts and the outbox -------------------------------------------------------------------
+from multimsg.queue.outbox import Event  # noqa: E402
+from multimsg.queue.receipts import Receipt  # noqa: E402
+
+
+def _delivered(store, wamid: str = "wamid.A") -> Message:
+    m = message(state=State.DELIVERED, platform_ids=[wamid], attempts=1)
+    store.add(m)
+    return m
+
+
+def test_update_is_a_read_modify_write_and_none_leaves_the_message(store):
+    m = message()
+    store.add(m)
+    assert store.update(m.id, lambda cur: cur.with_changes(last_error="x"), time.time()).last_error == "x"
+    assert store.update(m.id, lambda cur: None, time.time()) is None
+    assert store.get(m.id).last_error == "x"
+    assert store.update("f" * 16, lambda cur: cur, time.time()) is None
+
+
+def test_receipts_only_go_up_and_repeats_change_nothing(store):
+    m = _delivered(store)
+    now = time.time()
+    after, event = store.apply_receipt(m.id, Receipt("wamid.A", "read", 30.0), now)
+    assert event == "message.read" and after.receipt == {"read": 30.0}
+    assert store.apply_receipt(m.id, Receipt("wamid.A", "read", 31.0), now) == (None, None)  # a repeat
+    after, event = store.apply_receipt(m.id, Receipt("wamid.A", "delivered", 20.0), now)  # late, lower
+    assert event is None and after.receipt == {"read": 30.0, "delivered": 20.0}
+    assert store.get(m.id).state == State.DELIVERED
+    assert store.apply_receipt(m.id, Receipt("wamid.OTHER", "read", 1.0), now) == (None, None)  # not its wamid
+
+
+def test_a_receipt_for_a_leased_message_marks_it_delivered_and_fences_the_pass(store):
+    m = message()
+    store.add(m)
+    now = time.time()
+    claim = next(iter(store.claim_due(now, 60)))
+    after, event = store.apply_receipt(m.id, Receipt("wamid.Z", "sent", now), now)
+    assert event == "message.delivered" and after.state == State.DELIVERED and after.platform_ids == ["wamid.Z"]
+    assert store.finish(claim, {"state": State.QUEUED, "attempts": 1}, now) is None  # the pass writes nothing
+    assert list(store.claim_due(now + 120, 60)) == []  # never sent again
+    assert states(store).get("delivered") == 1
+
+
+def test_a_failed_receipt_fails_an_unreported_message_only(store):
+    now = time.time()
+    m = _delivered(store)
+    after, event = store.apply_receipt(m.id, Receipt("wamid.A", "failed", now, {"code": 131026, "title": "Message undeliverable"}), now)
+    assert event == "message.failed" and after.state == State.FAILED and "131026" in after.last_error
+    reported = _delivered(store, "wamid.B")
+    store.report(reported.id, now)
+    after, event = store.apply_receipt(reported.id, Receipt("wamid.B", "failed", now, {"code": 1}), now)
+    assert event == "message.failed" and after.state == State.DELIVERED and after.failure == {"code": 1}
+
+
+def _event(now: float, **changes) -> Event:
+    return Event(id="msg_" + next(_ids), url="http://127.0.0.1:9/cb", body='{"type": "message.read", "data": "ü 🎉"}',
+                 message_id="m", created_at=now, next_at=now, **changes)
+
+
+def test_the_outbox_leases_events_and_fences_a_lapsed_lease(store):
+    now = time.time()
+    store.enqueue_event(_event(now))
+    store.enqueue_event(_event(now + 100))  # not due yet
+    assert store.outbox_figures()["pending"] == 2
+    first = store.claim_events(now, 10)
+    assert len(first) == 1 and first[0].claim and "🎉" in first[0].body
+    assert store.claim_events(now + 1, 10) == []  # leased
+    second = store.claim_events(now + 11, 10)  # the lease lapsed: taken back
+    assert [e.id for e in second] == [first[0].id] and second[0].claim != first[0].claim
+    assert store.finish_event(first[0], None, True, now) is False  # fenced
+    assert store.finish_event(second[0], now + 50, False, now) is True  # retried later, same id
+    assert store.claim_events(now + 20, 10) == []
+    again = store.claim_events(now + 51, 10)
+    assert [e.id for e in again] == [first[0].id] and again[0].attempts == 1
+    assert store.finish_event(again[0], None, True, now) is True
+    later = store.claim_events(now + 101, 10)
+    assert store.finish_event(later[0], None, False, now) is True
+    assert store.outbox_figures() == {"pending": 0, "delivered": 1, "given_up": 1}

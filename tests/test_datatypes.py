@@ -66,7 +66,7 @@ LIMITS = [
 ]
 
 
-@pytest.mark.parametrize("service, datatype, head, limit", LIMITS, ids=[f"{s.name}-{d}" for s, d, _, _ in LIMITS])
+@pytest.mark.parametrize("service, datatype, head, limit", LIMITS, ids=[f"{s.default_name or s.kind}-{d}" for s, d, _, _ in LIMITS])
 def test_size_limits_accept_the_limit_and_refuse_one_byte_more(tmp_path, service, datatype, head, limit):
     path = tmp_path / "sparse"
     with open(path, "wb") as handle:  # a sparse file: real size, no disk used
@@ -131,7 +131,7 @@ def test_a_template_document_becomes_the_cloud_api_template_object(tmp_path):
     path = tmp_path / "t.json"
     components = [{"type": "body", "parameters": [{"type": "text", "text": "Ana"}]}]
     path.write_text(json.dumps({"name": "order_update", "language": "es_AR", "components": components}))
-    assert load_template(FileContent(path)) == {"name": "order_update", "language": {"code": "es_AR"}, "components": components}
+    assert load_template(FileContent(path)) == {"name": "order_update", "language": {"code": "es_AR", "policy": "deterministic"}, "components": components}
 
 
 # -- the streamed multipart body -----------------------------------------------------------

@@ -74,7 +74,7 @@ def test_a_template_goes_as_type_template_with_its_language_code(service_gateway
     assert report["state"] == "delivered"
     [sent] = whatsapp.wait_for(lambda r: r["dest"] == number)
     assert sent["json"]["type"] == "template"
-    assert sent["json"]["template"] == {"name": "order_update", "language": {"code": "es_AR"}, "components": components}
+    assert sent["json"]["template"] == {"name": "order_update", "language": {"code": "es_AR", "policy": "deterministic"}, "components": components}
     assert not sent["schema_errors"]
 
 

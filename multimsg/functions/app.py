@@ -26,6 +26,7 @@ def create_app() -> flask.Flask:
     app = flask.Flask("multimsg")
     for path, handler in HANDLERS.items():
         app.add_url_rule(path, endpoint=path, view_func=lambda h=handler: h(flask.request), methods=METHODS)
+    app.add_url_rule("/webhook/<serv>", endpoint="webhook-serv", view_func=lambda serv: HANDLERS["/webhook/wpp1"](flask.request), methods=METHODS)
     app.add_url_rule("/", endpoint="root", view_func=lambda: _unknown(flask.request), methods=METHODS)
     app.add_url_rule("/<path:rest>", endpoint="unknown", view_func=lambda rest: _unknown(flask.request), methods=METHODS)
     return app

@@ -57,6 +57,7 @@ STATUS = {
     errors.InvalidInput: 400,
     errors.NotConfigured: 400,
     errors.Unauthorized: 401,
+    errors.Forbidden: 403,
     errors.NotFound: 404,
     errors.Replayed: 409,
     errors.TooLarge: 413,

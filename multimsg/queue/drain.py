@@ -118,6 +118,8 @@ class Drain:
         self.unwritten: list[Unwritten] = []
         self._unwritten_lock = threading.Lock()
         self._last_sweep = float("-inf")
+        self.on_final: Callable[[Message], None] | None = None  # told of every final state written (callbacks)
+        self.after_pass: Callable[[], dict] | None = None  # run after every pass (callback delivery)
 
     def run_pass(self) -> dict:
         lock = FileLock(self.lock_path) if self.lock_path is not None else None
@@ -133,6 +135,14 @@ class Drain:
                 log.error("drain pass skipped: %s", summary.unwritable)
                 return summary.as_dict()
             summary = Pass(self).run()
+            if self.after_pass is not None:
+                try:
+                    events = self.after_pass()
+                except Exception:
+                    log.exception("delivering callbacks failed")
+                else:
+                    if any(events.values()):
+                        log.info("callbacks: %s", events)
             self._sweep()
             if summary.claimed or summary.deferred or summary.misconfigured or summary.unwritable:
                 log.info("drain pass: %s, %d deferred, %.1f s", summary.as_dict(), summary.deferred, time.monotonic() - started)
@@ -140,6 +150,14 @@ class Drain:
         finally:
             if lock is not None:
                 lock.release()
+
+    def changed(self, written: Message) -> None:
+        """An outcome was written: tell ``on_final`` of a final state (never raises)."""
+        if written.final and self.on_final is not None:
+            try:
+                self.on_final(written)
+            except Exception:
+                log.exception("message %s: its status event could not be stored", written.id)
 
     # -- outcomes the store refused ------------------------------------------------
     def keep_unwritten(self, item: Unwritten) -> None:
@@ -162,6 +180,7 @@ class Drain:
                 log.warning("message %s: its lease was taken over before its outcome could be written", item.claim.id)
             else:
                 log.info("message %s: outcome written late, state=%s", item.claim.id, written.state)
+                self.changed(written)
         with self._unwritten_lock:
             self.unwritten = left + self.unwritten
             return not self.unwritten

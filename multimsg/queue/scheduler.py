@@ -393,9 +393,12 @@ class Pass:
         try:
             changes = transition(record, outcome, self.policy, self.clock.now(), attempted)
             state = str(changes.get("state", State.QUEUED))
-            if self.store.finish(record, changes, self.clock.now()) is None:
+            written = self.store.finish(record, changes, self.clock.now())
+            if written is None:
                 state = LOST
                 log.warning("message %s: its lease was taken over by another pass; outcome %s not written", record.id, outcome.kind)
+            else:
+                self.drain.changed(written)
         except Exception as exc:
             if not changes:  # the record itself made the outcome unwritable: fail it, with the reason
                 changes = {"state": State.FAILED, "last_error": f"internal error recording the outcome ({type(exc).__name__})",

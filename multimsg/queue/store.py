@@ -17,6 +17,14 @@ store costs. Retries and scheduled sends are all just a later due time.
 
 Figures (``counters``) change inside the same critical section as the record
 change they count.
+
+Receipts: ``update`` is an atomic read-modify-write of one message; ``apply_receipt``
+runs the one receipt rule (``queue/receipts.py``) inside it.
+
+Outbox: status events for callback URLs (``queue/outbox.py``) are stored with
+``enqueue_event`` and leased with ``claim_events`` (a token and an expiry, as
+messages are); ``finish_event`` with the current token ends or reschedules
+one. ``outbox_figures`` counts pending, delivered and given-up events.
 """
 
 from __future__ import annotations
@@ -27,6 +35,8 @@ from typing import Any, Callable, Iterable, Iterator
 from ..errors import Unavailable
 from ..model import Message
 from .counters import Counters
+from .outbox import Event
+from .receipts import Receipt, apply
 
 __all__ = ["MessageStore", "Damaged", "StoreUnwritable"]
 
@@ -95,6 +105,38 @@ class MessageStore(ABC):
     def rebuild(self) -> int:
         """Recount figures and the due index from the records; returns how many messages were counted."""
 
+    @abstractmethod
+    def update(self, message_id: str, change: Callable[[Message], Message | None], now: float) -> Message | None:
+        """Replace the message with ``change(message)`` atomically (None from ``change``: leave it); the result, or None."""
+
+    def apply_receipt(self, message_id: str, receipt: Receipt, now: float) -> tuple[Message | None, str | None]:
+        """Apply a platform receipt atomically: the message after it and the event it is worth (see ``receipts``)."""
+        worth: list[str | None] = [None]
+
+        def change(message: Message) -> Message | None:
+            after, worth[0] = apply(message, receipt, now)
+            return after
+
+        return self.update(message_id, change, now), worth[0]
+
+    # -- the outbox ----------------------------------------------------------------
+    @abstractmethod
+    def enqueue_event(self, event: Event) -> None:
+        """Store a new event durably before returning; due at ``event.next_at``."""
+
+    @abstractmethod
+    def claim_events(self, now: float, lease: float, limit: int = 100) -> list[Event]:
+        """Lease up to ``limit`` events due at ``now``, earliest first, each with a fresh token."""
+
+    @abstractmethod
+    def finish_event(self, claim: Event, next_at: float | None, delivered: bool, now: float) -> bool:
+        """End the lease: ``next_at`` None removes the event (counted delivered or given up), else it is
+        due again then with one more attempt. False (nothing written) if the lease was lost."""
+
+    @abstractmethod
+    def outbox_figures(self) -> dict[str, int]:
+        """``pending`` events, and how many were ``delivered`` and ``given_up`` so far."""
+
     def add_many(self, messages: Iterable[Message]) -> int:
         """Store many new messages (imports, benchmarks); returns how many."""
         count = 0
@@ -102,6 +144,10 @@ class MessageStore(ABC):
             self.add(message)
             count += 1
         return count
+
+    def shared_key(self, name: str, make: Callable[[], bytes]) -> bytes | None:
+        """A key kept in the store itself, for stores shared by several hosts (None: keep it in the data folder)."""
+        return None
 
     def problems(self) -> list[str]:
         """What is wrong with the store now, for ``/health`` (empty when nothing is)."""

@@ -56,7 +56,7 @@ def load_template(content: Content) -> dict:
         raise InvalidInput("template 'name' must be the approved template's name: lowercase letters, digits and underscores")
     if not isinstance(language, str) or not _LANGUAGE.fullmatch(language):
         raise InvalidInput("template 'language' must be a language code such as \"en\" or \"es_AR\"")
-    template = {"name": name, "language": {"code": language}}
+    template = {"name": name, "language": {"code": language, "policy": "deterministic"}}  # policy: required by Meta's spec
     if "components" in document:
         template["components"] = _components(document["components"])
     return template

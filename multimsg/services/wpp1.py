@@ -93,7 +93,9 @@ class WhatsApp(ServiceBase):
     dest_pattern = re.compile(r"[1-9][0-9]{7,14}")
     rate = 80.0  # Cloud API throughput: 80 messages per second per business phone number
     credentials = {"token": "token", "phone_number_id": "phone_number_id"}
-    options = {"api_url": ("api_url", "https://graph.facebook.com/v23.0")}
+    options = {"api_url": ("api_url", "https://graph.facebook.com/v23.0"),
+               # status webhooks (multimsg/webhooks.py): the handshake's token, the key of X-Hub-Signature-256
+               "verify_token": ("verify_token", ""), "app_secret": ("app_secret", "")}
 
     size_limits = {
         Datatypes.IMAGE: 5 * MB,

@@ -232,6 +232,10 @@ class WhatsAppEmulator(Emulator):
     def phone_id(self) -> str:
         return str(self.options.get("phone_id", self.defaults["phone_id"]))
 
+    def statuses(self, url: str, app_secret: str, message: str | None = None, **spec: Any) -> dict[str, Any]:
+        """Send signed status webhooks to ``url`` as Meta does (see whatsapp.py); returns the wamid and each answer."""
+        return self._control("POST", "statuses", {"url": url, "app_secret": app_secret, "message": message, **spec})
+
 
 class DiscordEmulator(Emulator):
     """`url` is the webhook URL for MULTIMSG_<NAME>_WEBHOOK_URL."""

@@ -36,9 +36,9 @@ _DOCUMENTED_EXTRAS: dict[str, dict[str, Any]] = {
 
 # `required` entries the spec's schemas declare but Meta's own request examples (in the same
 # file) leave out, and that shared/docs/platform-apis.md treats as optional: `recipient_type`
-# (§2.2 marks only `messaging_product` and `to` as required) and the template language's
-# `policy` (§2.6 sends `{"code": "en_US"}`).  The spec's strictness here is a spec bug.
-_RELAXED_REQUIRED: dict[str, str] = {"BaseMessageProperties": "recipient_type", "LanguageObject": "policy"}
+# (§2.2 marks only `messaging_product` and `to` as required).  The template language's `policy`
+# stays required: the gateway sends `"policy": "deterministic"`.
+_RELAXED_REQUIRED: dict[str, str] = {"BaseMessageProperties": "recipient_type"}
 
 # Keys that only annotate a schema; differing values of these never block a merge.
 _ANNOTATIONS = {"description", "example", "examples", "title"}

@@ -5,6 +5,15 @@ checks, `/messages` bodies validated against Meta's OpenAPI spec (openapi.py) an
 semantics, media uploads, the Graph error envelope, the throughput limit (130429) and the pair
 rate limit (131056), both answered with HTTP 400 as Meta does, and the named scripted answers.
 
+Status webhooks, the way Meta sends them: `POST /_emu/statuses` {"url": the webhook, "app_secret",
+"message": our message id (its wamid is looked up in the records) | "wamid", "statuses": ["sent",
+"delivered", "read", "failed", ...] (in this order: out-of-order is just another order),
+"duplicates": N (each notification sent N more times), "batch": true (all statuses in one
+notification), "errors": [...] (for failed), "signature": "good" | "bad" | "none", "retries": N
+(a non-200 answer is retried, as Meta does, here after 0.1 s, 0.2 s, ...), "ascii": true (non-ASCII
+escaped as \\uXXXX, as Meta does; false: raw UTF-8)}; every body carries an emoji in the contact's
+profile name. Answers {"wamid", "attempts": [[http status or 0, ...] per notification]}.
+
 Run: `python -m tests.emulators.whatsapp --port 0 [--token T] [--phone-id ID] [--latency S]
 [--rate N] [--pair-interval S]`; it prints `LISTENING <port>`.
 """
@@ -12,9 +21,15 @@ Run: `python -m tests.emulators.whatsapp --port 0 [--token T] [--phone-id ID] [-
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
+import json
 import re
 import secrets
 import threading
+import time
+import urllib.error
+import urllib.request
 from typing import Any, Callable
 
 from werkzeug.wrappers import Request
@@ -211,6 +226,78 @@ class WhatsAppApp(EmulatorApp):
             send.problems = [f"file: {size} bytes, more than the {limit} bytes allowed for {mime}"]
             send.invalid = _coded(131053, send.problems[0])
         return send
+
+    # ---- status webhooks -----------------------------------------------------------------
+    def control(self, request: Request) -> Any:
+        if (request.method, request.path.rstrip("/")) != ("POST", "/_emu/statuses"):
+            return super().control(request)
+        payload = request.get_json(silent=True) or {}
+        try:
+            result = self.send_statuses(payload)
+        except (ValueError, TypeError, KeyError) as exc:
+            return Reply(400, {"error": str(exc)}).response()
+        return Reply(200, result).response()
+
+    def _wamid_of(self, message_id: str) -> tuple[str, str]:
+        with self.lock:
+            for record in self.records:
+                body, answer = record.get("json"), record.get("response")
+                if (isinstance(body, dict) and body.get("biz_opaque_callback_data") == message_id
+                        and record["status"] == 200 and isinstance(answer, dict) and answer.get("messages")):
+                    return answer["messages"][0]["id"], wa_id(body.get("to"))
+        raise ValueError(f"no message with biz_opaque_callback_data {message_id!r} was accepted")
+
+    def send_statuses(self, spec: dict[str, Any]) -> dict[str, Any]:
+        message_id = spec.get("message")
+        wamid, recipient = (spec["wamid"], str(spec.get("recipient", "5491100000000"))) if spec.get("wamid") else self._wamid_of(message_id)
+        now = int(time.time())
+        statuses = []
+        for n, kind in enumerate(spec.get("statuses") or ["sent", "delivered", "read"]):
+            status: dict[str, Any] = {"id": wamid, "status": kind, "timestamp": str(now + n), "recipient_id": recipient}
+            if message_id is not None:
+                status["biz_opaque_callback_data"] = spec.get("biz", message_id)
+            if kind == "failed":
+                status["errors"] = spec.get("errors") or [{"code": 131026, "title": "Message undeliverable",
+                                                           "message": "Message undeliverable",
+                                                           "error_data": {"details": "Message Undeliverable."}}]
+            elif kind in ("sent", "delivered"):
+                status["conversation"] = {"id": secrets.token_hex(16), "origin": {"type": "utility"}}
+                status["pricing"] = {"billable": True, "pricing_model": "PMP", "category": "utility"}
+            statuses.append(status)
+        groups = [statuses] if spec.get("batch") else [[s] for s in statuses]
+        attempts = []
+        for group in groups:
+            body = {"object": "whatsapp_business_account", "entry": [{"id": "102290129340398", "changes": [{"field": "messages", "value": {
+                "messaging_product": "whatsapp",
+                "metadata": {"display_phone_number": "15550783881", "phone_number_id": self.config["phone_id"]},
+                "contacts": [{"profile": {"name": "Ana 🎉 Müller"}, "wa_id": recipient}],
+                "statuses": group}}]}]}
+            raw = json.dumps(body, ensure_ascii=bool(spec.get("ascii", True))).encode()
+            for _ in range(1 + int(spec.get("duplicates", 0))):
+                attempts.append(self._post_webhook(spec["url"], raw, str(spec.get("app_secret", "")), spec.get("signature", "good"),
+                                                   int(spec.get("retries", 3))))
+        return {"wamid": wamid, "attempts": attempts}
+
+    @staticmethod
+    def _post_webhook(url: str, raw: bytes, secret: str, signature: str, retries: int) -> list[int]:
+        headers = {"Content-Type": "application/json", "User-Agent": "facebookexternalua"}
+        if signature != "none":
+            key = secret if signature == "good" else secret + "wrong"
+            headers["X-Hub-Signature-256"] = "sha256=" + hmac.new(key.encode(), raw, hashlib.sha256).hexdigest()
+        answers = []
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        for attempt in range(retries + 1):
+            try:
+                with opener.open(urllib.request.Request(url, data=raw, headers=headers, method="POST"), timeout=10) as response:
+                    answers.append(response.status)
+            except urllib.error.HTTPError as exc:
+                answers.append(exc.code)
+            except OSError:
+                answers.append(0)
+            if answers[-1] == 200:
+                break
+            time.sleep(0.1 * (attempt + 1))
+        return answers
 
     # ---- limits and answers --------------------------------------------------------------
     def limits(self, send: Send) -> list[Limit]:

@@ -17,6 +17,7 @@ from ...ids import new_id
 from ...model import BadRecord, Message, State
 from .. import figures
 from ..counters import Counters, apply_pass
+from ..outbox import Event
 from ..spool import BytesContent, Content, DataInfo, Spool
 from ..store import MessageStore
 
@@ -49,6 +50,8 @@ class MemoryStore(MessageStore):
         self.counters = MemoryCounters()
         self._due: list[tuple[float, str]] = []
         self._lock = self.counters.lock
+        self.events: dict[str, dict] = {}  # the outbox: event id -> record
+        self.event_counts: dict[str, int] = {"delivered": 0, "given_up": 0}
 
     # -- inside the lock -------------------------------------------------------
     def _put(self, before: Message | None, after: Message, now: float) -> None:
@@ -124,6 +127,48 @@ class MemoryStore(MessageStore):
             after = current.with_changes(**{**changes, "claim": None, "claim_until": None})
             self._put(current, after, now)
             return after
+
+    def update(self, message_id: str, change: Callable[[Message], Message | None], now: float) -> Message | None:
+        with self._lock:
+            current = self._load(message_id)
+            if current is None:
+                return None
+            after = change(current)
+            if after is not None and after != current:
+                self._put(current, after, now)
+            return after
+
+    # -- the outbox --------------------------------------------------------------
+    def enqueue_event(self, event: Event) -> None:
+        with self._lock:
+            self.events[event.id] = event.to_record()
+
+    def claim_events(self, now: float, lease: float, limit: int = 100) -> list[Event]:
+        with self._lock:
+            due = sorted((e.due_at(), e.id, e) for e in map(Event.from_record, self.events.values()) if e.due_at() <= now)
+            claimed = []
+            for _, _, event in due[:limit]:
+                event = event.with_changes(claim=new_id(), claim_until=now + lease)
+                self.events[event.id] = event.to_record()
+                claimed.append(event)
+            return claimed
+
+    def finish_event(self, claim: Event, next_at: float | None, delivered: bool, now: float) -> bool:
+        with self._lock:
+            record = self.events.get(claim.id)
+            if record is None or claim.claim is None or record.get("claim") != claim.claim:
+                return False
+            if next_at is None:
+                del self.events[claim.id]
+                self.event_counts["delivered" if delivered else "given_up"] += 1
+            else:
+                self.events[claim.id] = claim.with_changes(claim=None, claim_until=None, next_at=next_at,
+                                                           attempts=claim.attempts + 1).to_record()
+            return True
+
+    def outbox_figures(self) -> dict[str, int]:
+        with self._lock:
+            return {"pending": len(self.events), **self.event_counts}
 
     def report(self, message_id: str, now: float) -> Message | None:
         with self._lock:

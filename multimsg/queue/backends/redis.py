@@ -41,6 +41,7 @@ from ...ids import new_id
 from ...model import BadRecord, Message, State
 from .. import figures
 from ..counters import Counters, apply_pass
+from ..outbox import Event
 from ..store import MessageStore
 from .redis_scripts import CAS, Keys, document, figure_ops, index_ops
 
@@ -52,6 +53,23 @@ UNREACHABLE = "the shared store is unreachable; try again"
 BATCH = 200  # candidates read (and claimed) per round of claim_due
 SKEW = 600.0  # seconds another gateway's clock may run ahead of this one's, for the last hour's figures
 TRIES = 20  # compare-and-set attempts before a write gives up (only under heavy contention on one record)
+
+
+# The outbox (status events for callback URLs): mm:{T}:ev:<id> (the event as JSON), mm:{T}:evdue (ZSET
+# id -> due time), mm:{T}:evfig (hash: delivered, given_up). One compare-and-set script changes an event.
+# KEYS: event, evdue, evfig; ARGV: expected JSON, new JSON ("" = delete), due score, id, figure to count ("" = none).
+EVENT_CAS = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if ARGV[2] == '' then
+  redis.call('DEL', KEYS[1])
+  redis.call('ZREM', KEYS[2], ARGV[4])
+else
+  redis.call('SET', KEYS[1], ARGV[2])
+  redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4])
+end
+if ARGV[5] ~= '' then redis.call('HINCRBY', KEYS[3], ARGV[5], 1) end
+return 1
+"""
 
 
 def connect(url: str, timeout: float = 5.0) -> "redis.Redis":
@@ -127,6 +145,9 @@ class RedisStore(MessageStore):
         self.archive_months = archive_months
         self.counters = RedisCounters(client, self.keys)
         self._cas = client.register_script(CAS)
+        self._event_cas = client.register_script(EVENT_CAS)
+        self._evdue = self.keys.base + "evdue"
+        self._evfig = self.keys.base + "evfig"
 
     # -- one record change ---------------------------------------------------------
     def _args(self, raw: str | None, before: Message | None, after: Message | None, now: float,
@@ -283,6 +304,71 @@ class RedisStore(MessageStore):
             return current.with_changes(**{**changes, "claim": None, "claim_until": None})
 
         return self._update(claim.id, outcome, now)
+
+    @guarded
+    def update(self, message_id: str, change: Callable[[Message], Message | None], now: float) -> Message | None:
+        return self._update(message_id, change, now)
+
+    # -- the outbox --------------------------------------------------------------
+    def _event_key(self, event_id: str) -> str:
+        return self.keys.base + "ev:" + event_id
+
+    def _event_write(self, expected: str, event: Event | None, event_id: str, figure: str = "") -> bool:
+        new = "" if event is None else json.dumps(event.to_record())
+        score = "0" if event is None else repr(event.due_at())
+        return bool(self._event_cas(keys=[self._event_key(event_id), self._evdue, self._evfig],
+                                    args=[expected, new, score, event_id, figure]))
+
+    @guarded
+    def enqueue_event(self, event: Event) -> None:
+        pipe = self.r.pipeline(transaction=True)
+        pipe.set(self._event_key(event.id), json.dumps(event.to_record()))
+        pipe.zadd(self._evdue, {event.id: event.due_at()})
+        pipe.execute()
+
+    @guarded
+    def claim_events(self, now: float, lease: float, limit: int = 100) -> list[Event]:
+        claimed = []
+        for raw_id in self.r.zrangebyscore(self._evdue, "-inf", now, start=0, num=limit):
+            event_id = raw_id.decode()
+            raw = self.r.get(self._event_key(event_id))
+            if raw is None:
+                self.r.zrem(self._evdue, event_id)
+                continue
+            event = Event.from_record(json.loads(raw))
+            if event.due_at() > now:
+                continue
+            mine = event.with_changes(claim=new_id(), claim_until=now + lease)
+            if self._event_write(raw.decode(), mine, event_id):  # another gateway may have claimed it first
+                claimed.append(mine)
+        return claimed
+
+    @guarded
+    def finish_event(self, claim: Event, next_at: float | None, delivered: bool, now: float) -> bool:
+        raw = self.r.get(self._event_key(claim.id))
+        if raw is None or claim.claim is None:
+            return False
+        current = Event.from_record(json.loads(raw))
+        if current.claim != claim.claim:
+            return False
+        if next_at is None:
+            return self._event_write(raw.decode(), None, claim.id, "delivered" if delivered else "given_up")
+        later = current.with_changes(claim=None, claim_until=None, next_at=next_at, attempts=current.attempts + 1)
+        return self._event_write(raw.decode(), later, claim.id)
+
+    @guarded
+    def outbox_figures(self) -> dict[str, int]:
+        pending = self.r.zcard(self._evdue)
+        counts = {k.decode(): int(v) for k, v in self.r.hgetall(self._evfig).items()}
+        return {"pending": int(pending), "delivered": counts.get("delivered", 0), "given_up": counts.get("given_up", 0)}
+
+    @guarded
+    def shared_key(self, name: str, make: Callable[[], bytes]) -> bytes | None:
+        """One key for every gateway sharing this Redis: the first to ask stores it (SET NX), all read it."""
+        key = self.keys.base + "key:" + name
+        self.r.set(key, make(), nx=True)
+        value = self.r.get(key)
+        return None if value is None else (value.encode() if isinstance(value, str) else bytes(value))
 
     @guarded
     def report(self, message_id: str, now: float) -> Message | None:

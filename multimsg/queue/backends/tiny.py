@@ -24,6 +24,11 @@ Beside the shards (all derived data, rebuilt by ``rebuild``):
   damaged shard get ``Damaged`` (503) until an operator restores the file.
 
 Archived records leave the shards for ``archive/messages-YYYY-MM.jsonl``.
+
+The outbox of status events is ``outbox/<event id>.json`` (one file per event,
+written atomically, fsynced), changed under one ``outbox`` lock; delivered and
+given-up counts are in ``outbox/counts.json``. A pass lists the folder: it
+holds only the events not yet delivered.
 """
 
 from __future__ import annotations
@@ -41,12 +46,13 @@ from typing import Any, Callable, Iterable, Iterator
 from filelock import FileLock, Timeout
 
 from ...errors import StorageFull, Unavailable
-from ...fsutil import append_durable, ensure_private_dir, write_atomic
+from ...fsutil import append_durable, ensure_private_dir, fsync_dir, write_atomic
 from ...ids import new_id
 from ...layout import Layout
 from ...model import BadRecord, Message, State
 from .. import figures
 from ..counters import Counters, apply_pass
+from ..outbox import Event
 from ..storage import AtomicJSONStorage
 from ..store import Damaged, MessageStore, StoreUnwritable
 
@@ -177,6 +183,7 @@ class TinyStore(MessageStore):
         self.due_dir = ensure_private_dir(layout.store / "due")
         self.quarantine_dir = ensure_private_dir(layout.store / "quarantine")
         self.counters = ShardCounters(layout.store / "counts", self._lock)
+        self.outbox_dir = ensure_private_dir(layout.home / "outbox")
 
     # -- shards ------------------------------------------------------------------
     def shard_of(self, message_id: str) -> str:
@@ -452,6 +459,94 @@ class TinyStore(MessageStore):
             after = current.with_changes(**{**changes, "claim": None, "claim_until": None})
             txn.put(found[0], current, after)
             return after
+
+    def update(self, message_id: str, change: Callable[[Message], Message | None], now: float) -> Message | None:
+        with self._txn(self.shard_of(message_id)) as txn:
+            found = txn.find(message_id)
+            if found is None:
+                return None
+            current = Message.from_record(found[1])
+            after = change(current)
+            if after is not None and after != current:
+                txn.put(found[0], current, after)
+            return after
+
+    # -- the outbox --------------------------------------------------------------
+    def _event_path(self, event_id: str) -> Path:
+        if not event_id.replace("_", "").replace("-", "").isalnum():
+            raise ValueError(f"not an event id: {event_id!r}")
+        return self.outbox_dir / f"{event_id}.json"
+
+    @contextmanager
+    def _outbox(self) -> Iterator[None]:
+        try:
+            with self._lock("outbox"):
+                yield
+        except Timeout:
+            raise Unavailable("the outbox is busy; try again") from None
+
+    def _write_event(self, event: Event, durable: bool = True) -> None:
+        try:
+            write_atomic(self._event_path(event.id), json.dumps(event.to_record()).encode(), fsync=self.fsync and durable)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise StorageFull("the server's storage is full; the event was not stored") from exc
+            raise StoreUnwritable(f"the outbox cannot be written ({os.strerror(exc.errno or 0) or exc})") from exc
+
+    def _events(self) -> list[Event]:
+        found = []
+        for entry in os.scandir(self.outbox_dir):
+            if not entry.name.endswith(".json") or entry.name == "counts.json" or entry.name.startswith("."):
+                continue
+            try:
+                found.append(Event.from_record(json.loads(Path(entry.path).read_bytes())))
+            except (OSError, ValueError, TypeError):
+                log.error("outbox file %s is unreadable; left in place", entry.name)
+        return found
+
+    def _event_counts(self) -> dict[str, int]:
+        try:
+            document = json.loads((self.outbox_dir / "counts.json").read_bytes())
+        except (FileNotFoundError, ValueError):
+            document = {}
+        return {name: int(document.get(name, 0)) for name in ("delivered", "given_up")}
+
+    def enqueue_event(self, event: Event) -> None:
+        with self._outbox():
+            self._write_event(event)
+
+    def claim_events(self, now: float, lease: float, limit: int = 100) -> list[Event]:
+        with self._outbox():
+            due = sorted((e for e in self._events() if e.due_at() <= now), key=lambda e: (e.due_at(), e.id))[:limit]
+            claimed = [e.with_changes(claim=new_id(), claim_until=now + lease) for e in due]
+            for event in claimed:
+                self._write_event(event, durable=False)  # a lost claim only makes the event due again
+            return claimed
+
+    def finish_event(self, claim: Event, next_at: float | None, delivered: bool, now: float) -> bool:
+        with self._outbox():
+            path = self._event_path(claim.id)
+            try:
+                current = Event.from_record(json.loads(path.read_bytes()))
+            except (FileNotFoundError, ValueError):
+                return False
+            if claim.claim is None or current.claim != claim.claim:
+                return False
+            if next_at is not None:
+                self._write_event(current.with_changes(claim=None, claim_until=None, next_at=next_at, attempts=current.attempts + 1))
+                return True
+            counts = self._event_counts()
+            counts["delivered" if delivered else "given_up"] += 1
+            write_atomic(self.outbox_dir / "counts.json", json.dumps(counts).encode(), fsync=False)
+            path.unlink()
+            if self.fsync:
+                fsync_dir(self.outbox_dir)
+            return True
+
+    def outbox_figures(self) -> dict[str, int]:
+        pending = sum(1 for e in os.scandir(self.outbox_dir)
+                      if e.name.endswith(".json") and e.name != "counts.json" and not e.name.startswith("."))
+        return {"pending": pending, **self._event_counts()}
 
     def report(self, message_id: str, now: float) -> Message | None:
         message = self.get(message_id)
