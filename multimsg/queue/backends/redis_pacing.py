@@ -37,12 +37,13 @@ __all__ = ["RedisPacers", "RedisServicePacer", "RedisHolds", "TURN"]
 
 log = logging.getLogger("multimsg.drain")
 
-DEST_BUSY = 60_000.0  # ms a destination stays reserved for a send not yet answered (a worker that died frees it then)
+DEST_BUSY = 30_000.0  # ms a destination stays reserved for a send not yet answered (a worker that died frees it then)
 SERVICE_TTL = 3_600_000  # ms an idle service bucket is kept
 
 _NOW = "local t = redis.call('TIME')\nlocal now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000\n"
 
-# KEYS: service hash, destination hash. ARGV: service interval (ms), destination interval (ms), patience (ms).
+# KEYS: service hash, destination hash. ARGV: service interval (ms), destination interval (ms), patience (ms),
+# "1" when the caller reserved this destination itself and asks again (a hold came in while it slept).
 # Returns {status, wait ms, held ms, slowdown, slot}: status 1 = slot reserved (sleep `wait`), 0 = destination
 # not free (nothing charged; wait and ask again), 2 = held longer than the patience (nothing charged).
 TURN = _NOW + """
@@ -52,7 +53,8 @@ local stat, shold, slow = tonumber(s[1] or '0'), tonumber(s[2] or '0'), tonumber
 local dtat, dhold = tonumber(d[1] or '0'), tonumber(d[2] or '0')
 local held = math.max(shold, dhold) - now
 if held > tonumber(ARGV[3]) then return {2, '0', tostring(held), tostring(slow), '0'} end
-local ready = math.max(dtat, dhold)
+local ready = dhold
+if ARGV[4] ~= '1' then ready = math.max(dtat, dhold) end
 if ready > now then return {0, tostring(ready - now), tostring(held), tostring(slow), '0'} end
 local slot = math.max(now, stat, shold)
 redis.call('HSET', KEYS[1], 'tat', string.format('%.3f', slot + tonumber(ARGV[1]) * slow))
@@ -75,14 +77,14 @@ return 1
 
 # KEYS: a bucket's hash. ARGV: hold (ms), slowdown step (1: none), slowdown max, ttl floor (ms). Returns the new slowdown.
 HOLD = _NOW + """
-local until = now + tonumber(ARGV[1])
+local hold_until = now + tonumber(ARGV[1])
 local hold = tonumber(redis.call('HGET', KEYS[1], 'hold') or '0')
-if until > hold then redis.call('HSET', KEYS[1], 'hold', string.format('%.3f', until)) else until = hold end
+if hold_until > hold then redis.call('HSET', KEYS[1], 'hold', string.format('%.3f', hold_until)) else hold_until = hold end
 local slow = tonumber(redis.call('HGET', KEYS[1], 'slow') or '1')
 slow = math.min(tonumber(ARGV[3]), slow * tonumber(ARGV[2]))
 redis.call('HSET', KEYS[1], 'slow', tostring(slow))
 local ttl = redis.call('PTTL', KEYS[1])
-local need = math.max(math.ceil(until - now) + 1000, tonumber(ARGV[4]))
+local need = math.max(math.ceil(hold_until - now) + 1000, tonumber(ARGV[4]))
 if ttl < need then redis.call('PEXPIRE', KEYS[1], need) end
 return tostring(slow)
 """
@@ -143,9 +145,10 @@ class RedisServicePacer(ServicePacer):
     def wait_turn(self, dest: str, patience: float = math.inf) -> None:
         patience_ms = repr(patience * 1000.0) if math.isfinite(patience) else "1e18"
         keys = [self._key(), self._key(dest)]
+        again = "0"
         while True:
             status, wait, held, slowdown, slot = self.scripts.turn(
-                keys=keys, args=[repr(self._interval_ms), repr(self.dest_interval(dest) * 1000.0), patience_ms])
+                keys=keys, args=[repr(self._interval_ms), repr(self.dest_interval(dest) * 1000.0), patience_ms, again])
             self._slowdown = float(slowdown)
             if int(status) == 2:
                 raise Held(float(held) / 1000.0)
@@ -157,6 +160,7 @@ class RedisServicePacer(ServicePacer):
             service_hold, dest_hold = self.r.hmget(keys[0], ["hold"])[0], self.r.hmget(keys[1], ["hold"])[0]
             if max(float(service_hold or 0), float(dest_hold or 0)) <= float(slot):
                 return
+            again = "1"  # the destination is ours already: only the hold is waited for
 
     @guarded
     def answered(self, dest: str) -> None:
