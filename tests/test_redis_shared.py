@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import requests
@@ -201,7 +202,7 @@ def _backlog(runner: Gateway, serv: str, count: int, dest) -> None:
         assert answer.status_code == 200, answer.text
 
 
-def _drain_workers(tmp_path, env: dict[str, str], n: int = 4) -> list[subprocess.Popen]:
+def _drain_workers(tmp_path, env: dict[str, str], n: int = int(os.environ.get("WORKERS", "4"))) -> list[subprocess.Popen]:
     procs = []
     for i in range(n):
         home = tmp_path / f"worker-{i}"
@@ -234,6 +235,8 @@ def test_four_drain_workers_share_the_platform_limit(runners, tmp_path, shared_e
     _wait(_drain_workers(tmp_path, shared_env), timeout=60)
     stats = emulator.stats()
     times = sorted(r["t"] for r in emulator.received() if r["outcome"] == "delivered")
+    if os.environ.get("DUMP"):
+        Path(os.environ["DUMP"]).write_text("\n".join(repr(t) for t in times))
     print("per second:", [sum(1 for t in times if k <= t - times[0] < k + 1) for k in range(int(times[-1] - times[0]) + 1)])
     rate = (stats["accepted"] - 1) / (stats["last_t"] - stats["first_t"])
     print(f"{serv}: 4 workers, {stats['accepted']} sent at {rate:.1f}/s (limit {limit}/s, {rate / limit:.0%}); "
