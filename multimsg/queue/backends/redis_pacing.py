@@ -38,6 +38,7 @@ __all__ = ["RedisPacers", "RedisServicePacer", "RedisHolds", "TURN"]
 log = logging.getLogger("multimsg.drain")
 
 DEST_BUSY = 30_000.0  # ms a destination stays reserved for a send not yet answered (a worker that died frees it then)
+LATE = 0.5  # a slot woken up later than this many intervals is given up, so late wake-ups never make a burst
 SERVICE_TTL = 3_600_000  # ms an idle service bucket is kept
 
 _NOW = "local t = redis.call('TIME')\nlocal now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000\n"
@@ -152,9 +153,13 @@ class RedisServicePacer(ServicePacer):
             self._slowdown = float(slowdown)
             if int(status) == 2:
                 raise Held(float(held) / 1000.0)
+            target = self.clock() + float(wait) / 1000.0
             if float(wait) > 0:
                 self.sleep(float(wait) / 1000.0)
             if int(status) == 0:
+                continue
+            if self._interval_ms and (self.clock() - target) * 1000.0 > self._interval_ms * LATE:
+                again = "1"  # woke too late (a busy CPU): sending now would bunch with the next slot; take a fresh one
                 continue
             # A throttle may have come in while we slept: then reserve again, after it.
             service_hold, dest_hold = self.r.hmget(keys[0], ["hold"])[0], self.r.hmget(keys[1], ["hold"])[0]
