@@ -285,15 +285,15 @@ def cmd_stats(args) -> int:
 
 def cmd_keys(args) -> int:
     from .config import settings
-    from .crypto import ServerKeys, key_fingerprint
-    from .layout import Layout
+    from .crypto import key_fingerprint
+    from .gateway import server_keys
 
     if args.action == "show" and args.server:  # a server's /key over HTTP (no pinning: this is how to read it)
         with Client(args.server, timeout=30.0) as client:
             pem = client.public_key()
         print(f"{key_fingerprint(pem)} ({client.url}/key)")
         return 0
-    keys = ServerKeys(Layout(settings().home))
+    keys = server_keys(settings())
     if args.action == "rotate":
         info = keys.rotate(args.grace)
         print(f"new key {key_fingerprint(info['public_pem'])} (served by /key from now on)")

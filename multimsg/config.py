@@ -261,6 +261,8 @@ class Settings:
     backend: str | None = setting("MULTIMSG_BACKEND", None, secret=True,
                                   help="unset: the embedded store; redis://HOST:PORT/DB (rediss://, a password in the URL): a shared store")
     redis_tag: str = setting("MULTIMSG_REDIS_TAG", "mm", help="the hash tag of every Redis key (mm:{TAG}:...): one per deployment sharing a Redis")
+    key_seal: str | None = setting("MULTIMSG_KEY_SEAL", None, secret=True,
+                                   help="Redis backend: 32 random bytes, base64, sealing the server's private keys in Redis (the same on every process)")
     redis_blob_max: int = setting("MULTIMSG_REDIS_BLOB_MAX", 20 * 1000 * 1000, int, help="largest upload kept in Redis, in bytes (above: 413)")
     callback_url: str | None = setting("MULTIMSG_CALLBACK_URL", None, help="callback URL of messages sent without one")
     callback_allow_private: bool = setting("MULTIMSG_CALLBACK_ALLOW_PRIVATE", False, bool,

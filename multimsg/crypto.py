@@ -56,7 +56,7 @@ from .fsutil import write_atomic
 from .layout import Layout
 
 __all__ = [
-    "ServerKeys", "RetiredKey", "encrypt_upload", "fingerprint", "key_fingerprint", "parse_fingerprint",
+    "ServerKeys", "KeyStore", "FileKeyStore", "RetiredKey", "encrypt_upload", "fingerprint", "key_fingerprint", "parse_fingerprint",
     "OAEP", "NONCE_SIZE", "TAG_SIZE", "AES_KEY_SIZES", "RSA_BITS",
 ]
 
@@ -138,34 +138,42 @@ class RetiredKey:
         return _public_pem(self.key).decode()
 
 
-class ServerKeys:
-    """The server's RSA key pair, created on first use, rotated on demand."""
+class KeyStore:
+    """Where the key pairs are kept: the files of ``keys/`` (``FileKeyStore``), or a shared store.
 
-    def __init__(self, layout: Layout, grace: float | None = None):
+    ``stamp()`` is cheap and changes whenever the keys change; ``load()``
+    returns the current private key (PKCS#8 PEM, making one on first use) and
+    the retired ones still inside their grace, as ``(expires_at, pem)``;
+    ``rotate(grace)`` makes a new current key and retires the old one until
+    ``now + grace`` (None when there was no key to retire, or grace is 0).
+    """
+
+    def stamp(self) -> object:
+        raise NotImplementedError
+
+    def load(self) -> tuple[bytes, list[tuple[float, bytes]]]:
+        raise NotImplementedError
+
+    def rotate(self, grace: float) -> float | None:
+        raise NotImplementedError
+
+
+def new_private_pem() -> bytes:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=RSA_BITS)
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+
+
+class FileKeyStore(KeyStore):
+    """The key pairs in ``keys/`` of the data folder (the embedded backend's store)."""
+
+    def __init__(self, layout: Layout):
         self.layout = layout
-        self._grace = grace
-        self._lock = threading.Lock()
-        self._stamp: tuple | None = None
-        self._current: rsa.RSAPrivateKey | None = None
-        self._public: str = ""
-        self._retired: list[RetiredKey] = []
 
-    # -- paths and settings ------------------------------------------------
     @property
     def _private_path(self):
         return self.layout.keys / "private.pem"
 
-    @property
-    def grace(self) -> float:
-        """Seconds a retired key keeps decrypting (MULTIMSG_KEY_GRACE)."""
-        if self._grace is not None:
-            return self._grace
-        from .config import settings
-
-        return settings().key_grace
-
-    # -- loading (cached until keys/ changes) -------------------------------
-    def _stat(self) -> tuple | None:
+    def stamp(self) -> tuple | None:
         try:
             folder = os.stat(self.layout.keys)
             private = os.stat(self._private_path)
@@ -173,26 +181,14 @@ class ServerKeys:
             return None
         return (folder.st_ino, folder.st_mtime_ns, private.st_ino, private.st_mtime_ns)
 
-    def _fresh(self) -> tuple[rsa.RSAPrivateKey, str, list[RetiredKey]]:
-        stamp = self._stat()
-        with self._lock:
-            if stamp is None or stamp != self._stamp:
-                self._load()
-            return self._current, self._public, self._retired
-
-    def _load(self) -> None:
+    def load(self) -> tuple[bytes, list[tuple[float, bytes]]]:
         with FileLock(self.layout.lock("keys")):
             if not self._private_path.exists():
                 self._generate()
             self._prune(time.time())
-            current = serialization.load_pem_private_key(self._private_path.read_bytes(), password=None)
-            retired = [
-                RetiredKey(expires_at, serialization.load_pem_private_key(path.read_bytes(), password=None))
-                for expires_at, path in self._retired_files()
-            ]
-            self._stamp = self._stat()
-        self._current, self._public = current, _public_pem(current).decode()
-        self._retired = sorted(retired, key=lambda r: -r.expires_at)
+            current = self._private_path.read_bytes()
+            retired = [(expires_at, path.read_bytes()) for expires_at, path in self._retired_files()]
+        return current, retired
 
     def _retired_files(self) -> list[tuple[float, "os.PathLike"]]:
         found = []
@@ -216,12 +212,80 @@ class ServerKeys:
         return path
 
     def _generate(self) -> None:
-        key = rsa.generate_private_key(public_exponent=65537, key_size=RSA_BITS)
-        private_pem = key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
+        private_pem = new_private_pem()
+        key = serialization.load_pem_private_key(private_pem, password=None)
+        assert isinstance(key, rsa.RSAPrivateKey)
         write_atomic(self._private_path, private_pem)
         write_atomic(self.layout.keys / "public.pem", _public_pem(key))
+
+    def rotate(self, grace: float) -> float | None:
+        with FileLock(self.layout.lock("keys")):
+            now = time.time()
+            expires_at = now + grace
+            retired = False
+            if self._private_path.exists():
+                for old_expiry, path in self._retired_files():
+                    if old_expiry > expires_at:
+                        os.replace(path, self._retired_path(expires_at))
+                if grace > 0:
+                    os.link(self._private_path, self._retired_path(expires_at))  # same inode: stays 0600
+                    retired = True
+            self._generate()
+            self._prune(now)
+        return expires_at if retired else None
+
+
+def _private(pem: bytes) -> rsa.RSAPrivateKey:
+    key = serialization.load_pem_private_key(pem, password=None)
+    if not isinstance(key, rsa.RSAPrivateKey):
+        raise ValueError("the server key is not an RSA key")
+    return key
+
+
+class ServerKeys:
+    """The server's RSA key pair, created on first use, rotated on demand.
+
+    ``store`` keeps them: the files of ``keys/`` by default (``FileKeyStore``),
+    or a store shared by every process of a deployment.
+    """
+
+    def __init__(self, layout: Layout, grace: float | None = None, store: KeyStore | None = None):
+        self.layout = layout
+        self.store = store if store is not None else FileKeyStore(layout)
+        self._grace = grace
+        self._lock = threading.Lock()
+        self._stamp: object = None
+        self._loaded = False
+        self._current: rsa.RSAPrivateKey | None = None
+        self._public: str = ""
+        self._retired: list[RetiredKey] = []
+
+    @property
+    def grace(self) -> float:
+        """Seconds a retired key keeps decrypting (MULTIMSG_KEY_GRACE)."""
+        if self._grace is not None:
+            return self._grace
+        from .config import settings
+
+        return settings().key_grace
+
+    # -- loading (cached until the store changes) ------------------------------
+    def _fresh(self) -> tuple[rsa.RSAPrivateKey, str, list[RetiredKey]]:
+        stamp = self.store.stamp()
+        with self._lock:
+            if stamp is None or stamp != self._stamp or not self._loaded:
+                self._load()
+            assert self._current is not None
+            return self._current, self._public, self._retired
+
+    def _load(self) -> None:
+        current_pem, retired_pems = self.store.load()
+        current = _private(current_pem)
+        retired = [RetiredKey(expires_at, _private(pem)) for expires_at, pem in retired_pems]
+        self._stamp = self.store.stamp()
+        self._loaded = True
+        self._current, self._public = current, _public_pem(current).decode()
+        self._retired = sorted(retired, key=lambda r: -r.expires_at)
 
     # -- the keys ------------------------------------------------------------
     @property
@@ -249,26 +313,13 @@ class ServerKeys:
         well, so ``rotate(grace=0)`` leaves only the new key (for a leaked key).
         """
         grace = self.grace if grace is None else max(0.0, grace)
-        with FileLock(self.layout.lock("keys")):
-            now = time.time()
-            expires_at = now + grace
-            if self._private_path.exists():
-                for old_expiry, path in self._retired_files():
-                    if old_expiry > expires_at:
-                        os.replace(path, self._retired_path(expires_at))
-                if grace > 0:
-                    os.link(self._private_path, self._retired_path(expires_at))  # same inode: stays 0600
-                retired = True
-            else:
-                retired = False
-            self._generate()
-            self._prune(now)
+        retired_until = self.store.rotate(grace)
         with self._lock:
-            self._stamp = None
+            self._loaded = False
         public = self.public_pem
         return {
             "fingerprint": fingerprint(public),
-            "retired_until": expires_at if retired and grace > 0 else None,
+            "retired_until": retired_until,
             "public_pem": public,
         }
 

@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import Any, BinaryIO, Callable
 
 from .callbacks import CallbackKeys, Dispatcher, check_url, parse_backoff
 from .config import Settings, settings
@@ -34,7 +34,7 @@ from .quota import check_quota
 from .replay import ReplayRecord
 from .services import ServiceBase, get_service, service_class
 
-__all__ = ["Gateway", "gateway", "MSG_FIELDS", "MSG_OPTIONS"]
+__all__ = ["Gateway", "gateway", "server_keys", "replay_record", "redis_client", "MSG_FIELDS", "MSG_OPTIONS"]
 
 MSG_FIELDS = ("id", "serv", "dest", "type")
 MSG_OPTIONS = ("caption", "filename")  # optional; checked by the service
@@ -52,7 +52,7 @@ class Gateway:
     report_grace: float = 3600.0
     clock: SteadyClock = field(default_factory=SteadyClock)
     quota: int = 0  # MULTIMSG_CLIENT_QUOTA: bytes a client's uploads may hold in the spool (0: no quota)
-    replay: ReplayRecord | None = None  # wrapped keys already accepted (multimsg/replay.py)
+    replay: Any = None  # wrapped keys already accepted (multimsg/replay.py)
     callbacks: Dispatcher | None = None  # status events out (multimsg/callbacks.py)
     default_callback: str | None = None  # MULTIMSG_CALLBACK_URL
 
@@ -61,13 +61,20 @@ class Gateway:
         layout = Layout(s.home)
         store, spool, archive_folder = _backend(s, layout)
         clock = SteadyClock()
+        shared = redis_client(s)
+        pacers = holds = None
+        if shared is not None:
+            from .queue.backends.redis_pacing import RedisHolds, RedisPacers
+
+            pacers = RedisPacers(shared, s.redis_tag, s.pace_margin, s.expected_latency)
+            holds = RedisHolds(shared, s.redis_tag)
         drain = Drain(store, spool, get_service, RetryPolicy.from_settings(s), layout.lock("drain") if s.drain_lock else None,
-                      clock=clock, tuning=Tuning.from_settings(s), archive_folder=archive_folder)
+                      clock=clock, tuning=Tuning.from_settings(s), archive_folder=archive_folder, pacers=pacers, holds=holds)
         callbacks = Dispatcher(store, CallbackKeys(layout, store), parse_backoff(s.callback_backoff), s.callback_allow_private)
         drain.on_final = lambda m: callbacks.enqueue(m, FINAL_EVENTS.get(m.state))
         drain.after_pass = callbacks.run
-        return cls(ServerKeys(layout), store, spool, drain, get_service, s.report_grace, clock, quota=s.client_quota,
-                   replay=ReplayRecord(s.home / "replay", fsync=s.fsync), callbacks=callbacks, default_callback=s.callback_url)
+        return cls(server_keys(s), store, spool, drain, get_service, s.report_grace, clock, quota=s.client_quota,
+                   replay=replay_record(s), callbacks=callbacks, default_callback=s.callback_url)
 
     # -- GET /key ----------------------------------------------------------
     def public_key(self) -> str:
@@ -194,18 +201,53 @@ class Gateway:
 
 def _backend(s: Settings, layout: Layout) -> tuple[MessageStore, Spool, "Path | None"]:
     """The store and spool ``MULTIMSG_BACKEND`` names (and the archive folder, for the embedded one)."""
+    client = redis_client(s)
+    if client is None:
+        return TinyStore(layout, fsync=s.fsync), FileSpool(layout, ttl=s.data_ttl, fsync=s.fsync), layout.archive
+    from .queue.backends.redis import RedisSpool, RedisStore
+
+    return (RedisStore(client, s.redis_tag, archive_months=s.archive_months),
+            RedisSpool(client, s.redis_tag, ttl=s.data_ttl, blob_max=s.redis_blob_max), None)
+
+
+def redis_client(s: Settings):
+    """The process's Redis client when ``MULTIMSG_BACKEND`` names Redis, else None (the embedded backend).
+
+    With Redis, ``MULTIMSG_KEY_SEAL`` must be set (the server keys are kept there, sealed): SystemExit otherwise.
+    """
     url = (s.backend or "").strip()
     if not url:
-        return TinyStore(layout, fsync=s.fsync), FileSpool(layout, ttl=s.data_ttl, fsync=s.fsync), layout.archive
+        return None
     if not url.startswith(("redis://", "rediss://")):
         raise SystemExit("MULTIMSG_BACKEND must be empty (the embedded store) or a redis:// or rediss:// URL")
     try:
-        from .queue.backends.redis import RedisSpool, RedisStore, connect  # imported only when chosen
+        from .queue.backends.redis import shared_client  # imported only when chosen
     except ImportError:
         raise SystemExit("MULTIMSG_BACKEND names Redis, but the redis package is not installed (pip install 'multimsg[redis]')") from None
-    client = connect(url, timeout=s.connect_timeout)
-    return (RedisStore(client, s.redis_tag, archive_months=s.archive_months),
-            RedisSpool(client, s.redis_tag, ttl=s.data_ttl, blob_max=s.redis_blob_max), None)
+    from .queue.backends.redis_engine import parse_seal
+
+    parse_seal(s.key_seal)  # a clear error at startup, not at the first upload
+    return shared_client(url, s.connect_timeout)
+
+
+def server_keys(s: Settings) -> ServerKeys:
+    """The server's key pairs: in ``keys/`` of the data folder, or in Redis (sealed) with the Redis backend."""
+    client = redis_client(s)
+    if client is None:
+        return ServerKeys(Layout(s.home))
+    from .queue.backends.redis_engine import RedisKeyStore, parse_seal
+
+    return ServerKeys(Layout(s.home), store=RedisKeyStore(client, s.redis_tag, parse_seal(s.key_seal)))
+
+
+def replay_record(s: Settings):
+    """The record of wrapped keys already accepted: in the data folder, or in Redis."""
+    client = redis_client(s)
+    if client is None:
+        return ReplayRecord(s.home / "replay", fsync=s.fsync)
+    from .queue.backends.redis_engine import RedisReplay
+
+    return RedisReplay(client, s.redis_tag)
 
 
 @lru_cache(maxsize=1)

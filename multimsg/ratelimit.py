@@ -5,10 +5,11 @@ then ``rate`` requests per second; over that it gets ``RateLimited`` with the
 seconds until its next request would pass (the HTTP layer answers 429 with
 ``Retry-After``). ``MULTIMSG_RATE_LIMIT=0`` turns limiting off.
 
-The buckets live in this process's memory behind one lock, so the limit holds
-exactly across the threads of one server process (the local runner is one
-process). Several processes each keep their own buckets: with N worker
-processes, or N serverless instances, a client can get up to N times the rate.
+With the embedded backend the buckets live in this process's memory behind one
+lock, so the limit holds exactly across the threads of one server process (the
+local runner is one process). With the Redis backend every process shares one
+bucket per client in Redis (``redis_engine.RedisRateLimiter``: a GCRA script on
+Redis's clock), so N processes together still allow the client ``rate``.
 The table of buckets is bounded (least recently used clients are forgotten
 first), so a flood of distinct client addresses cannot grow memory without end.
 """
@@ -67,12 +68,20 @@ class RateLimiter:
 
 
 @lru_cache(maxsize=1)
-def limiter() -> RateLimiter | None:
-    """The process's limiter, or None when ``MULTIMSG_RATE_LIMIT`` is 0."""
+def limiter():
+    """The process's limiter (``RateLimiter``, or its Redis peer with the Redis backend), or None when ``MULTIMSG_RATE_LIMIT`` is 0."""
     from .config import settings
+    from .gateway import redis_client
 
     s = settings()
-    return RateLimiter(s.rate_limit, s.rate_burst) if s.rate_limit > 0 else None
+    if s.rate_limit <= 0:
+        return None
+    client = redis_client(s)
+    if client is not None:
+        from .queue.backends.redis_engine import RedisRateLimiter
+
+        return RedisRateLimiter(client, s.redis_tag, s.rate_limit, s.rate_burst)
+    return RateLimiter(s.rate_limit, s.rate_burst)
 
 
 def check_rate(client: str) -> None:

@@ -10,6 +10,11 @@ unsalted SHA-256 is enough: there is nothing to brute-force.
 A name is what the client is known as (its client key is ``token:NAME``):
 1–64 letters, digits, ``.`` and ``-``, starting with a letter or digit.
 
+With the Redis backend (``MULTIMSG_BACKEND=redis://...``) and no
+``MULTIMSG_TOKENS_FILE``, the same hashes are kept in Redis instead
+(``redis_engine.RedisTokens``), so ``multimsg token`` on any host acts for
+every process of the deployment.
+
 The server re-reads the file when it changes (size, mtime or inode), so tokens
 added or removed while it runs take effect on the next request. Checking a
 token hashes it and compares it with every line in constant time.
@@ -39,7 +44,7 @@ from pathlib import Path
 from .errors import InvalidInput
 from .fsutil import ensure_private_dir, write_atomic
 
-__all__ = ["TokenFile", "token_file", "tokens_path", "add_token", "remove_token", "hash_token", "NAME_RE", "main",
+__all__ = ["TokenFile", "token_file", "token_store", "tokens_path", "add_token", "remove_token", "hash_token", "NAME_RE", "main",
            "token_callback", "set_token_callback"]
 
 log = logging.getLogger("multimsg.tokens")
@@ -186,13 +191,36 @@ def token_file(path: Path | None = None) -> TokenFile:
         return _files.setdefault(path, TokenFile(path))
 
 
+def token_store(path: Path | None = None):
+    """Where tokens are checked and kept: the token file, or Redis with the Redis backend (unless a file is named)."""
+    from .config import settings
+
+    s = settings()
+    if path is None and s.tokens_file is None and (s.backend or "").strip():
+        from .gateway import redis_client
+
+        client = redis_client(s)
+        if client is not None:
+            from .queue.backends.redis_engine import RedisTokens
+
+            with _files_lock:
+                key = ("redis", s.redis_tag)
+                if key not in _stores:
+                    _stores[key] = RedisTokens(client, s.redis_tag)
+                return _stores[key]
+    return token_file(path)
+
+
+_stores: dict = {}
+
+
 def add_token(name: str, path: Path | None = None) -> str:
-    """Create a token for ``name`` in the token file; returns the token."""
-    return token_file(path).add(name)
+    """Create a token for ``name`` (in the token file, or in Redis); returns the token."""
+    return token_store(path).add(name)
 
 
 def remove_token(name: str, path: Path | None = None) -> bool:
-    return token_file(path).remove(name)
+    return token_store(path).remove(name)
 
 
 def _callbacks_path(path: Path) -> Path:
@@ -244,22 +272,23 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.action == "add":
             check_name(args.name)  # before tokens_path(), which makes the data folder
-        path = args.file or tokens_path()
+        store = token_store(args.file)
+        path = store.path
         if args.action == "add":
             if args.callback:
                 from .callbacks import check_syntax
 
                 check_syntax(args.callback)
-            token = add_token(args.name, path)
-            if args.callback:
-                set_token_callback(args.name, args.callback, path)
+            token = store.add(args.name)
+            if args.callback:  # kept beside the token file (with the Redis backend: this host's, not shared yet)
+                set_token_callback(args.name, args.callback, path if isinstance(path, Path) else None)
             print(token)
             print(f"token for {args.name!r} added to {path}; it is shown only now", file=sys.stderr)
         elif args.action == "list":
-            for name in token_file(path).names():
+            for name in store.names():
                 print(name)
-        elif remove_token(args.name, path):
-            set_token_callback(args.name, None, path)
+        elif store.remove(args.name):
+            set_token_callback(args.name, None, path if isinstance(path, Path) else None)
         else:
             print(f"multimsg token: no token named {args.name!r} in {path}", file=sys.stderr)
             return 1

@@ -3,10 +3,9 @@
 Each runner has its own, empty data folder and the same
 ``MULTIMSG_BACKEND=redis://...``: a message uploaded and queued on runner A
 is drained and reported by runner B, and delivered once on the Telegram
-emulator. The server key pair is still kept per data folder (sharing it
-through Redis is a later step), so these tests upload plain (unencrypted)
-content: an encrypted upload to A could not be read by a runner with other
-keys, but here the bytes themselves travel through Redis.
+emulator. These upload plain content; encrypted uploads across runners (the
+key pairs shared through Redis, sealed with ``MULTIMSG_KEY_SEAL``) are
+``tests/test_redis_shared.py``.
 
 Also: with redis-server stopped, ``/msg`` answers 503 with a reason (not
 500); once it is back, the same runner works again without a restart.
@@ -23,13 +22,15 @@ import pytest
 from tests.gatewayproc import Gateway, free_port
 from tests.redis_support import RedisServer, missing_redis, redis_server, redis_url  # noqa: F401  (fixtures)
 
+SEAL = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="  # 32 bytes, base64: the server keys are sealed with it in Redis
+
 
 @pytest.fixture
 def runners(tmp_path, gateway_env, redis_url):
     started: list[Gateway] = []
 
     def start(name: str, url: str = redis_url) -> Gateway:
-        runner = Gateway(tmp_path / name, {**gateway_env, "MULTIMSG_BACKEND": url}).start()  # an empty data folder
+        runner = Gateway(tmp_path / name, {**gateway_env, "MULTIMSG_BACKEND": url, "MULTIMSG_KEY_SEAL": SEAL}).start()  # an empty data folder
         started.append(runner)
         return runner
 

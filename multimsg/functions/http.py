@@ -43,7 +43,7 @@ from ..identity import TOKEN, identify, peer_address
 from ..logs import Redactor
 from ..metrics import count_request
 from ..ratelimit import check_rate
-from ..tokens import token_file
+from ..tokens import token_store
 
 __all__ = ["Reply", "endpoint", "wants_json", "fields", "client_of", "require_operator", "SMALL_BODY"]
 
@@ -230,7 +230,7 @@ def client_of(request: flask.Request) -> str:
             request.headers.getlist("X-Forwarded-For"),
             request.headers.get("Authorization"),
             trust_proxy=s.trust_proxy,
-            tokens=token_file() if s.identity == TOKEN else None,
+            tokens=token_store() if s.identity == TOKEN else None,
             forwarded=_other_forwarding(request),
         )
         request.environ[_CLIENT_KEY] = client

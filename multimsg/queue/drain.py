@@ -104,6 +104,8 @@ class Drain:
         clock: SteadyClock | None = None,
         tuning: Tuning | None = None,
         archive_folder: Path | None = None,
+        pacers: Pacers | None = None,
+        holds: Holds | None = None,
     ):
         self.store = store
         self.spool = spool
@@ -113,8 +115,9 @@ class Drain:
         self.clock = clock or SteadyClock()
         self.tuning = tuning or Tuning()
         self.archive_folder = archive_folder
-        self.pacers = Pacers(self.tuning.margin, self.tuning.expected_latency)
-        self.holds = Holds()
+        # Pacing and holds last across passes: this process's own (embedded backend), or shared by every worker (Redis)
+        self.pacers = pacers if pacers is not None else Pacers(self.tuning.margin, self.tuning.expected_latency)
+        self.holds = holds if holds is not None else Holds()
         self.unwritten: list[Unwritten] = []
         self._unwritten_lock = threading.Lock()
         self._last_sweep = float("-inf")

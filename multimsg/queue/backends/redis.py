@@ -45,7 +45,7 @@ from ..outbox import Event
 from ..store import MessageStore
 from .redis_scripts import CAS, Keys, document, figure_ops, index_ops
 
-__all__ = ["RedisStore", "RedisCounters", "RedisSpool", "connect", "UNREACHABLE"]
+__all__ = ["RedisStore", "RedisCounters", "RedisSpool", "connect", "shared_client", "UNREACHABLE"]
 
 log = logging.getLogger("multimsg.redis")
 
@@ -75,6 +75,12 @@ return 1
 def connect(url: str, timeout: float = 5.0) -> "redis.Redis":
     """A client for ``redis://HOST:PORT/DB`` (or ``rediss://``; a password may be in the URL)."""
     return redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout, health_check_interval=30)
+
+
+@functools.lru_cache(maxsize=4)
+def shared_client(url: str, timeout: float = 5.0) -> "redis.Redis":
+    """The process's client for ``url`` (one connection pool for the store, keys, tokens, limits and pacing)."""
+    return connect(url, timeout)
 
 
 def guarded(fn):
