@@ -42,7 +42,7 @@ from ...model import BadRecord, Message, State
 from .. import figures
 from ..counters import Counters, apply_pass
 from ..store import MessageStore
-from .redis_scripts import CAS, Keys, document, figure_ops, index_ops
+from .redis_scripts import CAS, Keys, cas_call, document, figure_ops, index_ops
 
 __all__ = ["RedisStore", "RedisCounters", "RedisSpool", "connect", "UNREACHABLE"]
 
@@ -116,7 +116,8 @@ class RedisCounters(Counters):
         for _ in range(TRIES):
             raw = self.r.hget(self.keys.drain, "r")
             drain = apply_pass(json.loads(raw) if raw else {}, seconds, summary, time.time())
-            if self._cas(keys=[self.keys.drain], args=[raw or "", json.dumps(drain), "[]", self.keys.ver]):
+            keys, args = cas_call(self.keys.drain, self.keys.ver, raw.decode() if raw else "", json.dumps(drain), [])
+            if self._cas(keys=keys, args=args):
                 return
 
 
@@ -137,7 +138,7 @@ class RedisStore(MessageStore):
         ops = index_ops(self.keys, message_id, after) + figure_ops(self.keys, before, after, now) + (extra or [])
         if new is None:
             new = json.dumps(after.to_record()) if after is not None else ""
-        return [self.keys.record(message_id)], [raw or "", new, json.dumps(ops), self.keys.ver]
+        return cas_call(self.keys.record(message_id), self.keys.ver, raw or "", new, ops)
 
     def _write(self, raw: str | None, before: Message | None, after: Message | None, now: float, **kw) -> bool:
         keys, args = self._args(raw, before, after, now, **kw)
@@ -242,7 +243,8 @@ class RedisStore(MessageStore):
             record = {"id": message_id, "unreadable": raw}
         record.update({"state": str(State.FAILED), "last_error": f"malformed record: {reason}", "claim": None, "updated_at": now})
         ops = [["ZREM", self.keys.due, message_id], ["ZREM", self.keys.inflight, message_id]]
-        self._cas(keys=[self.keys.record(message_id)], args=[raw, json.dumps(record), json.dumps(ops), self.keys.ver])
+        keys, args = cas_call(self.keys.record(message_id), self.keys.ver, raw, json.dumps(record), ops)
+        self._cas(keys=keys, args=args)
         log.warning("message %s: malformed record failed: %s", message_id, reason)
 
     @guarded
