@@ -234,9 +234,14 @@ class Settings:
     body_timeout: float = setting("MULTIMSG_BODY_TIMEOUT", 30.0, _positive, help="seconds a client has to send a body (plus 1 s per BODY_MIN_RATE bytes)")
     body_min_rate: float = setting("MULTIMSG_BODY_MIN_RATE", 1024.0, _rate, help="bytes per second a slow body must keep up")
     backend: str | None = setting("MULTIMSG_BACKEND", None, secret=True,
-                                  help="unset: the embedded store; redis://HOST:PORT/DB (rediss://, a password in the URL): a shared store")
+                                  help="unset: the embedded store; redis://HOST:PORT/DB (rediss://, a password in the URL)"
+                                  " or redis+cluster://HOST:PORT[,HOST:PORT...]: a shared store")
     redis_tag: str = setting("MULTIMSG_REDIS_TAG", "mm", help="the hash tag of every Redis key (mm:{TAG}:...): one per deployment sharing a Redis")
     redis_blob_max: int = setting("MULTIMSG_REDIS_BLOB_MAX", 20 * 1000 * 1000, int, help="largest upload kept in Redis, in bytes (above: 413)")
+    blobs: str | None = setting("MULTIMSG_BLOBS", None,
+                                help="where upload bytes live: unset: the data folder (embedded) or Redis (Redis backend); s3://BUCKET/PREFIX; a folder")
+    s3_endpoint_url: str | None = setting("MULTIMSG_S3_ENDPOINT_URL", None,
+                                          help="the S3 API's address for a store other than AWS (e.g. https://storage.googleapis.com)")
 
     @classmethod
     def from_env(cls) -> "Settings":

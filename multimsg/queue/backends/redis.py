@@ -55,8 +55,30 @@ TRIES = 20  # compare-and-set attempts before a write gives up (only under heavy
 
 
 def connect(url: str, timeout: float = 5.0) -> "redis.Redis":
-    """A client for ``redis://HOST:PORT/DB`` (or ``rediss://``; a password may be in the URL)."""
+    """A client for ``redis://HOST:PORT/DB`` (``rediss://``; a password may be in the URL), or a Redis Cluster client
+    for ``redis+cluster://[USER:PASSWORD@]HOST:PORT[,HOST:PORT...]`` (``rediss+cluster://`` for TLS): the nodes to
+    start from; the client learns the others. Every key of a deployment has one hash tag: one slot, one node."""
+    if url.startswith(("redis+cluster://", "rediss+cluster://")):
+        return _connect_cluster(url, timeout)
     return redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout, health_check_interval=30)
+
+
+def _connect_cluster(url: str, timeout: float):
+    from urllib.parse import unquote, urlsplit
+
+    from redis.cluster import ClusterNode, RedisCluster
+
+    parts = urlsplit(url)
+    auth, _, hosts = parts.netloc.rpartition("@")
+    user, _, password = auth.partition(":") if auth else ("", "", "")
+    nodes = []
+    for host in filter(None, hosts.split(",")):
+        name, _, port = host.rpartition(":")
+        nodes.append(ClusterNode(name.strip("[]") or "127.0.0.1", int(port or 6379)))
+    if not nodes:
+        raise SystemExit("MULTIMSG_BACKEND=redis+cluster:// names no node (redis+cluster://HOST:PORT[,HOST:PORT...])")
+    return RedisCluster(startup_nodes=nodes, username=unquote(user) or None, password=unquote(password) or None,
+                        ssl=parts.scheme.startswith("rediss"), socket_connect_timeout=timeout, socket_timeout=timeout)
 
 
 def guarded(fn):
