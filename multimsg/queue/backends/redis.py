@@ -44,7 +44,7 @@ from ..counters import Counters, apply_pass
 from ..store import MessageStore
 from .redis_scripts import CAS, Keys, cas_call, document, figure_ops, index_ops
 
-__all__ = ["RedisStore", "RedisCounters", "RedisSpool", "connect", "UNREACHABLE"]
+__all__ = ["RedisStore", "RedisCounters", "RedisSpool", "connect", "pipeline", "UNREACHABLE"]
 
 log = logging.getLogger("multimsg.redis")
 
@@ -81,6 +81,17 @@ def _connect_cluster(url: str, timeout: float):
                         ssl=parts.scheme.startswith("rediss"), socket_connect_timeout=timeout, socket_timeout=timeout)
 
 
+def pipeline(client, key: str, transaction: bool = False):
+    """A pipeline on the node that holds ``key`` (every key of a deployment: one hash tag, one slot, one node).
+
+    On Redis Cluster, redis-py's cluster pipeline refuses scripts (EVALSHA) and WATCH; a pipeline on
+    the slot's node takes both, and every key in it is in that slot.
+    """
+    if hasattr(client, "get_node_from_key"):
+        return client.get_redis_connection(client.get_node_from_key(key)).pipeline(transaction=transaction)
+    return client.pipeline(transaction=transaction)
+
+
 def guarded(fn):
     """Turn a lost connection into ``Unavailable`` (503) for the callers of ``fn``."""
 
@@ -107,7 +118,7 @@ class RedisCounters(Counters):
         # writer's clock, and the gateways sharing this Redis may run a little ahead of this one.
         minutes = range(int((now - figures.RECENT_WINDOW) // 60), int((now + SKEW) // 60) + 1)
         servs = sorted(m.decode() for m in self.r.smembers(self.keys.servs))
-        pipe = self.r.pipeline(transaction=False)
+        pipe = pipeline(self.r, self.keys.ver)
         for serv in servs:
             pipe.hgetall(self.keys.fig(serv))
             pipe.zcard(self.keys.queued(serv))
@@ -194,7 +205,7 @@ class RedisStore(MessageStore):
 
     @guarded
     def add_many(self, messages: Iterable[Message]) -> int:
-        count, pipe = 0, self.r.pipeline(transaction=False)
+        count, pipe = 0, pipeline(self.r, self.keys.ver)
         for message in messages:
             keys, args = self._args(None, None, message, message.created_at)
             self._cas(keys=keys, args=args, client=pipe)
@@ -230,7 +241,7 @@ class RedisStore(MessageStore):
             candidates += [(index, i.decode()) for i in ids]
         if not candidates:
             return None
-        pipe = self.r.pipeline(transaction=False)
+        pipe = pipeline(self.r, self.keys.ver)
         for _, message_id in candidates:
             pipe.hget(self.keys.record(message_id), "r")
         raws = pipe.execute()
@@ -249,7 +260,7 @@ class RedisStore(MessageStore):
                 skipped[index] += 1  # refused (or not due after all): left untouched, skipped by the next rounds
                 continue
             claims.append((raw, message, message.with_changes(claim=new_id(), claim_until=now + lease)))
-        pipe = self.r.pipeline(transaction=False)
+        pipe = pipeline(self.r, self.keys.ver)
         for raw, before, after in claims:
             keys, args = self._args(raw, before, after, now)
             self._cas(keys=keys, args=args, client=pipe)
@@ -272,12 +283,12 @@ class RedisStore(MessageStore):
     @guarded
     def extend(self, claims: Iterable[Message], until: float) -> list[bool]:
         claims = list(claims)
-        pipe = self.r.pipeline(transaction=False)
+        pipe = pipeline(self.r, self.keys.ver)
         for claim in claims:
             pipe.hget(self.keys.record(claim.id), "r")
         raws = pipe.execute()
         results: list[bool | None] = []
-        pipe = self.r.pipeline(transaction=False)
+        pipe = pipeline(self.r, self.keys.ver)
         for claim, raw in zip(claims, raws):
             current = _parse_quietly(raw)
             if current is None or claim.claim is None or not current.leased_by(claim.claim):
@@ -332,7 +343,7 @@ class RedisStore(MessageStore):
         ids = [key.decode()[len(self.keys.record_prefix):] for key in self.r.scan_iter(match=self.keys.record_prefix + "*", count=1000)]
         for start in range(0, len(ids), 1000):
             chunk = ids[start:start + 1000]
-            pipe = self.r.pipeline(transaction=False)
+            pipe = pipeline(self.r, self.keys.ver)
             for message_id in chunk:
                 pipe.hget(self.keys.record(message_id), "r")
             for message_id, raw in zip(chunk, pipe.execute()):
@@ -358,7 +369,7 @@ class RedisStore(MessageStore):
         tries, since then the counts kept by the scripts are the fresh ones).
         """
         for _ in range(3):
-            with self.r.pipeline(transaction=True) as pipe:
+            with pipeline(self.r, self.keys.ver, transaction=True) as pipe:
                 pipe.watch(self.keys.ver)
                 messages = [m for _, raw in self._scan() if (m := _parse_quietly(raw)) is not None]
                 servs = {m.decode() for m in pipe.smembers(self.keys.servs)} | {m.serv for m in messages}

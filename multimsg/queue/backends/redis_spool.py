@@ -25,7 +25,7 @@ from typing import BinaryIO, Iterable
 from ...errors import NotFound, TooLarge, Unavailable
 from ...ids import new_id
 from ..spool import Content, DataInfo, Spool
-from .redis import TRIES, guarded
+from .redis import TRIES, guarded, pipeline
 from .redis_scripts import ATTACH, RELEASE, Keys
 
 __all__ = ["RedisSpool", "RedisContent", "CHUNK", "BLOB_MAX"]
@@ -90,7 +90,7 @@ class RedisSpool(Spool):
             self.r.delete(blob)
             raise
         created_at = time.time()
-        pipe = self.r.pipeline(transaction=True)
+        pipe = pipeline(self.r, self.keys.ver, transaction=True)
         pipe.hset(blob, mapping={"size": size, "chunks": index, "refs": 0, "upload": upload})
         pipe.pexpire(blob, self._ttl_ms)
         pipe.hset(upload, mapping={"blob": blob_id, "size": size, "filename": filename, "created_at": repr(created_at)})
@@ -100,7 +100,7 @@ class RedisSpool(Spool):
         return DataInfo(data_id, size, filename, created_at)
 
     def _store_chunk(self, blob: str, index: int, data: bytes) -> None:
-        pipe = self.r.pipeline(transaction=True)
+        pipe = pipeline(self.r, self.keys.ver, transaction=True)
         pipe.hset(blob, str(index), data)
         pipe.pexpire(blob, self._ttl_ms)  # a crash halfway leaves nothing that lasts
         pipe.execute()

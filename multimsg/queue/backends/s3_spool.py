@@ -38,7 +38,7 @@ from botocore.config import Config
 from ...errors import NotFound, Unavailable
 from ...ids import new_id
 from ..spool import Content, DataInfo
-from .redis import guarded
+from .redis import guarded, pipeline
 from .redis_spool import EXPIRED, RedisSpool
 
 __all__ = ["S3Spool", "S3Content", "s3_client", "parse_s3_url", "PART"]
@@ -156,7 +156,7 @@ class S3Spool(RedisSpool):
         blob, upload = self.keys.blob(blob_id), self.keys.upload(client, data_id)
         size = self._upload(self.object_key(blob_id), chunks)  # the object first: a crash here leaves an orphan the sweep removes
         created_at = time.time()
-        pipe = self.r.pipeline(transaction=True)
+        pipe = pipeline(self.r, self.keys.ver, transaction=True)
         pipe.hset(blob, mapping={"size": size, "refs": 0, "upload": upload})
         pipe.pexpire(blob, self._ttl_ms)
         pipe.hset(upload, mapping={"blob": blob_id, "size": size, "filename": filename, "created_at": repr(created_at)})
@@ -202,7 +202,7 @@ class S3Spool(RedisSpool):
             old = [item["Key"] for item in page.get("Contents", []) if now - item["LastModified"].timestamp() > older_than]
             if not old:
                 continue
-            pipe = self.r.pipeline(transaction=False)
+            pipe = pipeline(self.r, self.keys.ver)
             for key in old:
                 pipe.exists(self.keys.blob(key[len(self.object_prefix):]))
             for key, exists in zip(old, pipe.execute()):
