@@ -3,21 +3,30 @@
 Each module holds one decorated handler (``key``, ``data``, ``msg``, ``cons``,
 ``drain``) that can be deployed alone; ``app`` mounts them all on one Flask
 app for the local runner. ``http`` is the layer they share.
+
+A handler's module is imported when the handler is first asked for
+(``multimsg.functions.msg``, ``HANDLERS``): a function deployed alone loads
+what it needs, not every handler's dependencies (cold start).
 """
 
-from .cons import cons
-from .data import data
-from .drain import drain
-from .health import health
-from .key import key
-from .metrics import metrics
-from .msg import msg
-from .openapi import openapi
+from importlib import import_module
 
 __all__ = ["HANDLERS", "key", "data", "msg", "cons", "drain", "openapi", "health", "metrics"]
 
-# URL path -> handler; the public contract's endpoint names.
-HANDLERS = {"/key": key, "/data": data, "/msg": msg, "/cons": cons, "/drain": drain}
-HANDLERS["/openapi.json"] = openapi
-HANDLERS["/health"] = health
-HANDLERS["/metrics"] = metrics
+NAMES = ("key", "data", "msg", "cons", "drain", "openapi", "health", "metrics")
+# URL path -> handler name; the public contract's endpoint names.
+PATHS = {"/key": "key", "/data": "data", "/msg": "msg", "/cons": "cons", "/drain": "drain",
+         "/openapi.json": "openapi", "/health": "health", "/metrics": "metrics"}
+
+
+def handler(name: str):
+    """The handler ``name`` (its module imported now)."""
+    return getattr(import_module(f"{__name__}.{name}"), name)
+
+
+def __getattr__(name: str):
+    if name == "HANDLERS":  # URL path -> handler (imports every handler: the local runner serves them all)
+        return {path: handler(target) for path, target in PATHS.items()}
+    if name in NAMES:
+        return handler(name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -4,8 +4,7 @@ from datetime import datetime, timezone
 
 import functions_framework
 
-from ..gateway import gateway
-from .http import Reply, client_of, endpoint, fields
+from .http import Reply, client_of, endpoint, fields, gateway
 
 TIME_FIELDS = ("created_at", "updated_at", "next_attempt_at")
 
