@@ -7,6 +7,7 @@
 #   node          tests/test_crypto.py (WebCrypto client)
 #   openssl       tests/test_crypto.py (a key wrapped by the openssl CLI)
 #   redis-server  the Redis backend's tests (they start their own instances)
+#   redis-cli     tests/redis_cluster_support.py (redis-cli --cluster create; Debian's redis-tools, which redis-server also brings)
 set -euo pipefail
 
 declare -A PACKAGE=(
@@ -15,6 +16,7 @@ declare -A PACKAGE=(
     [node]=nodejs
     [openssl]=openssl
     [redis-server]=redis-server
+    [redis-cli]=redis-tools
 )
 
 missing=()

@@ -7,6 +7,12 @@ The folders are the architecture: ``functions/`` (HTTP in, HTTP out),
 
 __version__ = "0.1.0"
 
-from .client import Client  # noqa: E402  (the Python client: multimsg.Client)
-
 __all__ = ["Client", "__version__"]
+
+
+def __getattr__(name: str):
+    if name == "Client":  # the Python client (multimsg.Client), imported on first use: a handler's cold start skips it
+        from .client import Client
+
+        return Client
+    raise AttributeError(f"module 'multimsg' has no attribute {name!r}")

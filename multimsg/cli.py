@@ -2,7 +2,7 @@
 
 Client side (talks HTTP to ``--server`` / MULTIMSG_URL through ``multimsg.Client``):
 ``send``, ``status``. Operator side (works on the local data folder, MULTIMSG_HOME):
-``serve``, ``drain``, ``stats``, ``keys``, ``config``; ``token`` is
+``serve``, ``drain``, ``stats``, ``keys``, ``config``, ``migrate``; ``token`` is
 ``multimsg.tokens``' own command. Errors are one line on stderr, with the
 server's reason when it gave one; exit codes are in ``EXIT_CODES``
 (``multimsg --help`` lists them).
@@ -221,6 +221,18 @@ def cmd_drain(args) -> int:
     return 0
 
 
+def cmd_migrate(args) -> int:
+    from .config import settings
+    from .migrate import migrate
+
+    if not args.to.startswith(("redis://", "rediss://", "redis+cluster://", "rediss+cluster://")):
+        _say("migrate --to takes the shared store's URL: redis://HOST:PORT/DB (or rediss://, redis+cluster://HOST:PORT,...)")
+        return 2
+    report = migrate(settings(), args.to)
+    print(report.line(), flush=True)
+    return 0
+
+
 def _outcomes(snapshot: dict) -> dict[str, int]:
     return {o: sum(s["outcomes"].get(o, 0) for s in snapshot["services"].values()) for o in ("delivered", "failed", "retried")}
 
@@ -415,6 +427,12 @@ def build_parser() -> argparse.ArgumentParser:
     drain = commands.add_parser("drain", help="run one drain pass on this data folder (for crontab)")
     drain.add_argument("--json", action="store_true", help="print the pass's summary as JSON")
     drain.set_defaults(run=cmd_drain)
+
+    migrate = commands.add_parser("migrate", help="copy this data folder's messages and their content into a Redis backend (idempotent)",
+                                  description="Copy the embedded store's messages (queued and final, not the archive) and their content "
+                                              "into the shared store at URL (and MULTIMSG_BLOBS). Messages already there are skipped.")
+    migrate.add_argument("--to", required=True, metavar="URL", help="redis://HOST:PORT/DB, rediss://..., or redis+cluster://HOST:PORT[,...]")
+    migrate.set_defaults(run=cmd_migrate)
 
     stats = commands.add_parser("stats", help="queue depth, oldest queued message, deliveries in the last hour")
     stats.add_argument("--json", action="store_true")

@@ -259,7 +259,8 @@ class Settings:
     body_timeout: float = setting("MULTIMSG_BODY_TIMEOUT", 30.0, _positive, help="seconds a client has to send a body (plus 1 s per BODY_MIN_RATE bytes)")
     body_min_rate: float = setting("MULTIMSG_BODY_MIN_RATE", 1024.0, _rate, help="bytes per second a slow body must keep up")
     backend: str | None = setting("MULTIMSG_BACKEND", None, secret=True,
-                                  help="unset: the embedded store; redis://HOST:PORT/DB (rediss://, a password in the URL): a shared store")
+                                  help="unset: the embedded store; redis://HOST:PORT/DB (rediss://, a password in the URL)"
+                                  " or redis+cluster://HOST:PORT[,HOST:PORT...]: a shared store")
     redis_tag: str = setting("MULTIMSG_REDIS_TAG", "mm", help="the hash tag of every Redis key (mm:{TAG}:...): one per deployment sharing a Redis")
     key_seal: str | None = setting("MULTIMSG_KEY_SEAL", None, secret=True,
                                    help="Redis backend: 32 random bytes, base64, sealing the server's private keys in Redis (the same on every process)")
@@ -269,6 +270,10 @@ class Settings:
                                            help="let callbacks go to loopback, private and link-local addresses (tests, a trusted LAN)")
     callback_backoff: str = setting("MULTIMSG_CALLBACK_BACKOFF", "60 300 1800 3600 7200 21600 50400",
                                     help="seconds between callback attempts; one more attempt than values (default: 8 over ~24 h)")
+    blobs: str | None = setting("MULTIMSG_BLOBS", None,
+                                help="where upload bytes live: unset: the data folder (embedded) or Redis (Redis backend); s3://BUCKET/PREFIX; a folder")
+    s3_endpoint_url: str | None = setting("MULTIMSG_S3_ENDPOINT_URL", None,
+                                          help="the S3 API's address for a store other than AWS (e.g. https://storage.googleapis.com)")
 
     @classmethod
     def from_env(cls) -> "Settings":

@@ -200,14 +200,31 @@ class Gateway:
 
 
 def _backend(s: Settings, layout: Layout) -> tuple[MessageStore, Spool, "Path | None"]:
-    """The store and spool ``MULTIMSG_BACKEND`` names (and the archive folder, for the embedded one)."""
+    """The store and spool ``MULTIMSG_BACKEND`` and ``MULTIMSG_BLOBS`` name (and the archive folder, for the embedded one)."""
+    blobs = (s.blobs or "").strip()
     client = redis_client(s)
     if client is None:
-        return TinyStore(layout, fsync=s.fsync), FileSpool(layout, ttl=s.data_ttl, fsync=s.fsync), layout.archive
+        if blobs.startswith("s3://"):
+            raise SystemExit("MULTIMSG_BLOBS=s3://... needs a Redis MULTIMSG_BACKEND (it keeps the references to the objects)")
+        spool_layout = Layout(Path(blobs).expanduser()) if blobs else layout
+        return TinyStore(layout, fsync=s.fsync), FileSpool(spool_layout, ttl=s.data_ttl, fsync=s.fsync), layout.archive
     from .queue.backends.redis import RedisSpool, RedisStore
 
-    return (RedisStore(client, s.redis_tag, archive_months=s.archive_months),
-            RedisSpool(client, s.redis_tag, ttl=s.data_ttl, blob_max=s.redis_blob_max), None)
+    store = RedisStore(client, s.redis_tag, archive_months=s.archive_months)
+    spool: Spool
+    if blobs.startswith("s3://"):
+        try:
+            from .queue.backends.s3_spool import S3Spool, parse_s3_url, s3_client
+        except ImportError:
+            raise SystemExit("MULTIMSG_BLOBS names a bucket, but boto3 is not installed (pip install 'multimsg[s3]')") from None
+        bucket, prefix = parse_s3_url(blobs)
+        s3 = s3_client(s.s3_endpoint_url, s.connect_timeout, s.read_timeout)
+        spool = S3Spool(client, s3, bucket, prefix, s.redis_tag, ttl=s.data_ttl)
+    elif blobs and blobs.lower() != "redis":
+        spool = FileSpool(Layout(Path(blobs).expanduser()), ttl=s.data_ttl, fsync=s.fsync)  # a folder every gateway mounts
+    else:
+        spool = RedisSpool(client, s.redis_tag, ttl=s.data_ttl, blob_max=s.redis_blob_max)
+    return store, spool, None
 
 
 def redis_client(s: Settings):
@@ -218,8 +235,8 @@ def redis_client(s: Settings):
     url = (s.backend or "").strip()
     if not url:
         return None
-    if not url.startswith(("redis://", "rediss://")):
-        raise SystemExit("MULTIMSG_BACKEND must be empty (the embedded store) or a redis:// or rediss:// URL")
+    if not url.startswith(("redis://", "rediss://", "redis+cluster://", "rediss+cluster://")):
+        raise SystemExit("MULTIMSG_BACKEND must be empty (the embedded store), a redis:// or rediss:// URL, or redis+cluster://HOST:PORT[,HOST:PORT...]")
     try:
         from .queue.backends.redis import shared_client  # imported only when chosen
     except ImportError:

@@ -33,8 +33,8 @@ def missing_redis(reason: str) -> None:
 
 
 class RedisServer:
-    def __init__(self, binary: str, folder: Path, port: int | None = None):
-        self.binary, self.folder = binary, folder
+    def __init__(self, binary: str, folder: Path, port: int | None = None, extra: tuple[str, ...] = ()):
+        self.binary, self.folder, self.extra = binary, folder, tuple(extra)  # extra: more options (persistence), last wins
         self.port = port or free_port()
         self.url = f"redis://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
@@ -45,7 +45,7 @@ class RedisServer:
 
         self.proc = subprocess.Popen(
             [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(self.folder), "--databases", "256"],
+             "--dir", str(self.folder), "--databases", "256", *self.extra],
             cwd=self.folder, stdout=open(self.log_path, "ab"), stderr=subprocess.STDOUT,
         )
         client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
@@ -61,6 +61,12 @@ class RedisServer:
                 time.sleep(0.05)
         self.stop()
         raise RuntimeError(f"redis-server did not answer PING within {timeout} s")
+
+    def kill9(self) -> None:
+        """SIGKILL: no shutdown, no last write (what a power cut leaves is what was fsynced)."""
+        if self.proc and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:

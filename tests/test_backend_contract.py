@@ -24,8 +24,10 @@ from multimsg.queue.drain import Drain, Tuning
 from multimsg.queue.retry import RetryPolicy
 from multimsg.services.base import Outcome, ServiceBase
 from tests.redis_support import redis_server, redis_url  # noqa: F401  (fixtures)
+from tests.s3_support import s3_bucket, s3_server  # noqa: F401  (fixtures)
 
 BACKENDS = ["memory", "tiny", "redis"]
+SPOOLS = BACKENDS + ["s3"]  # the spool's contract also over "s3": bookkeeping in Redis, bytes on a local S3 server
 CLIENT = "ip:127.0.0.9"
 _ids = (f"{n:016d}" for n in itertools.count(1))
 
@@ -43,6 +45,43 @@ def backend(request, tmp_path):
         return RedisStore(client), RedisSpool(client, ttl=3600)
     layout = Layout(tmp_path / "home")
     return TinyStore(layout, fsync=False), FileSpool(layout, ttl=3600, fsync=False)
+
+
+def s3_spool(request, ttl: float = 3600):
+    """(S3Spool, redis client, s3 client, bucket): Redis for the references, the session's S3 server for the bytes."""
+    from multimsg.queue.backends.redis import connect
+    from multimsg.queue.backends.s3_spool import S3Spool
+
+    client = connect(request.getfixturevalue("redis_url"))
+    request.addfinalizer(client.close)
+    server, bucket = request.getfixturevalue("s3_server"), request.getfixturevalue("s3_bucket")
+    s3 = server.client()
+    return S3Spool(client, s3, bucket, "uploads", "t", ttl=ttl), client, s3, bucket
+
+
+@pytest.fixture(params=SPOOLS)
+def any_spool(request, backend_for_spool):
+    """A spool of every kind in ``SPOOLS`` (the content tests)."""
+    if request.param == "s3":
+        return s3_spool(request)[0]
+    return backend_for_spool(request.param)[1]
+
+
+@pytest.fixture
+def backend_for_spool(request, tmp_path):
+    def build(name: str):
+        if name == "memory":
+            return MemoryStore(), MemorySpool(ttl=3600)
+        if name == "redis":
+            from multimsg.queue.backends.redis import RedisSpool, RedisStore, connect
+
+            client = connect(request.getfixturevalue("redis_url"))
+            request.addfinalizer(client.close)
+            return RedisStore(client), RedisSpool(client, ttl=3600)
+        layout = Layout(tmp_path / "home")
+        return TinyStore(layout, fsync=False), FileSpool(layout, ttl=3600, fsync=False)
+
+    return build
 
 
 @pytest.fixture
@@ -165,7 +204,8 @@ def test_archive_is_atomic_one_of_two_callers_gets_the_message(store):
 
 
 # -- content ------------------------------------------------------------------------------------------
-def test_content_is_an_object_not_a_path(spool):
+def test_content_is_an_object_not_a_path(any_spool):
+    spool = any_spool
     info = spool.put(CLIENT, [b"hola ", b"mundo"], "hola.txt")
     assert (info.size, info.filename) == (10, "hola.txt")
     assert spool.get(CLIENT, info.data_id) == info
@@ -181,7 +221,8 @@ def test_content_is_an_object_not_a_path(spool):
         spool.message_content(CLIENT, "M" * 16).read()
 
 
-def test_the_sweep_removes_orphan_message_references(spool):
+def test_the_sweep_removes_orphan_message_references(any_spool):
+    spool = any_spool
     info = spool.put(CLIENT, [b"x"], "x.txt")
     spool.attach(CLIENT, info.data_id, "A" * 16)
     spool.attach(CLIENT, info.data_id, "B" * 16)
@@ -442,3 +483,61 @@ def test_the_outbox_leases_events_and_fences_a_lapsed_lease(store):
     later = store.claim_events(now + 101, 10)
     assert store.finish_event(later[0], None, False, now) is True
     assert store.outbox_figures() == {"pending": 0, "delivered": 1, "given_up": 1}
+
+
+# -- S3: bytes on a local S3-compatible server (moto), references in Redis ------------------------------------
+def _objects(s3, bucket: str) -> list[str]:
+    return [item["Key"] for item in s3.list_objects_v2(Bucket=bucket).get("Contents", [])]
+
+
+def test_s3_big_upload_streams_in_parts_and_the_last_reference_deletes_the_object(request):
+    from multimsg.errors import NotFound
+    from multimsg.queue.backends.s3_spool import PART
+
+    spool, client, s3, bucket = s3_spool(request, ttl=1)
+    blob = bytes(range(256)) * (PART // 256) + b"tail" * 1000  # over one part: a multipart upload
+    info = spool.put(CLIENT, (blob[i:i + 65536] for i in range(0, len(blob), 65536)), "big.bin")
+    [key] = _objects(s3, bucket)
+    assert key.startswith("uploads/t/") and s3.head_object(Bucket=bucket, Key=key)["ContentLength"] == len(blob)
+    spool.attach(CLIENT, info.data_id, "A" * 16)
+    spool.attach(CLIENT, info.data_id, "B" * 16)  # a second message: a second reference, no copy
+    assert len(_objects(s3, bucket)) == 1
+    assert not any(k.startswith(b"mm:{t}:blob:") and client.hget(k, "0") for k in client.keys("mm:{t}:blob:*"))  # no bytes in Redis
+    time.sleep(1.2)  # the upload expires; the messages keep their content
+    with pytest.raises(NotFound):
+        spool.get(CLIENT, info.data_id)
+    content = spool.message_content(CLIENT, "A" * 16)
+    assert content.head(4) == blob[:4] and content.size == len(blob)
+    with content.open() as stream:  # a stream from the server, read piece by piece
+        digest = b"".join(iter(lambda: stream.read(1 << 20), b""))
+    assert digest == blob
+    spool.release(CLIENT, "A" * 16)
+    assert len(_objects(s3, bucket)) == 1  # B still refers to it
+    spool.release(CLIENT, "B" * 16)
+    assert _objects(s3, bucket) == [] and client.keys("mm:{t}:blob:*") == []
+    with pytest.raises(FileNotFoundError):
+        spool.message_content(CLIENT, "B" * 16)
+
+
+def test_s3_sweep_deletes_objects_whose_upload_expired_unused_and_keeps_live_ones(request):
+    spool, client, s3, bucket = s3_spool(request, ttl=1)
+    unused = spool.put(CLIENT, [b"nadie"], "a.txt")
+    kept = spool.put(CLIENT, [b"alguien"], "b.txt")
+    key_of = {d.data_id: spool.object_key(client.hget(spool.keys.upload(CLIENT, d.data_id), "blob").decode()) for d in (unused, kept)}
+    spool.attach(CLIENT, kept.data_id, "K" * 16)
+    s3.put_object(Bucket=bucket, Key="uploads/other/XXXXXXXXXXXXXXXX", Body=b"another deployment's")
+    time.sleep(1.2)  # both uploads expire; only the unused one's object is an orphan
+    assert spool.sweep(time.time() + 10, live=["K" * 16], older_than=5) == 1
+    assert sorted(_objects(s3, bucket)) == sorted([key_of[kept.data_id], "uploads/other/XXXXXXXXXXXXXXXX"])
+    assert spool.message_content(CLIENT, "K" * 16).read() == b"alguien"
+
+
+def test_s3_engine_delivers_everything_once_with_content_from_the_object_store(request):
+    from multimsg.queue.backends.redis import RedisStore
+
+    spool, client, _, _ = s3_spool(request)
+    store = RedisStore(client, "t")
+    service = Counting()
+    ids = queue_texts(store, spool, 30)
+    summary = engine(store, spool, service).run_pass()
+    assert summary["delivered"] == 30 and sorted(service.sent) == sorted(ids)

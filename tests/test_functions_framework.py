@@ -29,7 +29,7 @@ def serve(target: str, home, env: dict) -> tuple[subprocess.Popen, str]:
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         try:
-            requests.get(url, timeout=1)
+            requests.get(url, timeout=15)  # the first request imports the gateway (handlers import it lazily)
             return proc, url
         except requests.ConnectionError:
             assert proc.poll() is None, proc.stderr.read().decode()

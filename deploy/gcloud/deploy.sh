@@ -5,10 +5,13 @@
 #   PROJECT=my-project REGION=europe-west1 MULTIMSG_DRAIN_TOKEN=$(openssl rand -hex 24) \
 #       deploy/gcloud/deploy.sh                          # from the repository root
 #
-# READ deploy/gcloud/README.md FIRST: with the default file store (TinyDB + spool
-# under MULTIMSG_HOME) these functions do NOT share their data, so they do not
-# make one working gateway. The commands are right; the storage they need
-# (a shared MessageStore, Spool and key pair) does not exist in multimsg yet.
+#   ... MULTIMSG_BACKEND=redis://:AUTH@10.0.0.3:6379/0 MULTIMSG_BLOBS=s3://BUCKET/multimsg \
+#       VPC_FLAGS="--network=default --subnet=default --vpc-egress=private-ranges-only" deploy/gcloud/deploy.sh
+#
+# READ deploy/gcloud/README.md FIRST: without MULTIMSG_BACKEND (the embedded store under
+# MULTIMSG_HOME) these functions do NOT share their data, so they do not make one working
+# gateway. With it (Memorystore) they share the queue and, with MULTIMSG_BLOBS on Cloud
+# Storage or in Redis, the uploads; the server key pair is not shared yet (plain uploads only).
 set -euo pipefail
 
 : "${PROJECT:?set PROJECT}" "${REGION:?set REGION}" "${MULTIMSG_DRAIN_TOKEN:?set MULTIMSG_DRAIN_TOKEN}"
@@ -24,7 +27,9 @@ cp -r "$ROOT/multimsg" "$STAGE/"
 find "$STAGE" -name __pycache__ -prune -exec rm -rf {} +
 python3 - "$ROOT/pyproject.toml" > "$STAGE/requirements.txt" <<'PY'
 import sys, tomllib
-print("\n".join(tomllib.load(open(sys.argv[1], "rb"))["project"]["dependencies"]))
+project = tomllib.load(open(sys.argv[1], "rb"))["project"]
+extras = project["optional-dependencies"]
+print("\n".join(dict.fromkeys(project["dependencies"] + extras["redis"] + extras["s3"])))
 PY
 
 # Settings every function gets. /tmp is the only writable folder in Cloud
@@ -35,7 +40,19 @@ MULTIMSG_IDENTITY: token
 MULTIMSG_DRAIN_INTERVAL: "0"
 MULTIMSG_DRAIN_TOKEN: "${MULTIMSG_DRAIN_TOKEN}"
 MULTIMSG_LOG_FORMAT: json
+MULTIMSG_DRAIN_LOCK: "off"
 YAML
+if [ -n "${MULTIMSG_BACKEND:-}" ]; then
+  cat >> "$STAGE/env.yaml" <<YAML
+MULTIMSG_BACKEND: "${MULTIMSG_BACKEND}"
+MULTIMSG_BLOBS: "${MULTIMSG_BLOBS:-}"
+MULTIMSG_S3_ENDPOINT_URL: "${MULTIMSG_S3_ENDPOINT_URL:-https://storage.googleapis.com}"
+AWS_REGION: "auto"
+YAML
+  sed -i 's/^MULTIMSG_IDENTITY: token$/MULTIMSG_IDENTITY: ip\nMULTIMSG_TRUST_PROXY: "1"/' "$STAGE/env.yaml"
+else
+  echo "deploy.sh: MULTIMSG_BACKEND is not set: these functions will not share a queue (see deploy/gcloud/README.md)" >&2
+fi
 # Platform credentials belong in Secret Manager, e.g.
 #   --set-secrets=MULTIMSG_TELEGRAM_TOKEN=multimsg-telegram-token:latest
 
@@ -43,7 +60,7 @@ for handler in "${HANDLERS[@]}"; do
   gcloud functions deploy "multimsg-${handler}" \
     --project="$PROJECT" --region="$REGION" --gen2 --runtime=python311 \
     --source="$STAGE" --entry-point="$handler" --trigger-http --allow-unauthenticated \
-    --env-vars-file="$STAGE/env.yaml" --memory=512Mi --timeout=540s
+    --env-vars-file="$STAGE/env.yaml" --memory=512Mi --timeout=540s ${VPC_FLAGS:-}
 done
 
 # The drain, every minute. The function is public (multimsg checks the bearer

@@ -3,25 +3,32 @@
 Each module holds one decorated handler (``key``, ``data``, ``msg``, ``cons``,
 ``drain``) that can be deployed alone; ``app`` mounts them all on one Flask
 app for the local runner. ``http`` is the layer they share.
+
+A handler's module is imported when the handler is first asked for
+(``multimsg.functions.msg``, ``HANDLERS``): a function deployed alone loads
+what it needs, not every handler's dependencies (cold start).
 """
 
-from .callback_key import callback_key
-from .cons import cons
-from .data import data
-from .drain import drain
-from .health import health
-from .key import key
-from .metrics import metrics
-from .msg import msg
-from .openapi import openapi
-from .webhook import webhook
+from importlib import import_module
 
 __all__ = ["HANDLERS", "key", "data", "msg", "cons", "drain", "openapi", "health", "metrics", "webhook", "callback_key"]
 
-# URL path -> handler; the public contract's endpoint names.
-HANDLERS = {"/key": key, "/data": data, "/msg": msg, "/cons": cons, "/drain": drain}
-HANDLERS["/openapi.json"] = openapi
-HANDLERS["/health"] = health
-HANDLERS["/metrics"] = metrics
-HANDLERS["/webhook/wpp1"] = webhook  # the local runner also routes /webhook/<serv> here (app.py): 404 for others
-HANDLERS["/callback-key"] = callback_key
+NAMES = ("key", "data", "msg", "cons", "drain", "openapi", "health", "metrics", "webhook", "callback_key")
+# URL path -> handler name; the public contract's endpoint names.
+PATHS = {"/key": "key", "/data": "data", "/msg": "msg", "/cons": "cons", "/drain": "drain",
+         "/openapi.json": "openapi", "/health": "health", "/metrics": "metrics",
+         "/webhook/wpp1": "webhook",  # the local runner also routes /webhook/<serv> here (app.py): 404 for others
+         "/callback-key": "callback_key"}
+
+
+def handler(name: str):
+    """The handler ``name`` (its module imported now)."""
+    return getattr(import_module(f"{__name__}.{name}"), name)
+
+
+def __getattr__(name: str):
+    if name == "HANDLERS":  # URL path -> handler (imports every handler: the local runner serves them all)
+        return {path: handler(target) for path, target in PATHS.items()}
+    if name in NAMES:
+        return handler(name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -8,8 +8,7 @@ detail a failed receipt gave; the plain-text answer is the state alone.
 import functions_framework
 
 from ..callbacks import report as json_report
-from ..gateway import gateway
-from .http import Reply, client_of, endpoint, fields
+from .http import Reply, client_of, endpoint, fields, gateway
 
 
 @functions_framework.http

@@ -4,8 +4,7 @@ import functions_framework
 
 from ..config import settings
 from ..errors import InvalidInput, NotMultipart, TooLarge
-from ..gateway import gateway
-from .http import Reply, client_of, endpoint
+from .http import Reply, client_of, endpoint, gateway
 
 MAX_WRAPPED_KEY = 4096
 

@@ -2,8 +2,7 @@
 
 import functions_framework
 
-from ..gateway import gateway
-from .http import Reply, endpoint, require_operator
+from .http import Reply, endpoint, gateway, require_operator
 
 
 @functions_framework.http

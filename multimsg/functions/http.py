@@ -45,6 +45,13 @@ from ..metrics import count_request
 from ..ratelimit import check_rate
 from ..tokens import token_store
 
+
+def gateway():
+    """The process's gateway, its module imported on the first request (not at a handler's import: cold start)."""
+    from ..gateway import gateway as instance
+
+    return instance()
+
 __all__ = ["Reply", "endpoint", "wants_json", "fields", "client_of", "require_operator", "SMALL_BODY"]
 
 SMALL_BODY = 64 * 1024  # every body but an upload's: a few short fields

@@ -2,8 +2,7 @@
 
 import functions_framework
 
-from ..gateway import gateway
-from .http import Reply, endpoint
+from .http import Reply, endpoint, gateway
 
 
 @functions_framework.http

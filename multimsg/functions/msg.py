@@ -2,12 +2,13 @@
 
 import functions_framework
 
-from ..gateway import MSG_CALLBACK, MSG_FIELDS, MSG_OPTIONS, gateway
-from .http import Reply, client_of, endpoint, fields
+from .http import Reply, client_of, endpoint, fields, gateway
 
 
 @functions_framework.http
 @endpoint("POST", identify=True, rate_limit=True)
 def msg(request):
+    from ..gateway import MSG_CALLBACK, MSG_FIELDS, MSG_OPTIONS
+
     message_id = gateway().enqueue(client_of(request), fields(request, MSG_FIELDS + MSG_OPTIONS + (MSG_CALLBACK,)))
     return Reply(message_id, {"id": message_id})

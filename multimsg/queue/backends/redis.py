@@ -43,9 +43,9 @@ from .. import figures
 from ..counters import Counters, apply_pass
 from ..outbox import Event
 from ..store import MessageStore
-from .redis_scripts import CAS, Keys, document, figure_ops, index_ops
+from .redis_scripts import CAS, Keys, cas_call, document, figure_ops, index_ops
 
-__all__ = ["RedisStore", "RedisCounters", "RedisSpool", "connect", "shared_client", "UNREACHABLE"]
+__all__ = ["RedisStore", "RedisCounters", "RedisSpool", "connect", "shared_client", "pipeline", "UNREACHABLE"]
 
 log = logging.getLogger("multimsg.redis")
 
@@ -73,7 +73,11 @@ return 1
 
 
 def connect(url: str, timeout: float = 5.0) -> "redis.Redis":
-    """A client for ``redis://HOST:PORT/DB`` (or ``rediss://``; a password may be in the URL)."""
+    """A client for ``redis://HOST:PORT/DB`` (``rediss://``; a password may be in the URL), or a Redis Cluster client
+    for ``redis+cluster://[USER:PASSWORD@]HOST:PORT[,HOST:PORT...]`` (``rediss+cluster://`` for TLS): the nodes to
+    start from; the client learns the others. Every key of a deployment has one hash tag: one slot, one node."""
+    if url.startswith(("redis+cluster://", "rediss+cluster://")):
+        return _connect_cluster(url, timeout)
     return redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout, health_check_interval=30)
 
 
@@ -81,6 +85,35 @@ def connect(url: str, timeout: float = 5.0) -> "redis.Redis":
 def shared_client(url: str, timeout: float = 5.0) -> "redis.Redis":
     """The process's client for ``url`` (one connection pool for the store, keys, tokens, limits and pacing)."""
     return connect(url, timeout)
+
+
+def _connect_cluster(url: str, timeout: float):
+    from urllib.parse import unquote, urlsplit
+
+    from redis.cluster import ClusterNode, RedisCluster
+
+    parts = urlsplit(url)
+    auth, _, hosts = parts.netloc.rpartition("@")
+    user, _, password = auth.partition(":") if auth else ("", "", "")
+    nodes = []
+    for host in filter(None, hosts.split(",")):
+        name, _, port = host.rpartition(":")
+        nodes.append(ClusterNode(name.strip("[]") or "127.0.0.1", int(port or 6379)))
+    if not nodes:
+        raise SystemExit("MULTIMSG_BACKEND=redis+cluster:// names no node (redis+cluster://HOST:PORT[,HOST:PORT...])")
+    return RedisCluster(startup_nodes=nodes, username=unquote(user) or None, password=unquote(password) or None,
+                        ssl=parts.scheme.startswith("rediss"), socket_connect_timeout=timeout, socket_timeout=timeout)
+
+
+def pipeline(client, key: str, transaction: bool = False):
+    """A pipeline on the node that holds ``key`` (every key of a deployment: one hash tag, one slot, one node).
+
+    On Redis Cluster, redis-py's cluster pipeline refuses scripts (EVALSHA) and WATCH; a pipeline on
+    the slot's node takes both, and every key in it is in that slot.
+    """
+    if hasattr(client, "get_node_from_key"):
+        return client.get_redis_connection(client.get_node_from_key(key)).pipeline(transaction=transaction)
+    return client.pipeline(transaction=transaction)
 
 
 def guarded(fn):
@@ -109,7 +142,7 @@ class RedisCounters(Counters):
         # writer's clock, and the gateways sharing this Redis may run a little ahead of this one.
         minutes = range(int((now - figures.RECENT_WINDOW) // 60), int((now + SKEW) // 60) + 1)
         servs = sorted(m.decode() for m in self.r.smembers(self.keys.servs))
-        pipe = self.r.pipeline(transaction=False)
+        pipe = pipeline(self.r, self.keys.ver)
         for serv in servs:
             pipe.hgetall(self.keys.fig(serv))
             pipe.zcard(self.keys.queued(serv))
@@ -140,7 +173,8 @@ class RedisCounters(Counters):
         for _ in range(TRIES):
             raw = self.r.hget(self.keys.drain, "r")
             drain = apply_pass(json.loads(raw) if raw else {}, seconds, summary, time.time())
-            if self._cas(keys=[self.keys.drain], args=[raw or "", json.dumps(drain), "[]", self.keys.ver]):
+            keys, args = cas_call(self.keys.drain, self.keys.ver, raw.decode() if raw else "", json.dumps(drain), [])
+            if self._cas(keys=keys, args=args):
                 return
 
 
@@ -164,7 +198,7 @@ class RedisStore(MessageStore):
         ops = index_ops(self.keys, message_id, after) + figure_ops(self.keys, before, after, now) + (extra or [])
         if new is None:
             new = json.dumps(after.to_record()) if after is not None else ""
-        return [self.keys.record(message_id)], [raw or "", new, json.dumps(ops), self.keys.ver]
+        return cas_call(self.keys.record(message_id), self.keys.ver, raw or "", new, ops)
 
     def _write(self, raw: str | None, before: Message | None, after: Message | None, now: float, **kw) -> bool:
         keys, args = self._args(raw, before, after, now, **kw)
@@ -198,7 +232,7 @@ class RedisStore(MessageStore):
 
     @guarded
     def add_many(self, messages: Iterable[Message]) -> int:
-        count, pipe = 0, self.r.pipeline(transaction=False)
+        count, pipe = 0, pipeline(self.r, self.keys.ver)
         for message in messages:
             keys, args = self._args(None, None, message, message.created_at)
             self._cas(keys=keys, args=args, client=pipe)
@@ -234,7 +268,7 @@ class RedisStore(MessageStore):
             candidates += [(index, i.decode()) for i in ids]
         if not candidates:
             return None
-        pipe = self.r.pipeline(transaction=False)
+        pipe = pipeline(self.r, self.keys.ver)
         for _, message_id in candidates:
             pipe.hget(self.keys.record(message_id), "r")
         raws = pipe.execute()
@@ -253,7 +287,7 @@ class RedisStore(MessageStore):
                 skipped[index] += 1  # refused (or not due after all): left untouched, skipped by the next rounds
                 continue
             claims.append((raw, message, message.with_changes(claim=new_id(), claim_until=now + lease)))
-        pipe = self.r.pipeline(transaction=False)
+        pipe = pipeline(self.r, self.keys.ver)
         for raw, before, after in claims:
             keys, args = self._args(raw, before, after, now)
             self._cas(keys=keys, args=args, client=pipe)
@@ -269,18 +303,19 @@ class RedisStore(MessageStore):
             record = {"id": message_id, "unreadable": raw}
         record.update({"state": str(State.FAILED), "last_error": f"malformed record: {reason}", "claim": None, "updated_at": now})
         ops = [["ZREM", self.keys.due, message_id], ["ZREM", self.keys.inflight, message_id]]
-        self._cas(keys=[self.keys.record(message_id)], args=[raw, json.dumps(record), json.dumps(ops), self.keys.ver])
+        keys, args = cas_call(self.keys.record(message_id), self.keys.ver, raw, json.dumps(record), ops)
+        self._cas(keys=keys, args=args)
         log.warning("message %s: malformed record failed: %s", message_id, reason)
 
     @guarded
     def extend(self, claims: Iterable[Message], until: float) -> list[bool]:
         claims = list(claims)
-        pipe = self.r.pipeline(transaction=False)
+        pipe = pipeline(self.r, self.keys.ver)
         for claim in claims:
             pipe.hget(self.keys.record(claim.id), "r")
         raws = pipe.execute()
         results: list[bool | None] = []
-        pipe = self.r.pipeline(transaction=False)
+        pipe = pipeline(self.r, self.keys.ver)
         for claim, raw in zip(claims, raws):
             current = _parse_quietly(raw)
             if current is None or claim.claim is None or not current.leased_by(claim.claim):
@@ -400,7 +435,7 @@ class RedisStore(MessageStore):
         ids = [key.decode()[len(self.keys.record_prefix):] for key in self.r.scan_iter(match=self.keys.record_prefix + "*", count=1000)]
         for start in range(0, len(ids), 1000):
             chunk = ids[start:start + 1000]
-            pipe = self.r.pipeline(transaction=False)
+            pipe = pipeline(self.r, self.keys.ver)
             for message_id in chunk:
                 pipe.hget(self.keys.record(message_id), "r")
             for message_id, raw in zip(chunk, pipe.execute()):
@@ -426,7 +461,7 @@ class RedisStore(MessageStore):
         tries, since then the counts kept by the scripts are the fresh ones).
         """
         for _ in range(3):
-            with self.r.pipeline(transaction=True) as pipe:
+            with pipeline(self.r, self.keys.ver, transaction=True) as pipe:
                 pipe.watch(self.keys.ver)
                 messages = [m for _, raw in self._scan() if (m := _parse_quietly(raw)) is not None]
                 servs = {m.decode() for m in pipe.smembers(self.keys.servs)} | {m.serv for m in messages}

@@ -27,17 +27,19 @@ times to a tenth of a millisecond on every write.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from ...model import FINAL_STATES, Message, State
 from .. import figures
 
-__all__ = ["Keys", "CAS", "ATTACH", "RELEASE", "figure_ops", "index_ops"]
+__all__ = ["Keys", "CAS", "cas_call", "ATTACH", "RELEASE", "figure_ops", "index_ops"]
 
 RECENT_TTL = int(figures.RECENT_WINDOW) + 180  # a per-minute counter outlives the hour it is counted in
 
-# KEYS[1] the record's hash; ARGV[1] the expected record ("" = absent), ARGV[2] the new record
-# ("" = delete), ARGV[3] a JSON list of operations [command, key, args...] (all strings), ARGV[4] the version key.
+# KEYS[1] the record's hash, KEYS[2] the version counter, KEYS[3...] every key the operations touch (all in
+# KEYS, none built in Lua: Redis Cluster routes a script by its KEYS). ARGV[1] the expected record ("" = absent),
+# ARGV[2] the new record ("" = delete), ARGV[3] a JSON list of operations [command, key index, args...] (all strings).
 CAS = """
 local current = redis.call('HGET', KEYS[1], 'r')
 if ARGV[1] == '' then
@@ -49,11 +51,22 @@ if ARGV[2] == '' then redis.call('DEL', KEYS[1]) else redis.call('HSET', KEYS[1]
 local allowed = {HINCRBY=1, HINCRBYFLOAT=1, ZADD=1, ZREM=1, SADD=1, INCRBY=1, EXPIRE=1, RPUSH=1}
 for _, op in ipairs(cjson.decode(ARGV[3])) do
   if not allowed[op[1]] then return redis.error_reply('CAS: command not allowed: ' .. tostring(op[1])) end
-  redis.call(unpack(op))
+  redis.call(op[1], KEYS[tonumber(op[2])], unpack(op, 3))
 end
-redis.call('INCR', ARGV[4])
+redis.call('INCR', KEYS[2])
 return 1
 """
+
+
+def cas_call(record: str, ver: str, expected: str, new: str, ops: list[list[str]]) -> tuple[list[str], list[str]]:
+    """(KEYS, ARGV) of one ``CAS`` call: each operation's key moved into KEYS and named by its index there."""
+    keys, index, encoded = [record, ver], {record: 1, ver: 2}, []
+    for command, key, *rest in ops:
+        if key not in index:
+            keys.append(key)
+            index[key] = len(keys)
+        encoded.append([command, str(index[key]), *rest])
+    return keys, [expected, new, json.dumps(encoded)]
 
 # Give a message its reference to an upload's blob. KEYS: upload meta, blob, message reference, references index.
 # ARGV: message member, now. Returns the blob id, or false if the upload is gone.
@@ -67,19 +80,22 @@ redis.call('ZADD', KEYS[4], ARGV[2], ARGV[1])
 return blob
 """
 
-# Drop a message's reference. KEYS: message reference, references index; ARGV: message member, blob key prefix.
+# Drop a message's reference. KEYS: message reference, references index, the blob it pointed to when read, the
+# blob's upload (Python reads both first: no key is built in Lua). ARGV: message member, the blob id read.
 # The blob goes when its last reference goes, unless its upload is still live: then it expires with the upload.
+# Returns the blob id when the blob is gone (a blob store then deletes its object), -1 if the reference changed
+# since it was read (read again), else 0 or 1.
 RELEASE = """
 local blob = redis.call('GET', KEYS[1])
+if blob and blob ~= ARGV[2] then return -1 end
 redis.call('DEL', KEYS[1])
 redis.call('ZREM', KEYS[2], ARGV[1])
 if not blob then return 0 end
-local key = ARGV[2] .. blob
-local refs = redis.call('HINCRBY', key, 'refs', -1)
+if redis.call('EXISTS', KEYS[3]) == 0 then return blob end
+local refs = redis.call('HINCRBY', KEYS[3], 'refs', -1)
 if refs <= 0 then
-  local upload = redis.call('HGET', key, 'upload')
-  local left = upload and redis.call('PTTL', upload) or -2
-  if left > 0 then redis.call('PEXPIRE', key, left) else redis.call('DEL', key) end
+  local left = redis.call('PTTL', KEYS[4])
+  if left > 0 then redis.call('PEXPIRE', KEYS[3], left) else redis.call('DEL', KEYS[3]); return blob end
 end
 return 1
 """
@@ -101,6 +117,7 @@ class Keys:
         self.record_prefix = self.base + "m:"
         self.blob_prefix = self.base + "blob:"
         self.refs = self.base + "refs"
+        self.nothing = self.base + "none"  # never written: a stand-in key where a script needs one that is absent
 
     def record(self, message_id: str) -> str:
         return self.record_prefix + message_id

@@ -22,10 +22,10 @@ import json
 import time
 from typing import BinaryIO, Iterable
 
-from ...errors import NotFound, TooLarge
+from ...errors import NotFound, TooLarge, Unavailable
 from ...ids import new_id
 from ..spool import Content, DataInfo, Spool
-from .redis import guarded
+from .redis import TRIES, guarded, pipeline
 from .redis_scripts import ATTACH, RELEASE, Keys
 
 __all__ = ["RedisSpool", "RedisContent", "CHUNK", "BLOB_MAX"]
@@ -90,7 +90,7 @@ class RedisSpool(Spool):
             self.r.delete(blob)
             raise
         created_at = time.time()
-        pipe = self.r.pipeline(transaction=True)
+        pipe = pipeline(self.r, self.keys.ver, transaction=True)
         pipe.hset(blob, mapping={"size": size, "chunks": index, "refs": 0, "upload": upload})
         pipe.pexpire(blob, self._ttl_ms)
         pipe.hset(upload, mapping={"blob": blob_id, "size": size, "filename": filename, "created_at": repr(created_at)})
@@ -100,7 +100,7 @@ class RedisSpool(Spool):
         return DataInfo(data_id, size, filename, created_at)
 
     def _store_chunk(self, blob: str, index: int, data: bytes) -> None:
-        pipe = self.r.pipeline(transaction=True)
+        pipe = pipeline(self.r, self.keys.ver, transaction=True)
         pipe.hset(blob, str(index), data)
         pipe.pexpire(blob, self._ttl_ms)  # a crash halfway leaves nothing that lasts
         pipe.execute()
@@ -150,8 +150,21 @@ class RedisSpool(Spool):
 
     @guarded
     def release(self, client: str, message_id: str) -> None:
-        keys = [self.keys.message_ref(client, message_id), self.keys.refs]
-        self._release(keys=keys, args=[json.dumps([client, message_id]), self.keys.blob_prefix])
+        self._release_ref(client, message_id)
+
+    def _release_ref(self, client: str, message_id: str) -> str | None:
+        """Drop the message's reference; the blob id if that deleted the blob."""
+        ref = self.keys.message_ref(client, message_id)
+        for _ in range(TRIES):
+            raw = self.r.get(ref)
+            blob_id = raw.decode() if raw is not None else ""
+            blob = self.keys.blob(blob_id) if raw is not None else self.keys.nothing
+            upload = self.r.hget(blob, "upload") if raw is not None else None
+            keys = [ref, self.keys.refs, blob, upload.decode() if upload else self.keys.nothing]
+            result = self._release(keys=keys, args=[json.dumps([client, message_id]), blob_id])
+            if result != -1:
+                return result.decode() if isinstance(result, bytes) else None
+        raise Unavailable("the shared store is too busy with this message; try again")
 
     @guarded
     def usage(self, client: str) -> int:
