@@ -244,7 +244,9 @@ def test_four_drain_workers_share_the_platform_limit(runners, tmp_path, shared_e
           f"{time.monotonic() - started:.1f} s with start-up")
     assert (stats["accepted"], stats["rate_limited"]) == (count, 0), stats
     assert stats["max_in_any_window"] <= limit
-    assert rate >= 0.9 * limit
+    # Shared, not split: four workers each pacing to a quarter would make about 25%. The rate itself
+    # (about 90% here on a quiet machine) is a benchmark figure (bench/README.md), not a test bound.
+    assert rate >= 0.5 * limit
 
 
 def test_a_retry_after_answered_to_one_worker_holds_every_worker(runners, tmp_path, shared_env, telegram):
