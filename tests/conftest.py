@@ -18,6 +18,7 @@ costs about a second, and the key's origin is not what these tests test
 
 from __future__ import annotations
 
+import base64
 import os
 import shutil
 from pathlib import Path
@@ -64,6 +65,11 @@ def pytest_runtest_makereport(item, call):
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
         report.outcome = "failed"
         report.longrepr = f"CI=true and this test skipped ({reason}); use tests.conftest.require, or mark it ci_may_skip"
+
+
+# Every process the tests start that uses the Redis backend needs the seal of the server keys kept there;
+# one throwaway value for the session (tests of a missing or wrong seal override it).
+os.environ.setdefault("MULTIMSG_KEY_SEAL", base64.b64encode(b"multimsg tests: not a secret :-)").decode())
 
 
 @pytest.fixture(scope="session")

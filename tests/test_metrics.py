@@ -86,7 +86,7 @@ def test_metrics_and_stats_match_what_was_sent(gateway, telegram, whatsapp):
 
     table = multimsg("stats", env=home).stdout.decode().splitlines()
     assert table[0].split()[:3] == ["service", "queued", "oldest"]
-    assert [line.split()[:2] for line in table[1:3]] == [["telegram", "0"], ["wpp1", "1"]]
+    assert [line.split()[:2] for line in table[1:4]] == [["outbox", "0"], ["telegram", "0"], ["wpp1", "1"]]
     assert table[-1].startswith("drain: 1 passes")
 
 

@@ -233,7 +233,7 @@ def test_redis_restarted_during_enqueue_and_drain_is_503_then_resumes_losing_not
     stop = threading.Event()
 
     def produce(runner: Gateway) -> None:
-        for i in range(600):
+        for i in range(5000):  # until told to stop: a fast machine answers 503s quickly while Redis is down
             if stop.is_set():
                 return
             dest = str(900_000_001 + i)
@@ -258,8 +258,11 @@ def test_redis_restarted_during_enqueue_and_drain_is_503_then_resumes_losing_not
             server.stop()  # down while queueing and draining
             time.sleep(2.0)
             server.start()
-            producer.join(60)
+            before, until = len(acknowledged), time.monotonic() + 30
+            while len(acknowledged) < before + 100 and time.monotonic() < until:  # enqueueing resumes
+                time.sleep(0.1)
             stop.set()
+            producer.join(60)
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline:
                 got = {str(r["dest"]) for r in fast_telegram.received(ok_only=True)}
