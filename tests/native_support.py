@@ -59,3 +59,15 @@ def wait_attempted(gateway: Gateway, message_id: str, timeout: float = 10.0) -> 
         if report["attempts"] or report["last_error"] or time.monotonic() > deadline:
             return report, " ".join(summaries)
         time.sleep(0.1)
+
+
+def settled_drain(gateway: Gateway, timeout: float = 10.0) -> dict:
+    """A drain pass that ran (the runner's timer may hold the drain: then ask again), its summary."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        summary = gateway.drain()
+        if not summary.get("busy") or time.monotonic() > deadline:
+            return summary
+        time.sleep(0.05)

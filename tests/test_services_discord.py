@@ -10,7 +10,7 @@ import pytest
 
 from tests import media
 from tests.emulators import DiscordEmulator
-from tests.native_support import FILES, cli_send, start_gateway, wait_attempted
+from tests.native_support import FILES, cli_send, settled_drain, start_gateway, wait_attempted
 from tests.services_support import sha256
 
 _threads = itertools.count(1_100_000_000_000_000_001)
@@ -105,7 +105,7 @@ def test_a_refused_webhook_token_is_misconfigured(discord_gateway, discord):
     message_id = discord_gateway.send(b"wrong token", "discordx", "-")
     report, summaries = wait_attempted(discord_gateway, message_id)
     assert report["state"] == "queued" and "Invalid Webhook Token" in report["last_error"], report
-    assert "discordx" in summaries + json.dumps(discord_gateway.drain())
+    assert "discordx" in summaries + json.dumps(settled_drain(discord_gateway))
     [sent] = discord.wait_for()
     assert sent["status"] == 401
 

@@ -16,7 +16,7 @@ import pytest
 
 from tests.conftest import require
 from tests.gatewayproc import free_port
-from tests.native_support import FILES, cli_send, start_gateway, wait_attempted
+from tests.native_support import FILES, cli_send, settled_drain, start_gateway, wait_attempted
 
 SIZE_LIMIT = 400_000
 _n = itertools.count(1)
@@ -159,7 +159,7 @@ def test_a_message_over_the_servers_size_fails_before_sending(mail_gateway, smtp
 def test_auth_refused_is_misconfigured(mail_gateway):
     report, summaries = wait_attempted(mail_gateway, mail_gateway.send(b"wrong password", "mailbadpw", new_address()))
     assert report["state"] == "queued" and "refused the login (535" in report["last_error"], report
-    assert "mailbadpw" in summaries + json.dumps(mail_gateway.drain())
+    assert "mailbadpw" in summaries + json.dumps(settled_drain(mail_gateway))
 
 
 def test_an_untrusted_certificate_is_misconfigured(mail_gateway):

@@ -10,7 +10,7 @@ import pytest
 
 from tests import media
 from tests.emulators import SlackEmulator
-from tests.native_support import FILES, cli_send, start_gateway, wait_attempted
+from tests.native_support import FILES, cli_send, settled_drain, start_gateway, wait_attempted
 from tests.services_support import sha256
 
 _channels = itertools.count(10_000_001)
@@ -97,7 +97,7 @@ def test_refused_credentials_are_misconfigured(slack_gateway, slack, response, s
     message_id, _ = scripted(slack_gateway, slack, response, serv=serv)
     report, summaries = wait_attempted(slack_gateway, message_id)
     assert report["state"] == "queued" and response in report["last_error"], report
-    assert serv in summaries + json.dumps(slack_gateway.drain())
+    assert serv in summaries + json.dumps(settled_drain(slack_gateway))
 
 
 @pytest.mark.parametrize("response", ["channel_not_found", "not_in_channel", "msg_too_long"])

@@ -9,7 +9,7 @@ import pytest
 
 from tests import media
 from tests.emulators import TeamsEmulator
-from tests.native_support import cli_send, start_gateway, wait_attempted
+from tests.native_support import cli_send, settled_drain, start_gateway, wait_attempted
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +79,7 @@ def test_a_refused_workflow_url_is_misconfigured(teams_gateway, teams, serv, sta
     message_id = teams_gateway.send(b"wrong url", serv, "-")
     report, summaries = wait_attempted(teams_gateway, message_id)
     assert report["state"] == "queued" and f"HTTP {status}" in report["last_error"], report
-    assert serv in summaries + json.dumps(teams_gateway.drain())
+    assert serv in summaries + json.dumps(settled_drain(teams_gateway))
 
 
 def test_a_refused_card_fails(teams_gateway, teams):

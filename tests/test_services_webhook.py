@@ -11,7 +11,7 @@ import pytest
 
 from tests.conftest import require
 from tests.emulators import WebhookReceiver
-from tests.native_support import FILES, cli_send, start_gateway, wait_attempted
+from tests.native_support import FILES, cli_send, settled_drain, start_gateway, wait_attempted
 from tests.services_support import sha256
 
 _dests = itertools.count(1)
@@ -79,7 +79,7 @@ def test_410_disables_the_endpoint_misconfigured(hook_gateway, receiver):
     report, summaries = wait_attempted(hook_gateway, message_id)
     receiver.wait_for(lambda r: r["dest"] == dest)
     assert report["state"] == "queued" and "disabled this endpoint" in report["last_error"], report
-    assert "hookgone" in summaries + json.dumps(hook_gateway.drain())
+    assert "hookgone" in summaries + json.dumps(settled_drain(hook_gateway))
 
 
 def test_a_secret_that_is_not_whsec_is_misconfigured(hook_gateway, receiver):
