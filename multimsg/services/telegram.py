@@ -1,7 +1,7 @@
 """Telegram, through the Bot API (``https://api.telegram.org/bot<token>/<method>``).
 
 Datatypes, the method each goes out with (and its file field), what its
-content must be (sniffed) and its size limit (facts: shared/docs/platform-apis.md §1):
+content must be (sniffed) and its size limit (facts: the Bot API documentation):
 
 - text: ``sendMessage``; UTF-8, parts of 4096 UTF-16 code units;
 - image: ``sendPhoto`` (``photo``); JPEG, PNG, WebP; 10 MB;

@@ -1,7 +1,7 @@
 """WhatsApp (``wpp1``), through Meta's WhatsApp Business Cloud API.
 
 ``POST <api_url>/<phone-number-id>/messages`` with ``Authorization: Bearer``
-(facts: shared/docs/platform-apis.md §2). Datatypes, the body each becomes,
+(facts: the Cloud API documentation). Datatypes, the body each becomes,
 what its content must be (sniffed) and its size limit:
 
 - text: ``type: text``, ``text: {body}``; UTF-8, parts of 4096 characters;

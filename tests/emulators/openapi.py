@@ -29,13 +29,13 @@ _CACHE_FORMAT = 2
 
 # Request fields that Meta documents for `/messages` but that the vendored spec's schemas leave
 # out (with `additionalProperties: false`, a body carrying them would be rejected).
-# biz_opaque_callback_data: see shared/docs/platform-apis.md §2.2 (string, at most 512 characters).
+# biz_opaque_callback_data: the Cloud API documents it as a string of at most 512 characters.
 _DOCUMENTED_EXTRAS: dict[str, dict[str, Any]] = {
     "biz_opaque_callback_data": {"type": "string", "maxLength": 512},
 }
 
 # `required` entries the spec's schemas declare but Meta's own request examples (in the same
-# file) leave out, and that shared/docs/platform-apis.md treats as optional: `recipient_type`
+# file) leave out, and that the Cloud API documentation treats as optional: `recipient_type`
 # (§2.2 marks only `messaging_product` and `to` as required).  The template language's `policy`
 # stays required: the gateway sends `"policy": "deterministic"`.
 _RELAXED_REQUIRED: dict[str, str] = {"BaseMessageProperties": "recipient_type"}

@@ -1,6 +1,6 @@
 """Telegram Bot API emulator: `/bot<token>/<method>` on 127.0.0.1.
 
-Owns the Telegram wire format (shared/docs/platform-apis.md §1): token and method checks,
+Owns the Telegram wire format (the Bot API documentation): token and method checks,
 parameters from query string / urlencoded / JSON / multipart, sendMessage and the media send
 methods, the `{"ok": ...}` envelopes, the flood limits (bot-wide per second, per private chat
 per second, per group per minute) and Telegram's named scripted answers.

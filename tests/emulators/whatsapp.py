@@ -1,6 +1,6 @@
 """WhatsApp Cloud API emulator: `POST /<version>/<phone_number_id>/{messages,media}`.
 
-Owns the WhatsApp wire format (shared/docs/platform-apis.md §2): Bearer-token and phone-number
+Owns the WhatsApp wire format (the Cloud API documentation): Bearer-token and phone-number
 checks, `/messages` bodies validated against Meta's OpenAPI spec (openapi.py) and basic
 semantics, media uploads, the Graph error envelope, the throughput limit (130429) and the pair
 rate limit (131056), both answered with HTTP 400 as Meta does, and the named scripted answers.
@@ -41,7 +41,7 @@ __all__ = ["WhatsAppApp", "CODES", "graph_error", "wa_id"]
 
 MAX_TEXT, MAX_CAPTION = 4096, 1024
 _MIB = 1024 * 1024
-# Supported media and sizes (platform-apis.md §2.5); other MIME types are taken as documents.
+# Supported media and sizes (the Cloud API documentation); other MIME types are taken as documents.
 _MEDIA_LIMITS = {
     "image/jpeg": 5 * _MIB, "image/png": 5 * _MIB, "image/webp": 500 * 1024,
     **{t: 16 * _MIB for t in ("audio/aac", "audio/amr", "audio/mpeg", "audio/mp4", "audio/ogg", "video/mp4", "video/3gpp")},
@@ -53,7 +53,7 @@ _MEDIA_TYPES = {  # message type -> uploaded MIME types it can carry (document: 
 }
 _CAPTIONED = {"image", "video", "document"}
 
-# code -> (HTTP status, title, error_data.details); titles and statuses from platform-apis.md §2.4.
+# code -> (HTTP status, title, error_data.details); titles and statuses from the Cloud API documentation.
 CODES: dict[int, tuple[int, str, str]] = {
     130429: (400, "Rate limit hit", "Cloud API message throughput has been reached."),
     131056: (400, "(Business Account, Consumer Account) pair rate limit hit",
