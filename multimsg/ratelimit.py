@@ -30,7 +30,26 @@ __all__ = ["RateLimiter", "limiter", "check_rate"]
 MAX_CLIENTS = 100_000
 
 
-class RateLimiter:
+class Limiter:
+    """What every per-client limiter shares: ``acquire(client)`` (seconds to wait, 0 = go) and the refusal."""
+
+    rate: float
+    burst: float
+
+    def acquire(self, client: str) -> float:
+        raise NotImplementedError
+
+    def check(self, client: str) -> None:
+        wait = self.acquire(client)
+        if wait:
+            raise RateLimited(
+                f"too many requests: this server takes {self.rate:g} per second per client (bursts of {self.burst:g}); "
+                f"retry in {math.ceil(wait)} s",
+                retry_after=wait,
+            )
+
+
+class RateLimiter(Limiter):
     """``rate`` requests per second per client, ``burst`` at once."""
 
     def __init__(self, rate: float, burst: int, *, max_clients: int = MAX_CLIENTS, clock: Callable[[], float] = time.monotonic):
@@ -57,14 +76,6 @@ class RateLimiter:
                 self._buckets.popitem(last=False)
         return wait
 
-    def check(self, client: str) -> None:
-        wait = self.acquire(client)
-        if wait:
-            raise RateLimited(
-                f"too many requests: this server takes {self.rate:g} per second per client (bursts of {self.burst:g}); "
-                f"retry in {math.ceil(wait)} s",
-                retry_after=wait,
-            )
 
 
 @lru_cache(maxsize=1)

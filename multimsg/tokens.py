@@ -64,7 +64,28 @@ def check_name(name: str) -> str:
     return name
 
 
-class TokenFile:
+class TokenLookup:
+    """What every token store shares: its ``entries()`` (name, sha256 digest) and the lookup rule."""
+
+    def entries(self) -> list[tuple[str, bytes]]:
+        raise NotImplementedError
+
+    def names(self) -> list[str]:
+        return [name for name, _ in self.entries()]
+
+    def name_for(self, token: str) -> str | None:
+        """The name whose hash matches ``token``, or None. Compares with every entry, in constant time."""
+        if not token or len(token) > MAX_TOKEN_LENGTH:
+            return None
+        digest = hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
+        found = None
+        for name, stored in self.entries():
+            if hmac.compare_digest(digest, stored) and found is None:
+                found = name
+        return found
+
+
+class TokenFile(TokenLookup):
     """The token file at ``path``: read (cached until it changes), checked, appended to."""
 
     def __init__(self, path: Path):
@@ -108,20 +129,6 @@ class TokenFile:
                 continue
             entries.append((match[1], bytes.fromhex(match[2])))
         return entries
-
-    def names(self) -> list[str]:
-        return [name for name, _ in self.entries()]
-
-    def name_for(self, token: str) -> str | None:
-        """The name whose hash matches ``token``, or None. Compares with every line, in constant time."""
-        if not token or len(token) > MAX_TOKEN_LENGTH:
-            return None
-        digest = hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
-        found = None
-        for name, stored in self.entries():
-            if hmac.compare_digest(digest, stored) and found is None:
-                found = name
-        return found
 
     # -- writing -----------------------------------------------------------
     def _locked(self) -> int:

@@ -26,7 +26,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import hmac
 import os
 import secrets
 import time
@@ -35,8 +34,9 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from ...crypto import KeyStore, fingerprint, new_private_pem
-from ...errors import InvalidInput, RateLimited, Replayed
-from ...tokens import MAX_TOKEN_LENGTH, check_name, hash_token
+from ...errors import InvalidInput, Replayed
+from ...ratelimit import Limiter
+from ...tokens import TokenLookup, check_name, hash_token
 from .redis import guarded
 from .redis_scripts import Keys
 
@@ -151,7 +151,7 @@ def _public_of(private_pem: bytes) -> bytes:
     return key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
-class RedisTokens:
+class RedisTokens(TokenLookup):
     """Client tokens in Redis (hashes only): the same interface as ``tokens.TokenFile``."""
 
     def __init__(self, client, tag: str):
@@ -162,20 +162,6 @@ class RedisTokens:
     @guarded
     def entries(self) -> list[tuple[str, bytes]]:
         return sorted((name.decode(), bytes.fromhex(digest.decode())) for name, digest in self.r.hgetall(self.key).items())
-
-    def names(self) -> list[str]:
-        return [name for name, _ in self.entries()]
-
-    def name_for(self, token: str) -> str | None:
-        """The name whose hash matches ``token``, or None (compared with every entry, in constant time)."""
-        if not token or len(token) > MAX_TOKEN_LENGTH:
-            return None
-        digest = hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
-        found = None
-        for name, stored in self.entries():
-            if hmac.compare_digest(digest, stored) and found is None:
-                found = name
-        return found
 
     @guarded
     def add(self, name: str) -> str:
@@ -240,7 +226,7 @@ return 0
 """
 
 
-class RedisRateLimiter:
+class RedisRateLimiter(Limiter):
     """``rate`` requests per second per client, ``burst`` at once, across every process sharing the Redis."""
 
     def __init__(self, client, tag: str, rate: float, burst: int):
@@ -257,13 +243,3 @@ class RedisRateLimiter:
         wait = self._gcra(keys=[self.prefix + client], args=[repr(interval), repr(interval * (self.burst - 1))])
         return float(wait) / 1000.0
 
-    def check(self, client: str) -> None:
-        import math
-
-        wait = self.acquire(client)
-        if wait:
-            raise RateLimited(
-                f"too many requests: this server takes {self.rate:g} per second per client (bursts of {self.burst:g}); "
-                f"retry in {math.ceil(wait)} s",
-                retry_after=wait,
-            )
