@@ -1,9 +1,10 @@
 """Signed status callbacks: events about a message POSTed to the client's callback URL.
 
 Every state or receipt change of a message that has a callback URL (``/msg``
-field ``callback``, else ``MULTIMSG_CALLBACK_URL``, else the token's default)
-becomes an event in the store's outbox (``queue/outbox.py``) right after the
-change is written; the drain pass delivers the due ones (``dispatch``).
+field ``callback``, else the token's default, else ``MULTIMSG_CALLBACK_URL``)
+becomes an event in the store's outbox (``queue/outbox.py``), written in the
+same atomic step as the change itself; the drain pass delivers the due ones
+(``dispatch``).
 
 - Body: ``{"type": "message.delivered" | "message.failed" | "message.read" |
   "message.receipt", "timestamp": ISO time, "data": <the /cons JSON answer>}``,
@@ -30,14 +31,12 @@ from __future__ import annotations
 import base64
 import http.client
 import ipaddress
-import json
 import logging
 import socket
 import ssl
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
@@ -47,13 +46,11 @@ from filelock import FileLock
 
 from .errors import InvalidInput
 from .fsutil import write_atomic
-from .ids import new_id
 from .layout import Layout
-from .model import Message
 from .queue.outbox import Event
 from .queue.store import MessageStore
 
-__all__ = ["CallbackKeys", "check_url", "check_syntax", "make_event", "report", "dispatch", "Dispatcher", "DEFAULT_BACKOFF", "TIMEOUT"]
+__all__ = ["CallbackKeys", "check_url", "check_syntax", "dispatch", "Dispatcher", "DEFAULT_BACKOFF", "TIMEOUT"]
 
 log = logging.getLogger("multimsg.callbacks")
 
@@ -63,28 +60,6 @@ MAX_URL = 2048
 WORKERS = 8  # callbacks posted at once
 BATCH = 32  # events leased at a time
 BUDGET = 20.0  # seconds one run keeps starting new deliveries (less than the lease)
-TIME_FIELDS = ("created_at", "updated_at", "next_attempt_at")
-
-
-# -- the /cons JSON answer (also the event's data) ------------------------------------------
-def iso(epoch: float | None) -> str | None:
-    return None if epoch is None else datetime.fromtimestamp(epoch, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def report(message: Message) -> dict[str, Any]:
-    """What ``/cons`` answers in JSON: ``Message.public`` with ISO times."""
-    answer = message.public()
-    answer.update({name: iso(answer[name]) for name in TIME_FIELDS})
-    answer["receipt"] = {level: iso(at) for level, at in answer["receipt"].items()}
-    return answer
-
-
-def make_event(message: Message, kind: str, now: float) -> Event | None:
-    """The outbox event for ``message`` after a change worth ``kind`` (None: it has no callback URL)."""
-    if not message.callback:
-        return None
-    body = json.dumps({"type": kind, "timestamp": iso(now), "data": report(message)}, ensure_ascii=False)
-    return Event(id="msg_" + new_id(), url=message.callback, body=body, message_id=message.id, created_at=now, next_at=now)
 
 
 # -- the signing key -----------------------------------------------------------------------
@@ -242,14 +217,6 @@ class Dispatcher:
         self.clock = clock
         self.lease = lease
         self.sender = sender
-
-    def enqueue(self, message: Message | None, kind: str | None) -> None:
-        """Put the event for this change in the outbox (a message without a callback URL has none)."""
-        if message is None or kind is None:
-            return
-        event = make_event(message, kind, self.clock())
-        if event is not None:
-            self.store.enqueue_event(event)
 
     def run(self, budget: float = BUDGET) -> dict[str, int]:
         """Deliver what is due now, ``WORKERS`` at a time, for at most about ``budget`` seconds; this run's counts.

@@ -39,7 +39,6 @@ __all__ = ["Gateway", "gateway", "server_keys", "replay_record", "redis_client",
 MSG_FIELDS = ("id", "serv", "dest", "type")
 MSG_OPTIONS = ("caption", "filename")  # optional; checked by the service
 MSG_CALLBACK = "callback"  # optional: where status events go (multimsg/callbacks.py)
-FINAL_EVENTS = {State.DELIVERED: "message.delivered", State.FAILED: "message.failed"}
 
 
 @dataclass
@@ -71,8 +70,7 @@ class Gateway:
         drain = Drain(store, spool, get_service, RetryPolicy.from_settings(s), layout.lock("drain") if s.drain_lock else None,
                       clock=clock, tuning=Tuning.from_settings(s), archive_folder=archive_folder, pacers=pacers, holds=holds)
         callbacks = Dispatcher(store, CallbackKeys(layout, store), parse_backoff(s.callback_backoff), s.callback_allow_private)
-        drain.on_final = lambda m: callbacks.enqueue(m, FINAL_EVENTS.get(m.state))
-        drain.after_pass = callbacks.run
+        drain.after_pass = callbacks.run  # the events themselves are written by the store with each change
         return cls(server_keys(s), store, spool, drain, get_service, s.report_grace, clock, quota=s.client_quota,
                    replay=replay_record(s), callbacks=callbacks, default_callback=s.callback_url)
 
@@ -172,7 +170,7 @@ class Gateway:
 
     # -- POST /webhook/<serv> ---------------------------------------------
     def receive(self, receipts: list[tuple[str, Receipt]]) -> int:
-        """Apply platform receipts (each atomically, fenced against the drain); how many changed a message."""
+        """Apply platform receipts (each atomically with its status event, fenced against the drain); how many changed a message."""
         from .metrics import count_receipt
 
         changed = 0
@@ -182,12 +180,8 @@ class Gateway:
                 message_id = check_id(message_id, "message id")
             except InvalidInput:
                 continue  # not one of ours
-            after, kind = self.store.apply_receipt(message_id, receipt, self.clock.now())
-            if after is None:
-                continue
-            changed += 1
-            if self.callbacks is not None and kind is not None:
-                self.callbacks.enqueue(after, kind)
+            after, _ = self.store.apply_receipt(message_id, receipt, self.clock.now())
+            changed += after is not None
         return changed
 
     # -- POST /drain -------------------------------------------------------

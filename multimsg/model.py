@@ -20,10 +20,13 @@ layer and every backend can share it without dragging the engine along.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields, replace
+from datetime import datetime, timezone
 from enum import StrEnum
 from typing import Any
 
-__all__ = ["State", "FINAL_STATES", "Message", "BadRecord"]
+__all__ = ["State", "FINAL_STATES", "Message", "BadRecord", "iso"]
+
+TIME_FIELDS = ("created_at", "updated_at", "next_attempt_at")  # shown as ISO times in the JSON answer
 
 
 class State(StrEnum):
@@ -64,6 +67,9 @@ class Message:
     callback: str | None = None  # where status events are POSTed (multimsg/callbacks.py); None: nowhere
     receipt: dict[str, float] = field(default_factory=dict)  # platform receipt level -> when (sent, delivered, read, failed)
     failure: dict[str, Any] | None = None  # the platform's reason when a receipt said failed
+    # Status events this change is worth (``queue/outbox.py`` records), on their way into the outbox: a backend
+    # stores them there in the same atomic write as the record (see ``queue/store.py``), never as part of it for long.
+    events: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def final(self) -> bool:
@@ -118,6 +124,10 @@ class Message:
             raise BadRecord(f"record {values['id']}: 'receipt' must be an object of times")
         if values.get("failure") is not None and not isinstance(values["failure"], dict):
             raise BadRecord(f"record {values['id']}: 'failure' must be an object")
+        events = values.get("events")
+        values["events"] = [] if events is None else events
+        if not isinstance(values["events"], list) or not all(isinstance(e, dict) for e in values["events"]):
+            raise BadRecord(f"record {values['id']}: 'events' must be a list of objects")
         options = values.get("options")
         values["options"] = {} if options is None else options
         if not isinstance(values["options"], dict):
@@ -150,3 +160,15 @@ class Message:
             "receipt": dict(self.receipt),
             "failure": None if self.failure is None else dict(self.failure),
         }
+
+    def report(self) -> dict[str, Any]:
+        """The ``/cons`` JSON answer (also a status event's ``data``): ``public`` with ISO times."""
+        answer = self.public()
+        answer.update({name: iso(answer[name]) for name in TIME_FIELDS})
+        answer["receipt"] = {level: iso(at) for level, at in answer["receipt"].items()}
+        return answer
+
+
+def iso(epoch: float | None) -> str | None:
+    """A Unix time as an ISO 8601 UTC time with milliseconds (``2026-01-02T03:04:05.678Z``)."""
+    return None if epoch is None else datetime.fromtimestamp(epoch, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")

@@ -9,6 +9,7 @@ asked to send.
 from __future__ import annotations
 
 import itertools
+import json
 import threading
 import time
 
@@ -483,6 +484,80 @@ def test_the_outbox_leases_events_and_fences_a_lapsed_lease(store):
     later = store.claim_events(now + 101, 10)
     assert store.finish_event(later[0], None, False, now) is True
     assert store.outbox_figures() == {"pending": 0, "delivered": 1, "given_up": 1}
+
+
+def _events(store, now: float) -> list[Event]:
+    """Every event due by ``now``, leased (and so taken out of the way of the next look)."""
+    return store.claim_events(now, 3600, limit=1000)
+
+
+def test_a_final_state_is_written_with_its_event_in_one_step_and_once(store):
+    now = time.time()
+    m, quiet = message(now=now, callback="http://127.0.0.1:9/cb"), message(now=now)
+    store.add(m)
+    store.add(quiet)
+    claims = {c.id: c for c in store.claim_due(now, 60)}
+    written = store.finish(claims[m.id], {"state": State.DELIVERED, "attempts": 1, "platform_ids": ["p1"]}, now)
+    assert written.state == State.DELIVERED and written.events == []
+    assert store.finish(claims[quiet.id], {"state": State.FAILED, "last_error": "x"}, now).events == []  # no callback URL
+    assert store.finish(claims[m.id], {"state": State.FAILED}, now) is None  # a second finish is fenced: no second event
+    [event] = _events(store, now)
+    body = json.loads(event.body)
+    assert (body["type"], body["data"]["id"], body["data"]["state"], body["data"]["platform_ids"]) == \
+        ("message.delivered", m.id, "delivered", ["p1"])
+    assert event.url == m.callback and event.message_id == m.id and event.attempts == 0
+    assert store.get(m.id).events == [] and store.outbox_figures()["pending"] == 1
+
+
+def test_a_retry_writes_no_event(store):
+    now = time.time()
+    store.add(message(now=now, callback="http://127.0.0.1:9/cb"))
+    [claim] = store.claim_due(now, 60)
+    assert store.finish(claim, {"state": State.QUEUED, "attempts": 1, "next_attempt_at": now + 5}, now).events == []
+    assert _events(store, now) == []
+
+
+def test_a_receipt_is_written_with_its_event_in_one_step(store):
+    now = time.time()
+    m = message(state=State.DELIVERED, platform_ids=["wamid.A"], attempts=1, callback="http://127.0.0.1:9/cb")
+    store.add(m)
+    after, kind = store.apply_receipt(m.id, Receipt("wamid.A", "read", 30.0), now)
+    assert kind == "message.read" and after.events == []
+    assert store.apply_receipt(m.id, Receipt("wamid.A", "read", 31.0), now) == (None, None)  # a repeat: no event
+    [event] = _events(store, now)
+    body = json.loads(event.body)
+    assert body["type"] == "message.read" and "read" in body["data"]["receipt"]
+
+
+def test_events_carried_by_a_record_are_stored_once_under_their_own_id(store):
+    now = time.time()
+    event = _event(now)
+    store.add(message().with_changes(events=[event.to_record()]))
+    store.enqueue_event(event)  # the same event again (a move done twice): still one
+    [got] = _events(store, now)
+    assert got.id == event.id and got.body == event.body and store.outbox_figures()["pending"] == 1
+
+
+def test_tiny_completes_a_move_into_the_outbox_that_a_crash_interrupted(tmp_path):
+    """The state a kill -9 leaves between the shard write and the outbox write (tests/test_crash.py kills a real
+    process there): the record holds the event, its shard is marked; the next claim_events moves it, once."""
+    store = TinyStore(Layout(tmp_path / "home"), fsync=False)
+    now = time.time()
+    m = message(state=State.DELIVERED, callback="http://127.0.0.1:9/cb")
+    store.add(m)
+    event = _event(now).with_changes(message_id=m.id)
+    shard = store.shard_of(m.id)
+    path = store.layout.shard(shard)
+    document = json.loads(path.read_text())
+    for record in document["messages"].values():
+        record["events"] = [event.to_record()]
+    path.write_text(json.dumps(document))
+    (store.noted_dir / shard).touch()
+    assert store.outbox_figures()["pending"] == 0
+    [got] = store.claim_events(now, 60)
+    assert got.id == event.id and store.get(m.id).events == [] and not (store.noted_dir / shard).exists()
+    assert store.finish_event(got, None, True, now)
+    assert store.claim_events(now + 120, 60) == [] and store.outbox_figures()["delivered"] == 1
 
 
 # -- S3: bytes on a local S3-compatible server (moto), references in Redis ------------------------------------

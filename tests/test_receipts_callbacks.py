@@ -26,6 +26,7 @@ from multimsg.errors import InvalidInput
 from multimsg.layout import Layout
 from multimsg.model import Message, State
 from multimsg.queue.backends.memory import MemoryStore
+from multimsg.queue.outbox import make_event
 from tests.gatewayproc import ROOT, Gateway, free_port
 from tests.services_support import new_number
 
@@ -323,7 +324,7 @@ def test_the_dispatcher_retries_with_the_same_id_and_gives_up_after_the_backoff(
     d = Dispatcher(store, CallbackKeys(Layout(tmp_path / "h")), (10.0, 20.0), clock=lambda: clock[0], sender=sender)
     m = Message(id="M" * 16, client="ip:1", data_id="d" * 16, serv="wpp1", dest="1", type="text",
                 state=State.DELIVERED, callback="http://example.com/cb")
-    d.enqueue(m, "message.delivered")
+    store.enqueue_event(make_event(m, "message.delivered", clock[0]))
     assert d.run() == {"delivered": 0, "retried": 1, "given_up": 0}
     assert d.run()["retried"] == 0  # not due yet
     clock[0] += 10

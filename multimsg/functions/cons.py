@@ -7,7 +7,6 @@ detail a failed receipt gave; the plain-text answer is the state alone.
 
 import functions_framework
 
-from ..callbacks import report as json_report
 from .http import Reply, client_of, endpoint, fields, gateway
 
 
@@ -15,4 +14,4 @@ from .http import Reply, client_of, endpoint, fields, gateway
 @endpoint("POST", identify=True, rate_limit=True)
 def cons(request):
     message = gateway().consult(client_of(request), fields(request, ("id",)).get("id"))
-    return Reply(str(message.state), json_report(message))
+    return Reply(str(message.state), message.report())

@@ -21,10 +21,22 @@ change they count.
 Receipts: ``update`` is an atomic read-modify-write of one message; ``apply_receipt``
 runs the one receipt rule (``queue/receipts.py``) inside it.
 
-Outbox: status events for callback URLs (``queue/outbox.py``) are stored with
-``enqueue_event`` and leased with ``claim_events`` (a token and an expiry, as
-messages are); ``finish_event`` with the current token ends or reschedules
-one. ``outbox_figures`` counts pending, delivered and given-up events.
+Outbox: status events for callback URLs (``queue/outbox.py``) are leased with
+``claim_events`` (a token and an expiry, as messages are); ``finish_event``
+with the current token ends or reschedules one. ``outbox_figures`` counts
+pending, delivered and given-up events.
+
+An event is written with the change it reports, never after it: a record
+written (by ``finish``, ``update``, ``add``) with ``Message.events`` has those
+events stored in the outbox in the same atomic step as the record, which is
+stored and returned without them. ``finish`` adds the event a final state is
+worth itself (``finished``), ``apply_receipt`` the one a receipt is worth. A
+kill -9 at any point leaves the change and its events, or neither, and an
+event is never stored twice or under a second id. Where one atomic write
+cannot span both (the embedded backend's files), the backend keeps the events
+in the record until they are in the outbox and completes a move that a crash
+interrupted before its next ``claim_events``. ``enqueue_event`` stores an
+event on its own (an event of that id already stored is left as it is).
 """
 
 from __future__ import annotations
@@ -35,7 +47,7 @@ from typing import Any, Callable, Iterable, Iterator
 from ..errors import Unavailable
 from ..model import Message
 from .counters import Counters
-from .outbox import Event
+from .outbox import FINAL_EVENTS, Event, noted
 from .receipts import Receipt, apply
 
 __all__ = ["MessageStore", "Damaged", "StoreUnwritable"]
@@ -79,7 +91,15 @@ class MessageStore(ABC):
 
     @abstractmethod
     def finish(self, claim: Message, changes: dict[str, Any], now: float) -> Message | None:
-        """Apply an outcome's ``changes`` and end the lease; None (nothing written) if the lease was lost."""
+        """Apply an outcome's ``changes`` and end the lease (``finished``); None (nothing written) if the lease was lost."""
+
+    @staticmethod
+    def finished(current: Message, changes: dict[str, Any], now: float) -> Message:
+        """What ``finish`` writes over ``current``: the changes, the lease ended, and the event a new final state is worth."""
+        after = current.with_changes(**{**changes, "claim": None, "claim_until": None})
+        if after.final and not current.final:
+            after = noted(after, FINAL_EVENTS.get(after.state), now)
+        return after
 
     @abstractmethod
     def report(self, message_id: str, now: float) -> Message | None:
@@ -115,14 +135,14 @@ class MessageStore(ABC):
 
         def change(message: Message) -> Message | None:
             after, worth[0] = apply(message, receipt, now)
-            return after
+            return None if after is None else noted(after, worth[0], now)
 
         return self.update(message_id, change, now), worth[0]
 
     # -- the outbox ----------------------------------------------------------------
     @abstractmethod
     def enqueue_event(self, event: Event) -> None:
-        """Store a new event durably before returning; due at ``event.next_at``."""
+        """Store a new event durably before returning, due at ``event.next_at`` (one of that id already stored: left as it is)."""
 
     @abstractmethod
     def claim_events(self, now: float, lease: float, limit: int = 100) -> list[Event]:

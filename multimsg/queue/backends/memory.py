@@ -54,12 +54,17 @@ class MemoryStore(MessageStore):
         self.event_counts: dict[str, int] = {"delivered": 0, "given_up": 0}
 
     # -- inside the lock -------------------------------------------------------
-    def _put(self, before: Message | None, after: Message, now: float) -> None:
+    def _put(self, before: Message | None, after: Message, now: float) -> Message:
+        """Write the record and move its events into the outbox, in one step; the message as stored."""
+        for event in after.events:
+            self.events.setdefault(event["id"], event)
+        after = after.with_changes(events=[]) if after.events else after
         self.records[after.id] = after.to_record()
         figures.count(self.counters.figures, before, after, now)
         due = after.due_at()
         if due is not None:
             heapq.heappush(self._due, (due, after.id))
+        return after
 
     def _load(self, message_id: str) -> Message | None:
         record = self.records.get(message_id)
@@ -124,9 +129,7 @@ class MemoryStore(MessageStore):
             current = self._load(claim.id)
             if current is None or claim.claim is None or not current.leased_by(claim.claim):
                 return None
-            after = current.with_changes(**{**changes, "claim": None, "claim_until": None})
-            self._put(current, after, now)
-            return after
+            return self._put(current, self.finished(current, changes, now), now)
 
     def update(self, message_id: str, change: Callable[[Message], Message | None], now: float) -> Message | None:
         with self._lock:
@@ -135,13 +138,13 @@ class MemoryStore(MessageStore):
                 return None
             after = change(current)
             if after is not None and after != current:
-                self._put(current, after, now)
+                return self._put(current, after, now)
             return after
 
     # -- the outbox --------------------------------------------------------------
     def enqueue_event(self, event: Event) -> None:
         with self._lock:
-            self.events[event.id] = event.to_record()
+            self.events.setdefault(event.id, event.to_record())
 
     def claim_events(self, now: float, lease: float, limit: int = 100) -> list[Event]:
         with self._lock:

@@ -43,7 +43,7 @@ from .. import figures
 from ..counters import Counters, apply_pass
 from ..outbox import Event
 from ..store import MessageStore
-from .redis_scripts import CAS, Keys, cas_call, document, figure_ops, index_ops
+from .redis_scripts import CAS, Keys, cas_call, document, event_ops, figure_ops, index_ops
 
 __all__ = ["RedisStore", "RedisCounters", "RedisSpool", "connect", "shared_client", "pipeline", "UNREACHABLE"]
 
@@ -56,7 +56,8 @@ TRIES = 20  # compare-and-set attempts before a write gives up (only under heavy
 
 
 # The outbox (status events for callback URLs): mm:{T}:ev:<id> (the event as JSON), mm:{T}:evdue (ZSET
-# id -> due time), mm:{T}:evfig (hash: delivered, given_up). One compare-and-set script changes an event.
+# id -> due time), mm:{T}:evfig (hash: delivered, given_up). An event is stored by the CAS of the record change
+# it reports (``event_ops``); one compare-and-set script changes an event after that.
 # KEYS: event, evdue, evfig; ARGV: expected JSON, new JSON ("" = delete), due score, id, figure to count ("" = none).
 EVENT_CAS = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
@@ -186,8 +187,8 @@ class RedisStore(MessageStore):
         self.counters = RedisCounters(client, self.keys)
         self._cas = client.register_script(CAS)
         self._event_cas = client.register_script(EVENT_CAS)
-        self._evdue = self.keys.base + "evdue"
-        self._evfig = self.keys.base + "evfig"
+        self._evdue = self.keys.events_due
+        self._evfig = self.keys.events_figures
 
     # -- one record change ---------------------------------------------------------
     def _args(self, raw: str | None, before: Message | None, after: Message | None, now: float,
@@ -196,6 +197,9 @@ class RedisStore(MessageStore):
         assert changed is not None
         message_id = changed.id
         ops = index_ops(self.keys, message_id, after) + figure_ops(self.keys, before, after, now) + (extra or [])
+        if after is not None and after.events:  # into the outbox in the same step, not into the record
+            ops += event_ops(self.keys, after.events)
+            after = after.with_changes(events=[])
         if new is None:
             new = json.dumps(after.to_record()) if after is not None else ""
         return cas_call(self.keys.record(message_id), self.keys.ver, raw or "", new, ops)
@@ -221,7 +225,7 @@ class RedisStore(MessageStore):
             if after is None:
                 return None
             if after == current or self._write(raw, current, after, now):
-                return after
+                return after.with_changes(events=[]) if after.events else after  # as stored
         raise Unavailable("the shared store is too busy with this message; try again")
 
     # -- the contract ------------------------------------------------------------
@@ -342,7 +346,7 @@ class RedisStore(MessageStore):
         def outcome(current: Message) -> Message | None:
             if claim.claim is None or not current.leased_by(claim.claim):
                 return None  # fenced: the lease was taken over
-            return current.with_changes(**{**changes, "claim": None, "claim_until": None})
+            return self.finished(current, changes, now)
 
         return self._update(claim.id, outcome, now)
 
@@ -352,7 +356,7 @@ class RedisStore(MessageStore):
 
     # -- the outbox --------------------------------------------------------------
     def _event_key(self, event_id: str) -> str:
-        return self.keys.base + "ev:" + event_id
+        return self.keys.event(event_id)
 
     def _event_write(self, expected: str, event: Event | None, event_id: str, figure: str = "") -> bool:
         new = "" if event is None else json.dumps(event.to_record())
@@ -362,9 +366,9 @@ class RedisStore(MessageStore):
 
     @guarded
     def enqueue_event(self, event: Event) -> None:
-        pipe = self.r.pipeline(transaction=True)
-        pipe.set(self._event_key(event.id), json.dumps(event.to_record()))
-        pipe.zadd(self._evdue, {event.id: event.due_at()})
+        pipe = pipeline(self.r, self._evdue, transaction=True)
+        for op in event_ops(self.keys, [event.to_record()]):
+            pipe.execute_command(*op)
         pipe.execute()
 
     @guarded

@@ -14,13 +14,15 @@ Cluster too::
     mm:{T}:archive:<YYYY-MM> list of archived records (JSON)
     mm:{T}:drain             hash, field "r": the drain figures (JSON)
     mm:{T}:ver               counter bumped by every record change (rebuild's WATCH)
+    mm:{T}:ev:<id>           an outbox event (JSON); mm:{T}:evdue ZSET id -> due time; mm:{T}:evfig hash: delivered, given_up
     mm:{T}:d:<client>:<data id>, mm:{T}:blob:<blob id>, ... (the spool, ``redis_spool``)
 
 One script, ``CAS``, does every record change: it compares the stored record
 with the one Python read (the whole JSON string, so the claim token is part of
 what is compared: that is the fencing) and only then writes the new record and
 applies the index and figures operations Python computed from the same two
-records, all in one atomic step. Python, not Lua, merges the changes: Redis's
+records, all in one atomic step; the status events the change is worth are
+stored in the outbox by the same step (``event_ops``). Python, not Lua, merges the changes: Redis's
 cjson encodes numbers with 14 significant digits, which would round Unix
 times to a tenth of a millisecond on every write.
 """
@@ -33,7 +35,7 @@ from typing import Any
 from ...model import FINAL_STATES, Message, State
 from .. import figures
 
-__all__ = ["Keys", "CAS", "cas_call", "ATTACH", "RELEASE", "figure_ops", "index_ops"]
+__all__ = ["Keys", "CAS", "cas_call", "ATTACH", "RELEASE", "figure_ops", "index_ops", "event_ops"]
 
 RECENT_TTL = int(figures.RECENT_WINDOW) + 180  # a per-minute counter outlives the hour it is counted in
 
@@ -48,7 +50,7 @@ elseif current ~= ARGV[1] then
   return 0
 end
 if ARGV[2] == '' then redis.call('DEL', KEYS[1]) else redis.call('HSET', KEYS[1], 'r', ARGV[2]) end
-local allowed = {HINCRBY=1, HINCRBYFLOAT=1, ZADD=1, ZREM=1, SADD=1, INCRBY=1, EXPIRE=1, RPUSH=1}
+local allowed = {HINCRBY=1, HINCRBYFLOAT=1, ZADD=1, ZREM=1, SADD=1, INCRBY=1, EXPIRE=1, RPUSH=1, SET=1}
 for _, op in ipairs(cjson.decode(ARGV[3])) do
   if not allowed[op[1]] then return redis.error_reply('CAS: command not allowed: ' .. tostring(op[1])) end
   redis.call(op[1], KEYS[tonumber(op[2])], unpack(op, 3))
@@ -118,9 +120,14 @@ class Keys:
         self.blob_prefix = self.base + "blob:"
         self.refs = self.base + "refs"
         self.nothing = self.base + "none"  # never written: a stand-in key where a script needs one that is absent
+        self.events_due = self.base + "evdue"
+        self.events_figures = self.base + "evfig"
 
     def record(self, message_id: str) -> str:
         return self.record_prefix + message_id
+
+    def event(self, event_id: str) -> str:
+        return self.base + "ev:" + event_id
 
     def fig(self, serv: str) -> str:
         return f"{self.base}fig:{serv}"
@@ -158,6 +165,15 @@ def index_ops(keys: Keys, message_id: str, after: Message | None) -> list[list[s
     if after.claim is not None and after.claim_until is not None:
         return [["ZREM", keys.due, message_id], ["ZADD", keys.inflight, _num(after.claim_until), message_id]]
     return [["ZREM", keys.inflight, message_id], ["ZADD", keys.due, _num(after.next_attempt_at), message_id]]
+
+
+def event_ops(keys: Keys, events: list[dict[str, Any]]) -> list[list[str]]:
+    """Store outbox events (``queue/outbox.py`` records), due at their ``next_at``; one already stored stays as it is."""
+    ops = []
+    for event in events:
+        ops += [["SET", keys.event(event["id"]), json.dumps(event), "NX"],
+                ["ZADD", keys.events_due, "NX", _num(event.get("next_at") or 0.0), event["id"]]]
+    return ops
 
 
 def _enter(keys: Keys, m: Message) -> list[list[str]]:

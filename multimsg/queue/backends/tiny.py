@@ -29,6 +29,16 @@ The outbox of status events is ``outbox/<event id>.json`` (one file per event,
 written atomically, fsynced), changed under one ``outbox`` lock; delivered and
 given-up counts are in ``outbox/counts.json``. A pass lists the folder: it
 holds only the events not yet delivered.
+
+A change and its events are in two files, so the shard is the commit point:
+the record is written with its events (``Message.events``), which are then
+written into the outbox (each unless already there) and the record written
+again without them, under the shard's lock and the outbox lock (no pass can
+take such an event before its record lets go of it). ``store/noted/<shard>``
+marks a shard that may hold events on their way, made before its write;
+``claim_events`` first completes the moves such marks name (a kill -9 in
+between), and every change of a shard completes any it finds there. The
+event's id was fixed in the record, so a move done twice stores it once.
 """
 
 from __future__ import annotations
@@ -84,9 +94,11 @@ class _Txn:
 
     def __init__(self, table: dict[str, Any]):
         self.table = table  # doc id -> record
-        self.events: list[tuple[Message | None, Message | None]] = []
+        self.events: list[tuple[Message | None, Message | None]] = []  # (before, after) of each change, for the figures
         self.changed = False
         self.due_lowered: float | None = None
+        self.noted = False  # a record written with status events for the outbox
+        self.recovering = False  # opened to complete moves a crash interrupted
 
     def find(self, message_id: str) -> tuple[str, dict] | None:
         for doc_id, record in self.table.items():
@@ -94,7 +106,8 @@ class _Txn:
                 return doc_id, record
         return None
 
-    def put(self, doc_id: str | None, before: Message | None, after: Message) -> None:
+    def put(self, doc_id: str | None, before: Message | None, after: Message) -> Message:
+        """Write ``after`` (with its status events, until they are moved); the message as it then reads."""
         if doc_id is None:
             doc_id = str(max((int(k) for k in self.table if k.isdigit()), default=0) + 1)
         record = after.to_record()
@@ -104,6 +117,14 @@ class _Txn:
         due = after.due_at()
         if due is not None:
             self.due_lowered = due if self.due_lowered is None else min(self.due_lowered, due)
+        if after.events:
+            self.noted = True
+            return after.with_changes(events=[])
+        return after
+
+    def kept_events(self) -> dict[str, dict]:
+        """The records (doc id -> record) still holding status events on their way to the outbox."""
+        return {doc_id: r for doc_id, r in self.table.items() if isinstance(r, dict) and r.get("events")}
 
     def remove(self, doc_id: str, before: Message | None) -> None:
         del self.table[doc_id]
@@ -184,6 +205,7 @@ class TinyStore(MessageStore):
         self.quarantine_dir = ensure_private_dir(layout.store / "quarantine")
         self.counters = ShardCounters(layout.store / "counts", self._lock)
         self.outbox_dir = ensure_private_dir(layout.home / "outbox")
+        self.noted_dir = ensure_private_dir(layout.store / "noted")
 
     # -- shards ------------------------------------------------------------------
     def shard_of(self, message_id: str) -> str:
@@ -221,20 +243,67 @@ class TinyStore(MessageStore):
             yield txn
             if txn.changed:
                 self._write(shard, storage, txn)
+            kept = txn.kept_events()
+            if kept or txn.recovering:
+                self._move_events(shard, storage, txn, kept)
         finally:
             lock.release()
 
     def _write(self, shard: str, storage: AtomicJSONStorage, txn: _Txn) -> None:
         if txn.due_lowered is not None:
             self._lower_due(shard, txn.due_lowered)  # before: a crash leaves the index early, never late
+        if txn.noted:
+            self._touch(self.noted_dir / shard)  # before, too: a crash leaves the mark, and the move is done again
+        self._write_table(storage, txn.table)
+        self._set_due(shard, txn.earliest_due())
+        self._count(shard, txn)
+
+    @staticmethod
+    def _write_table(storage: AtomicJSONStorage, table: dict[str, Any]) -> None:
         try:
-            storage.write({_TABLE: txn.table})
+            storage.write({_TABLE: table})
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise StorageFull("the server's storage is full; nothing of this change was stored") from exc
             raise StoreUnwritable(f"the store cannot be written ({os.strerror(exc.errno or 0) or exc})") from exc
-        self._set_due(shard, txn.earliest_due())
-        self._count(shard, txn)
+
+    def _move_events(self, shard: str, storage: AtomicJSONStorage, txn: _Txn, kept: dict[str, dict]) -> None:
+        """Put the status events the shard's records hold into the outbox, then write the records without them.
+
+        The change they report is already written: if the move fails, the
+        events stay in the records (and the shard stays marked) until a later
+        change of the shard or ``claim_events`` moves them.
+        """
+        try:
+            if kept:
+                with self._outbox():
+                    self._enqueue_kept(kept.values())
+                    for doc_id, record in kept.items():
+                        txn.table[doc_id] = {**record, "events": []}
+                    self._write_table(storage, txn.table)
+            (self.noted_dir / shard).unlink(missing_ok=True)
+        except (Unavailable, OSError) as exc:
+            log.warning("store shard %s: status events not in the outbox yet (%s); moved by a later pass", shard, exc)
+
+    def _enqueue_kept(self, records: Iterable[dict]) -> None:
+        """Write the events held by ``records`` into the outbox (under its lock), each unless already there."""
+        for record in records:
+            for raw in record.get("events") or []:
+                try:
+                    event = Event.from_record(raw)
+                    path = self._event_path(event.id)
+                except (ValueError, TypeError):
+                    log.error("message %s holds a malformed status event; dropped: %r", record.get("id"), raw)
+                    continue
+                if not path.exists():
+                    self._write_event(event)
+
+    def _recover_events(self) -> None:
+        """Complete the moves into the outbox that a crash interrupted (the shards ``noted/`` names)."""
+        for entry in list(os.scandir(self.noted_dir)):
+            if entry.name.isalnum():
+                with self._txn(entry.name) as txn:
+                    txn.recovering = True
 
     def _count(self, shard: str, txn: _Txn) -> None:
         try:
@@ -456,9 +525,7 @@ class TinyStore(MessageStore):
             if found is None or claim.claim is None or found[1].get("claim") != claim.claim:
                 return None
             current = Message.from_record(found[1])
-            after = current.with_changes(**{**changes, "claim": None, "claim_until": None})
-            txn.put(found[0], current, after)
-            return after
+            return txn.put(found[0], current, self.finished(current, changes, now))
 
     def update(self, message_id: str, change: Callable[[Message], Message | None], now: float) -> Message | None:
         with self._txn(self.shard_of(message_id)) as txn:
@@ -468,7 +535,7 @@ class TinyStore(MessageStore):
             current = Message.from_record(found[1])
             after = change(current)
             if after is not None and after != current:
-                txn.put(found[0], current, after)
+                return txn.put(found[0], current, after)
             return after
 
     # -- the outbox --------------------------------------------------------------
@@ -513,9 +580,11 @@ class TinyStore(MessageStore):
 
     def enqueue_event(self, event: Event) -> None:
         with self._outbox():
-            self._write_event(event)
+            if not self._event_path(event.id).exists():
+                self._write_event(event)
 
     def claim_events(self, now: float, lease: float, limit: int = 100) -> list[Event]:
+        self._recover_events()
         with self._outbox():
             due = sorted((e for e in self._events() if e.due_at() <= now), key=lambda e: (e.due_at(), e.id))[:limit]
             claimed = [e.with_changes(claim=new_id(), claim_until=now + lease) for e in due]
@@ -574,8 +643,11 @@ class TinyStore(MessageStore):
                 message = None
             if message is not None and if_ is not None and not if_(message):
                 return None
+            if found[1].get("events"):  # events a crash left on their way: into the outbox before the record goes
+                with self._outbox():
+                    self._enqueue_kept([found[1]])
             month = time.strftime("%Y-%m", time.gmtime(now))
-            line = (json.dumps(found[1], separators=(",", ":")) + "\n").encode()
+            line = (json.dumps({**found[1], "events": []}, separators=(",", ":")) + "\n").encode()
             # Archive first, then forget, under the shard's lock: a crash between
             # leaves the record in both places (archived twice at worst), never in
             # neither, and of two callers only the first finds it.
