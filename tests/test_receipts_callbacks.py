@@ -9,6 +9,7 @@ key served at GET /callback-key. Every test is bounded (SIGALRM, 60 s).
 from __future__ import annotations
 
 import json
+import os
 import selectors
 import signal
 import subprocess
@@ -26,9 +27,10 @@ from multimsg.errors import InvalidInput
 from multimsg.layout import Layout
 from multimsg.model import Message, State
 from multimsg.queue.backends.memory import MemoryStore
-from multimsg.queue.outbox import make_event
+from tests.conftest import require, require_tool
 from tests.gatewayproc import ROOT, Gateway, free_port
-from tests.services_support import new_number
+from tests.redis_support import redis_server, redis_url  # noqa: F401  (fixtures)
+from tests.services_support import new_chat, new_number
 
 SECRET = "app-secret-for-tests"
 VERIFY = "verify-token-for-tests"
@@ -45,6 +47,22 @@ def bounded():
     yield
     signal.alarm(0)
     signal.signal(signal.SIGALRM, previous)
+
+
+@pytest.fixture(params=["embedded", "redis"])
+def backend(request) -> str:
+    """Every gateway of a test runs on this backend: the embedded store, or a real redis-server (a database of its own)."""
+    return request.param
+
+
+@pytest.fixture
+def make_gateway(make_gateway, backend, request):
+    shared = {} if backend == "embedded" else {"MULTIMSG_BACKEND": request.getfixturevalue("redis_url")}
+
+    def make(name: str = "home", env: dict[str, str] | None = None, home: Path | None = None) -> Gateway:
+        return make_gateway(name, {**shared, **(env or {})}, home)
+
+    return make
 
 
 def env(**extra: str) -> dict[str, str]:
@@ -271,6 +289,71 @@ def test_events_in_the_outbox_survive_a_kill_9(make_gateway, whatsapp, receiver,
     assert all(r["verified"] for r in got)
 
 
+def kill_at_the_outbox(runner: Gateway, tmp_path: Path, action) -> None:
+    """Run ``action`` while strace kills the runner (SIGKILL) as it first opens the outbox's lock: after the
+    write of the change, before its event is in the outbox (on the code before events were written with
+    their change, that was the gap in which a crash lost the event)."""
+    strace = require_tool("strace", "killing the gateway between the write of a change and the write of its event")
+    lock, err = runner.home / "locks" / "outbox.lock", tmp_path / "strace.err"
+    tracer = subprocess.Popen([strace, "-f", "-p", str(runner.proc.pid), "-P", str(lock), "-e", "trace=openat",
+                               "-e", "inject=openat:signal=KILL:when=1", "-o", str(tmp_path / "strace.out")],
+                              stdout=subprocess.DEVNULL, stderr=open(err, "wb"))
+    try:
+        deadline = time.monotonic() + 10
+        while "attached" not in err.read_text(errors="replace"):
+            require(tracer.poll() is None, f"strace cannot attach to the runner: {err.read_text(errors='replace').strip()}")
+            assert time.monotonic() < deadline, "strace did not attach within 10 s"
+            time.sleep(0.02)
+        time.sleep(0.2)  # every thread attached
+        action()
+        runner.proc.wait(20)  # killed by the injected signal, not by us
+        assert runner.proc.returncode == -signal.SIGKILL, runner.proc.returncode
+        assert "+++ killed by SIGKILL +++" in (tmp_path / "strace.out").read_text()
+    finally:
+        if tracer.poll() is None:
+            tracer.send_signal(signal.SIGINT)
+        tracer.wait(10)
+
+
+def quietly(call):
+    def run():
+        try:
+            call()
+        except requests.ConnectionError:
+            pass  # the runner died under it: that is the point
+    return run
+
+
+@pytest.mark.parametrize("backend", ["embedded"])  # the one backend whose change and event are two files; Redis: one script
+@pytest.mark.parametrize("change", ["final state", "receipt"])
+def test_a_kill_9_between_a_change_and_its_event_loses_neither(make_gateway, whatsapp, receiver, tmp_path, change):
+    home = tmp_path / "gap"
+    runner = make_gateway(home=home, env=env())
+    hooks = receiver(runner)
+    message_id = send_wpp(runner, hooks.url)
+    if change == "final state":
+        kill_at_the_outbox(runner, tmp_path, quietly(lambda: requests.post(runner.url + "/drain", timeout=30)))
+    else:
+        hooks.wait(runner, lambda got: any(r["event"]["type"] == "message.delivered" for r in got if r["event"]))
+        kill_at_the_outbox(runner, tmp_path, quietly(
+            lambda: whatsapp.statuses(webhook(runner), SECRET, message_id, statuses=["read"], retries=0)))
+    again = make_gateway(home=home, env=env())
+    report = again.state(message_id)
+    assert report["state"] == "delivered", report  # the change was written before the kill
+    wanted = "message.delivered" if change == "final state" else "message.read"
+    assert change == "final state" or "read" in report["receipt"]
+    got = hooks.wait(again, lambda got: any(r["event"]["type"] == wanted for r in got if r["event"]))
+    time.sleep(0.3)
+    got = hooks.wait(again, lambda got: True)
+    assert all(r["verified"] for r in got)
+    ids_by_type = defaultdict(set)
+    for r in got:
+        ids_by_type[r["event"]["type"]].add(r["id"])
+    assert len(ids_by_type[wanted]) == 1 and len([r for r in got if r["event"]["type"] == wanted]) == 1, got
+    sent = [r for r in whatsapp.received() if (r.get("json") or {}).get("biz_opaque_callback_data") == message_id]
+    assert len(sent) == 1  # and the message itself was not sent again
+
+
 def test_a_receiver_that_never_answers_2xx_is_given_up_after_the_last_attempt(make_gateway, receiver):
     runner = make_gateway(env=env(MULTIMSG_CALLBACK_BACKOFF="0.1 0.1"))
     hooks = receiver(runner, status=500)
@@ -280,6 +363,35 @@ def test_a_receiver_that_never_answers_2xx_is_given_up_after_the_last_attempt(ma
     runner.drain()
     assert len(hooks.received()) == 3 and len({r["id"] for r in got}) == 1  # three attempts, one webhook-id
     assert 'multimsg_callbacks_total{outcome="given_up"} 1.0' in runner.http.get(runner.url + "/metrics").text
+
+
+def test_a_tokens_default_callback_tells_a_telegram_client_delivered_and_failed_from_any_process(
+        make_gateway, telegram, receiver, backend, request, tmp_path):
+    identity = env(MULTIMSG_IDENTITY="token", MULTIMSG_RATE_LIMIT="0")
+    a = make_gateway("a", env=identity)
+    hooks = receiver(a)
+    # `multimsg token add`: on another host with its own data folder (Redis), or on the gateway's own (embedded)
+    shared = {"MULTIMSG_HOME": str(a.home)} if backend == "embedded" else \
+        {"MULTIMSG_HOME": str(tmp_path / "operator"), "MULTIMSG_BACKEND": request.getfixturevalue("redis_url")}
+    made = subprocess.run([sys.executable, "-m", "multimsg", "token", "add", "shop", "--callback", hooks.url], cwd=ROOT,
+                          capture_output=True, text=True, env={**os.environ, **shared}, timeout=60)
+    assert made.returncode == 0, made.stderr
+    b = a if backend == "embedded" else make_gateway("b", env=identity)  # Redis: a second gateway, its own data folder
+    shop = {"Authorization": f"Bearer {made.stdout.strip()}"}
+    blocked, fine = new_chat(), new_chat()
+    telegram.script("blocked", dest=blocked)
+    ids = {}
+    for chat in (fine, blocked):
+        data_id = b.http.post(b.url + "/data", files={"data": ("t.txt", b"hola")}, headers=shop, timeout=30).text
+        queued = b.http.post(b.url + "/msg", data={"id": data_id, "serv": "telegram", "dest": chat, "type": "text"}, headers=shop, timeout=30)
+        assert queued.status_code == 200, queued.text
+        ids[chat] = queued.text  # no callback field: the token's default
+    got = hooks.wait(b, lambda got: len(got) >= 2)
+    assert all(r["verified"] for r in got)
+    events = {r["event"]["data"]["id"]: r["event"] for r in got}
+    assert events[ids[fine]]["type"] == "message.delivered" and events[ids[fine]]["data"]["state"] == "delivered"
+    failed = events[ids[blocked]]
+    assert failed["type"] == "message.failed" and "bot was blocked by the user" in failed["data"]["last_error"]
 
 
 def test_private_and_non_http_callback_urls_are_refused_at_msg(make_gateway):
@@ -324,6 +436,8 @@ def test_the_dispatcher_retries_with_the_same_id_and_gives_up_after_the_backoff(
     d = Dispatcher(store, CallbackKeys(Layout(tmp_path / "h")), (10.0, 20.0), clock=lambda: clock[0], sender=sender)
     m = Message(id="M" * 16, client="ip:1", data_id="d" * 16, serv="wpp1", dest="1", type="text",
                 state=State.DELIVERED, callback="http://example.com/cb")
+    from multimsg.queue.outbox import make_event
+
     store.enqueue_event(make_event(m, "message.delivered", clock[0]))
     assert d.run() == {"delivered": 0, "retried": 1, "given_up": 0}
     assert d.run()["retried"] == 0  # not due yet

@@ -157,6 +157,7 @@ class RedisTokens(TokenLookup):
     def __init__(self, client, tag: str):
         self.r = client
         self.key = Keys(tag).base + "tokens"
+        self.callbacks_key = Keys(tag).base + "token-callbacks"  # name -> default callback URL
         self.path = f"the shared store (Redis, {self.key})"  # where, for messages
 
     @guarded
@@ -174,6 +175,18 @@ class RedisTokens(TokenLookup):
     @guarded
     def remove(self, name: str) -> bool:
         return bool(self.r.hdel(self.key, name))
+
+    @guarded
+    def callback(self, name: str) -> str | None:
+        found = self.r.hget(self.callbacks_key, name)
+        return found.decode() if found else None
+
+    @guarded
+    def set_callback(self, name: str, url: str | None) -> None:
+        if url:
+            self.r.hset(self.callbacks_key, check_name(name), url)
+        else:
+            self.r.hdel(self.callbacks_key, name)
 
 
 # KEYS: the replay sets of the accepted key pairs, the current one first. ARGV[1]: the digest.
