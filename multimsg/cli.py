@@ -258,6 +258,7 @@ def _paint_drain(counters, stop: threading.Event) -> None:
 
 def cmd_stats(args) -> int:
     from .gateway import gateway
+    from .metrics import receipt_counts
     from .services import instances
 
     store = gateway().store
@@ -265,6 +266,8 @@ def cmd_stats(args) -> int:
         counted = store.rebuild()
         print(f"counted {counted} stored messages again", file=sys.stderr)
     snapshot = store.counters.snapshot()
+    snapshot["callbacks"] = store.outbox_figures()
+    snapshot["receipts"] = receipt_counts()
     for serv in instances():
         snapshot["services"].setdefault(serv, {
             "states": {}, "oldest_queued_age": None, "outcomes": {}, "last_hour": {}, "latency": {},
@@ -286,6 +289,11 @@ def cmd_stats(args) -> int:
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
         print("  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths))))
+    callbacks = snapshot["callbacks"]
+    print(f"callbacks: {callbacks.get('pending', 0)} pending, {callbacks.get('delivered', 0)} delivered, "
+          f"{callbacks.get('given_up', 0)} given up")
+    for serv, statuses in sorted(snapshot["receipts"].items()):
+        print(f"receipts {serv}: " + ", ".join(f"{n} {status}" for status, n in sorted(statuses.items())))
     drain = snapshot.get("drain") or {}
     if drain.get("last_at"):
         ago = time.time() - drain["last_at"]
@@ -434,7 +442,7 @@ def build_parser() -> argparse.ArgumentParser:
     migrate.add_argument("--to", required=True, metavar="URL", help="redis://HOST:PORT/DB, rediss://..., or redis+cluster://HOST:PORT[,...]")
     migrate.set_defaults(run=cmd_migrate)
 
-    stats = commands.add_parser("stats", help="queue depth, oldest queued message, deliveries in the last hour")
+    stats = commands.add_parser("stats", help="queue depth, oldest queued message, deliveries in the last hour, callbacks, receipts")
     stats.add_argument("--json", action="store_true")
     stats.add_argument("--rebuild", action="store_true", help="recount the stored messages first (after a crash or an upgrade)")
     stats.set_defaults(run=cmd_stats)

@@ -37,7 +37,7 @@ from .model import State
 from .queue.counters import Counters
 from .queue.figures import DRAIN_BOUNDS, LATENCY_BOUNDS, OUTCOMES
 
-__all__ = ["count_request", "render", "sweep", "CONTENT_TYPE", "QueueCollector"]
+__all__ = ["count_request", "count_receipt", "receipt_counts", "render", "sweep", "CONTENT_TYPE", "QueueCollector"]
 
 log = logging.getLogger("multimsg.metrics")
 
@@ -158,6 +158,23 @@ def count_receipt(status: str, service: str = "wpp1") -> None:
         _receipt_counter().labels(service, status).inc()
     except Exception:
         log.exception("receipt metrics are off in this process")
+
+
+def receipt_counts() -> dict[str, dict[str, int]]:
+    """Receipts received by the processes of this data folder: service -> status -> count (``multimsg stats``)."""
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    path = _multiprocess_dir()
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=path)
+    counts: dict[str, dict[str, int]] = {}
+    with _scrape_lock(path):
+        for family in registry.collect():
+            for sample in family.samples if family.name == "multimsg_receipts" else ():
+                if sample.name == "multimsg_receipts_total":
+                    counts.setdefault(sample.labels["service"], {})[sample.labels["status"]] = int(sample.value)
+    return counts
 
 
 def count_request(endpoint: str, status: int) -> None:

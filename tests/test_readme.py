@@ -38,3 +38,46 @@ def test_the_smallest_module_shown_is_the_outbox_itself():
     shown = re.search(r"```python\n(class Outbox\(ServiceBase\):.*?)```", README, re.S).group(1)
     source = (Path(__file__).resolve().parents[1] / "multimsg" / "services" / "outbox.py").read_text()
     assert shown in source
+
+
+def test_the_receiver_snippet_verifies_a_real_callback_and_refuses_a_forged_one(make_gateway, telegram, tmp_path, monkeypatch):
+    import threading
+    import time
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    import pytest
+    from cryptography.exceptions import InvalidSignature
+
+    got: list[tuple[dict, bytes]] = []
+
+    class Capture(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802
+            got.append((self.headers, self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *a) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Capture)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        runner = make_gateway(env={"MULTIMSG_CALLBACK_ALLOW_PRIVATE": "1"})
+        message_id = runner.send("hola 👋".encode(), "telegram", "4242", callback=f"http://127.0.0.1:{server.server_port}/cb")
+        deadline = time.monotonic() + 20
+        while not got:
+            assert time.monotonic() < deadline, "no callback came"
+            runner.drain()
+            time.sleep(0.1)
+    finally:
+        server.shutdown()
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "callback-key.pem").write_text(runner.http.get(runner.url + "/callback-key", timeout=10).text)
+    snippet = README[README.index("A receiver verifies a callback in a few lines"):]
+    namespace: dict = {}
+    exec(re.search(r"```python\n(.*?)```", snippet, re.S).group(1), namespace)
+    headers, body = got[0]
+    event = namespace["verify"](headers, body)
+    assert event["type"] == "message.delivered" and event["data"]["id"] == message_id
+    with pytest.raises(InvalidSignature):
+        namespace["verify"](headers, body.replace(b"delivered", b"failed", 1))

@@ -207,6 +207,14 @@ def test_receipts_out_of_order_and_repeated_only_go_up_and_every_callback_verifi
     metrics = runner.http.get(runner.url + "/metrics").text
     assert 'multimsg_receipts_total{service="wpp1",status="read"} 2.0' in metrics
     assert "multimsg_callbacks_pending 0.0" in metrics and 'multimsg_callbacks_total{outcome="delivered"}' in metrics
+    stats = subprocess.run([sys.executable, "-m", "multimsg", "stats", "--json"], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                           env={**os.environ, **runner.env, "MULTIMSG_HOME": str(runner.home)})
+    figures = json.loads(stats.stdout)
+    assert figures["callbacks"] == {"pending": 0, "delivered": 2, "given_up": 0}, figures["callbacks"]
+    assert figures["receipts"]["wpp1"] == {"read": 2, "sent": 2, "delivered": 2}, figures["receipts"]
+    table = subprocess.run([sys.executable, "-m", "multimsg", "stats"], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                           env={**os.environ, **runner.env, "MULTIMSG_HOME": str(runner.home)}).stdout
+    assert "callbacks: 0 pending, 2 delivered, 0 given up" in table and "receipts wpp1: 2 delivered, 2 read, 2 sent" in table
 
 
 def test_a_failed_receipt_fails_an_unreported_message_with_the_platforms_reason(make_gateway, whatsapp, receiver):
