@@ -17,16 +17,14 @@ from __future__ import annotations
 
 import os
 import re
-import signal
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import require, require_tool
 from tests.gatewayproc import session_from
+from tests.strace_support import traced
 
 TRACED = "fsync,fdatasync,rename,renameat,renameat2,openat,link,linkat,write,writev,sendto,sendmsg"
 LINE = re.compile(r"^(?P<pid>\d+)\s+(?P<t>\d+\.\d+)\s+(?P<rest>.*)$")
@@ -129,32 +127,12 @@ def worker_pid(master: int) -> int:
 
 def trace_one_msg(runner, tmp_path: Path, data_id: str) -> tuple[str, str]:
     """strace the worker around one POST /msg; (the trace, the answer's body)."""
-    strace = require_tool("strace", "tracing the worker's fsyncs")
-    out, err = tmp_path / "strace.out", tmp_path / "strace.err"
-    pid = worker_pid(runner.proc.pid)
-    tracer = subprocess.Popen(
-        [strace, "-f", "-ttt", "-T", "-yy", "-s", "128", "-e", f"trace={TRACED}", "-o", str(out), "-p", str(pid)],
-        stdout=subprocess.DEVNULL, stderr=open(err, "wb"),
-    )
-    try:
-        deadline = time.monotonic() + 10
-        while "attached" not in err.read_text(errors="replace"):
-            require(tracer.poll() is None, f"strace cannot attach to the worker: {err.read_text(errors='replace').strip()}")
-            assert time.monotonic() < deadline, "strace did not attach within 10 s"
-            time.sleep(0.02)
-        time.sleep(0.2)  # every thread attached
+    options = ["-ttt", "-T", "-yy", "-s", "128", "-e", f"trace={TRACED}"]
+    with traced(worker_pid(runner.proc.pid), options, tmp_path, "tracing the worker's fsyncs") as out:
         with session_from(None) as client:  # a new connection, accepted while traced
             answer = client.post(runner.url + "/msg", data={"id": data_id, "serv": "telegram", "dest": "4242", "type": "text"}, timeout=30)
         assert answer.status_code == 200, answer.text
         time.sleep(0.3)  # strace prints a call when it returns
-    finally:
-        if tracer.poll() is None:
-            tracer.send_signal(signal.SIGINT)  # strace detaches, the worker goes on
-        try:
-            tracer.wait(10)
-        except subprocess.TimeoutExpired:
-            tracer.kill()
-            tracer.wait(5)
     return out.read_text(errors="replace"), answer.text
 
 

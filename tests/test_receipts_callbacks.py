@@ -27,10 +27,10 @@ from multimsg.errors import InvalidInput
 from multimsg.layout import Layout
 from multimsg.model import Message, State
 from multimsg.queue.backends.memory import MemoryStore
-from tests.conftest import require, require_tool
 from tests.gatewayproc import ROOT, Gateway, free_port
 from tests.redis_support import redis_server, redis_url  # noqa: F401  (fixtures)
 from tests.services_support import new_chat, new_number
+from tests.strace_support import traced
 
 SECRET = "app-secret-for-tests"
 VERIFY = "verify-token-for-tests"
@@ -301,26 +301,13 @@ def kill_at_the_outbox(runner: Gateway, tmp_path: Path, action) -> None:
     """Run ``action`` while strace kills the runner (SIGKILL) as it first opens the outbox's lock: after the
     write of the change, before its event is in the outbox (on the code before events were written with
     their change, that was the gap in which a crash lost the event)."""
-    strace = require_tool("strace", "killing the gateway between the write of a change and the write of its event")
-    lock, err = runner.home / "locks" / "outbox.lock", tmp_path / "strace.err"
-    tracer = subprocess.Popen([strace, "-f", "-p", str(runner.proc.pid), "-P", str(lock), "-e", "trace=openat",
-                               "-e", "inject=openat:signal=KILL:when=1", "-o", str(tmp_path / "strace.out")],
-                              stdout=subprocess.DEVNULL, stderr=open(err, "wb"))
-    try:
-        deadline = time.monotonic() + 10
-        while "attached" not in err.read_text(errors="replace"):
-            require(tracer.poll() is None, f"strace cannot attach to the runner: {err.read_text(errors='replace').strip()}")
-            assert time.monotonic() < deadline, "strace did not attach within 10 s"
-            time.sleep(0.02)
-        time.sleep(0.2)  # every thread attached
+    lock = runner.home / "locks" / "outbox.lock"
+    options = ["-P", str(lock), "-e", "trace=openat", "-e", "inject=openat:signal=KILL:when=1"]
+    with traced(runner.proc.pid, options, tmp_path, "killing the gateway between the write of a change and of its event") as out:
         action()
         runner.proc.wait(20)  # killed by the injected signal, not by us
-        assert runner.proc.returncode == -signal.SIGKILL, runner.proc.returncode
-        assert "+++ killed by SIGKILL +++" in (tmp_path / "strace.out").read_text()
-    finally:
-        if tracer.poll() is None:
-            tracer.send_signal(signal.SIGINT)
-        tracer.wait(10)
+    assert runner.proc.returncode == -signal.SIGKILL, runner.proc.returncode
+    assert "+++ killed by SIGKILL +++" in out.read_text()
 
 
 def quietly(call):
