@@ -389,6 +389,18 @@ def test_a_tokens_default_callback_tells_a_telegram_client_delivered_and_failed_
     assert failed["type"] == "message.failed" and "bot was blocked by the user" in failed["data"]["last_error"]
 
 
+def test_the_servers_default_callback_url_is_used_without_a_callback_field(make_gateway, whatsapp, receiver, tmp_path):
+    home = tmp_path / "default"
+    first = make_gateway(home=home, env=env())
+    hooks = receiver(first, start=False)  # its key is the gateway's; its URL goes into the settings
+    first.stop()
+    runner = make_gateway(home=home, env=env(MULTIMSG_CALLBACK_URL=hooks.url))
+    hooks.start()
+    message_id = send_wpp(runner)  # no callback field
+    got = hooks.wait(runner, lambda got: any(r["event"] for r in got))
+    assert got[0]["verified"] and got[0]["event"]["type"] == "message.delivered" and got[0]["event"]["data"]["id"] == message_id
+
+
 def test_private_and_non_http_callback_urls_are_refused_at_msg(make_gateway):
     runner = make_gateway(env={"MULTIMSG_WPP1_APP_SECRET": SECRET})
     data_id = runner.upload_id(b"hola")
@@ -413,6 +425,52 @@ def test_the_address_is_checked_again_at_connect_time(monkeypatch):
     assert check_url("http://rebinding.example/x", allow_private=False)
     with pytest.raises(InvalidInput):  # the name now resolves to loopback: refused before connecting
         post("http://rebinding.example/x", b"{}", {}, allow_private=False)
+
+
+def test_a_redirect_is_not_followed_and_a_receiver_that_never_answers_is_retried(tmp_path):
+    import socket
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from multimsg import callbacks
+    from multimsg.queue.outbox import make_event
+
+    hits: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802
+            hits.append(self.path)
+            self.send_response(302 if self.path == "/moved" else 200)
+            self.send_header("Location", f"http://127.0.0.1:{self.server.server_port}/target")
+            self.send_header("Content-Length", "5")
+            self.end_headers()
+            self.wfile.write(b"moved")
+
+        def log_message(self, *a) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen()  # accepts (the kernel does), never answers
+    try:
+        assert post(f"http://127.0.0.1:{server.server_port}/moved", b"{}", {}, allow_private=True) == 302
+        assert hits == ["/moved"]  # the Location was not followed
+        with pytest.raises(TimeoutError):
+            post(f"http://127.0.0.1:{silent.getsockname()[1]}/cb", b"{}", {}, allow_private=True, timeout=0.3)
+        assert callbacks.TIMEOUT == 5.0  # what the README promises a receiver
+
+        store = MemoryStore()
+        m = Message(id="R" * 16, client="ip:1", data_id="d" * 16, serv="wpp1", dest="1", type="text", state=State.DELIVERED)
+        for url in (f"http://127.0.0.1:{server.server_port}/moved", f"http://127.0.0.1:{silent.getsockname()[1]}/cb"):
+            store.enqueue_event(make_event(m.with_changes(callback=url), "message.delivered", time.time()))
+        d = Dispatcher(store, CallbackKeys(Layout(tmp_path / "h")), (60.0,), allow_private=True,
+                       sender=lambda *a: post(*a, timeout=0.3))
+        assert d.run() == {"delivered": 0, "retried": 2, "given_up": 0}
+        assert store.outbox_figures()["pending"] == 2 and hits == ["/moved", "/moved"]
+    finally:
+        server.shutdown()
+        silent.close()
 
 
 def test_the_dispatcher_retries_with_the_same_id_and_gives_up_after_the_backoff(tmp_path):

@@ -282,7 +282,7 @@ class TinyStore(MessageStore):
                         txn.table[doc_id] = {**record, "events": []}
                     self._write_table(storage, txn.table)
             (self.noted_dir / shard).unlink(missing_ok=True)
-        except (Unavailable, OSError) as exc:
+        except (Unavailable, StorageFull, OSError) as exc:  # the change itself is written: never report it unwritten
             log.warning("store shard %s: status events not in the outbox yet (%s); moved by a later pass", shard, exc)
 
     def _enqueue_kept(self, records: Iterable[dict]) -> None:
