@@ -110,6 +110,37 @@ def test_channel_errors_fail(slack_gateway, slack, response):
     assert report["state"] == "failed" and response in report["last_error"]
 
 
+@pytest.mark.parametrize("response", ["server_error", "drop"])
+def test_a_retry_after_a_failed_completion_completes_the_uploaded_file_without_uploading_again(slack_gateway, slack, response):
+    channel, content = new_channel(), media.pdf()
+    slack.script(response, dest=channel, method="files.completeUploadExternal")
+    report = slack_gateway.wait_state(slack_gateway.send(content, "slack1", channel, "document", filename="acta.pdf"))
+    assert report["state"] == "delivered" and report["attempts"] == 1, report
+    methods = [r["method"] for r in slack.received()]
+    assert methods == ["files.getUploadURLExternal", "upload", "files.completeUploadExternal", "files.completeUploadExternal"], methods
+    ticket, _, failed, shared = slack.received()
+    assert failed["status"] != 200 and shared["status"] == 200 and shared["dest"] == channel
+    assert shared["fields"]["files"] == [{"id": ticket["response"]["file_id"], "title": "acta.pdf"}]
+    assert report["platform_ids"] == [ticket["response"]["file_id"]]
+
+
+def test_a_file_slack_no_longer_has_is_uploaded_again_once(slack):
+    from multimsg.config import ServiceConfig
+    from multimsg.content import BytesContent
+    from multimsg.services.slack import Slack
+
+    service = Slack(ServiceConfig({"token": slack.token, "api_url": slack.url}, read_timeout=2.0))
+    channel, content = new_channel(), media.png()
+    data = {"id": "K" * 16, "content": BytesContent(content), "dest": channel, "type": "image", "options": {}, "platform_ids": ["FGONE0001"]}
+    outcome = service.send(data)  # an earlier attempt uploaded FGONE0001; the emulator never had it
+    assert outcome.kind == "delivered", outcome
+    assert [r["method"] for r in slack.received()] == ["files.completeUploadExternal", "files.getUploadURLExternal", "upload",
+                                                       "files.completeUploadExternal"]
+    gone, ticket, _, shared = slack.received()
+    assert gone["response"]["error"] == "file_not_found" and shared["status"] == 200
+    assert outcome.platform_ids == [ticket["response"]["file_id"]] and shared["files"]["file"]["sha256"] == sha256(content)
+
+
 def test_a_refused_completion_fails_the_file(slack_gateway, slack):
     channel = new_channel()
     slack.script("not_in_channel", dest=channel, method="files.completeUploadExternal")
