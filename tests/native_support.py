@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 from tests import media
 from tests.gatewayproc import Gateway
@@ -33,6 +34,7 @@ FILES = [
     ("voice", media.ogg_opus, "note.ogg", "audio/ogg"),
 ]
 
+FILE_TYPES = [datatype for datatype, *_ in FILES]
 SAMPLES = [("text", lambda: "hola ✓ — una línea\ny otra".encode(), "note.txt", "text/plain"), *FILES]
 VIA = ["http", "cli"]
 
@@ -113,16 +115,18 @@ def settled_drain(gateway: Gateway, timeout: float = 10.0) -> dict:
         time.sleep(0.05)
 
 
-def send_every(gateway: Gateway, tmp_path, via: str, serv: str, dests: dict[str, str]) -> dict[str, Sent]:
+def send_every(gateway: Gateway, tmp_path, via: str, serv: str, dests: dict[str, str], captioned: Iterable[str] | None = None) -> dict[str, Sent]:
     """Send the sample of each datatype in ``dests`` (datatype -> dest) to ``serv`` through ``via``.
 
     ``via`` is ``"http"`` (upload, /msg, then drain and /cons until final) or ``"cli"``
-    (``multimsg send --wait --json`` per sample, all at once). Files go with a caption.
-    Returns datatype -> ``Sent`` with the final report of each.
+    (``multimsg send --wait --json`` per sample, all at once, while this drains the runner
+    as its timer would). Files go with a caption (only the datatypes in ``captioned``, when
+    given). Returns datatype -> ``Sent`` with the final report of each.
     """
     samples = [(datatype, build(), name, mime) for datatype, build, name, mime in SAMPLES if datatype in dests]
     assert len(samples) == len(dests), f"no sample for {sorted(set(dests) - {s[0] for s in samples})}"
-    captions = {datatype: None if datatype == "text" else f"{datatype} ✓ by {via}" for datatype, *_ in samples}
+    takes = set(FILE_TYPES if captioned is None else captioned)
+    captions = {datatype: f"{datatype} ✓ by {via}" if datatype in takes else None for datatype, *_ in samples}
     if via == "http":
         ids = {}
         for datatype, content, name, _ in samples:
@@ -139,8 +143,20 @@ def send_every(gateway: Gateway, tmp_path, via: str, serv: str, dests: dict[str,
             assert result.returncode == 0, f"{datatype}: exit {result.returncode}: {result.stderr.decode(errors='replace')}"
             return datatype, json.loads(result.stdout)
 
-        with ThreadPoolExecutor(len(samples)) as pool:
-            reports = dict(pool.map(run, samples))
+        done = threading.Event()
+
+        def drain_meanwhile():  # `multimsg send --wait` only polls: drain as the runner's timer does
+            while not done.wait(0.2):
+                gateway.drain()
+
+        drainer = threading.Thread(target=drain_meanwhile, daemon=True)
+        drainer.start()
+        try:
+            with ThreadPoolExecutor(len(samples)) as pool:
+                reports = dict(pool.map(run, samples))
+        finally:
+            done.set()
+            drainer.join(30)
     return {datatype: Sent(datatype, content, dests[datatype], name, mime, captions[datatype], reports[datatype])
             for datatype, content, name, mime in samples}
 
