@@ -16,6 +16,7 @@ import subprocess
 import tempfile
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -28,17 +29,26 @@ from tests.emulators import TelegramEmulator, WhatsAppEmulator
 from tests.emulators.common import max_in_window
 from tests.gatewayproc import Gateway
 
-__all__ = ["RESULTS", "runner", "emulator_env", "seed", "worker_memory", "worker_cpu", "save", "machine", "max_in_window", "quantile"]
+__all__ = ["RESULTS", "runner", "emulator_env", "seed", "seed_mixed", "drain_all", "Drained", "delivered_times", "worker_memory", "worker_cpu",
+           "save", "machine", "max_in_window", "quantile"]
 
 RESULTS = Path(__file__).resolve().parent / "results.json"
 CLIENT = "mac:00:00:00:00:00:00"  # what a loopback client is (the seeded messages belong to it)
 
 
-def emulator_env(emulator) -> dict[str, str]:
+def emulator_env(emulator, serv: str | None = None) -> dict[str, str]:
+    """The environment that points instance ``serv`` (default: the built-in one of the emulator's kind) at ``emulator``."""
     if isinstance(emulator, TelegramEmulator):
-        return {"MULTIMSG_TELEGRAM_TOKEN": emulator.token, "MULTIMSG_TELEGRAM_API_URL": emulator.url}
-    assert isinstance(emulator, WhatsAppEmulator)
-    return {"MULTIMSG_WPP1_TOKEN": emulator.token, "MULTIMSG_WPP1_PHONE_NUMBER_ID": emulator.phone_id, "MULTIMSG_WPP1_API_URL": emulator.url}
+        kind, settings = "telegram", {"TOKEN": emulator.token, "API_URL": emulator.url}
+    else:
+        assert isinstance(emulator, WhatsAppEmulator)
+        kind, settings = "whatsapp", {"TOKEN": emulator.token, "PHONE_NUMBER_ID": emulator.phone_id, "API_URL": emulator.url}
+    builtin = "telegram" if kind == "telegram" else "wpp1"
+    name = (serv or builtin).upper()
+    env = {f"MULTIMSG_{name}_{key}": value for key, value in settings.items()}
+    if name != builtin.upper():
+        env[f"MULTIMSG_{name}_KIND"] = kind
+    return env
 
 
 @contextmanager
@@ -55,13 +65,18 @@ def runner(env: dict[str, str], home: Path | None = None) -> Iterator[Gateway]:
 
 def seed(home: Path, serv: str, dests: Iterable[str], *, text: bytes = b"benchmark message", due: bool = True) -> int:
     """Queue one message per ``dest`` straight into the data folder; returns how many."""
+    return seed_mixed(home, ((serv, dest) for dest in dests), text=text, due=due)
+
+
+def seed_mixed(home: Path, pairs: Iterable[tuple[str, str]], *, text: bytes = b"benchmark message", due: bool = True) -> int:
+    """Queue one message per ``(serv, dest)`` straight into the data folder, in that order; returns how many."""
     layout = Layout(home)
     store = TinyStore(layout, fsync=False)
     spool = FileSpool(layout, ttl=30 * 24 * 3600.0, fsync=False)
     now = time.time()
 
     def messages():
-        for n, dest in enumerate(dests):
+        for n, (serv, dest) in enumerate(pairs):
             if n % 10_000 == 0:  # a file system allows some 65,000 links to one file
                 data = spool.put(CLIENT, [text], "bench.txt")
             message = Message(id=new_id(), client=CLIENT, data_id=data.data_id, serv=serv, dest=dest, type="text",
@@ -71,6 +86,33 @@ def seed(home: Path, serv: str, dests: Iterable[str], *, text: bytes = b"benchma
             yield message
 
     return store.add_many(messages())  # counted as it is added, like any enqueue
+
+
+@dataclass
+class Drained:
+    """A backlog drained by ``drain_all``: how long it took, the runner's CPU seconds, the passes' summaries."""
+
+    seconds: float
+    cpu: float
+    passes: list[dict]
+
+
+def drain_all(gateway: Gateway, seeded: int) -> Drained:
+    """``POST /drain`` until ``seeded`` messages were delivered (one pass drains it all, except what a destination's limit defers)."""
+    started, cpu = time.monotonic(), worker_cpu(gateway)
+    passes, delivered = [], 0
+    while delivered < seeded:
+        summary = gateway.drain()
+        passes.append(summary)
+        delivered += summary["delivered"]
+        if not summary["claimed"]:
+            time.sleep(0.2)
+    return Drained(time.monotonic() - started, worker_cpu(gateway) - cpu, passes)
+
+
+def delivered_times(emulator) -> list[float]:
+    """When the emulator accepted each message it delivered (time.monotonic, system-wide on Linux), in order."""
+    return sorted(r["t"] for r in emulator.received() if r["outcome"] == "delivered")
 
 
 def worker_memory(gateway: Gateway) -> dict[str, int]:

@@ -17,11 +17,10 @@ The figures are printed and written to bench/results.json (section ``throughput`
 from __future__ import annotations
 
 import argparse
-import time
 
 from tests.emulators import TelegramEmulator, WhatsAppEmulator
 
-from .common import emulator_env, machine, max_in_window, runner, save, seed, worker_cpu
+from .common import delivered_times, drain_all, emulator_env, machine, max_in_window, runner, save, seed
 
 LATENCY = 0.15
 
@@ -48,18 +47,10 @@ def run(name: str, spec: dict) -> dict:
             gateway.stop()  # seed while no runner holds the folder, then start again
             seeded = seed(gateway.home, spec["serv"], spec["dests"])
             gateway.start(timeout=120)
-            started, cpu = time.monotonic(), worker_cpu(gateway)
-            passes, delivered = [], 0
-            while delivered < seeded:  # one pass drains it all, except what a destination's limit defers
-                summary = gateway.drain()
-                passes.append(summary)
-                delivered += summary["delivered"]
-                if not summary["claimed"]:
-                    time.sleep(0.2)
-            seconds = time.monotonic() - started
-            cpu = worker_cpu(gateway) - cpu
+            drained = drain_all(gateway, seeded)
+            seconds, cpu, passes = drained.seconds, drained.cpu, drained.passes
             stats = emulator.stats()
-            times = sorted(r["t"] for r in emulator.received() if r["outcome"] == "delivered")
+            times = delivered_times(emulator)
     window = spec.get("window", 1.0)
     figures = {
         "messages": seeded,

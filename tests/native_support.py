@@ -4,18 +4,27 @@
   the services send it as), for the "every datatype each platform takes" tests;
 - ``start_gateway(tmp_path_factory, server_keys, env)``: a real runner with short backoffs;
 - ``cli_send(gateway, content, serv, dest, ...)``: ``multimsg send --wait`` against it (the CLI
-  path: /key, encrypted upload, /msg, waiting on /cons), returns the completed process.
+  path: /key, encrypted upload, /msg, waiting on /cons), returns the completed process;
+- ``SAMPLES``, ``VIA`` and ``send_every(gateway, tmp_path, via, serv, dests)``: one sample of
+  each datatype through the HTTP API (upload, /msg, drain, /cons) or the CLI, all queued at
+  once through one runner, then every report: the "each datatype end to end" tests.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import partial
+from typing import Callable, Iterable, Iterator
 
 from tests import media
 from tests.gatewayproc import Gateway
 from tests.test_cli import multimsg
 
-__all__ = ["FILES", "start_gateway", "cli_send", "FAST", "wait_attempted"]
+__all__ = ["FILES", "SAMPLES", "VIA", "Sent", "send_every", "arrivals", "instance_env", "start_gateway", "serve", "cli_send", "FAST", "wait_attempted", "settled_drain"]
 
 FILES = [
     ("image", media.png, "shot.png", "image/png"),
@@ -24,6 +33,24 @@ FILES = [
     ("video", media.mp4, "clip.mp4", "video/mp4"),
     ("voice", media.ogg_opus, "note.ogg", "audio/ogg"),
 ]
+
+FILE_TYPES = [datatype for datatype, *_ in FILES]
+SAMPLES = [("text", lambda: "hola ✓ — una línea\ny otra".encode(), "note.txt", "text/plain"), *FILES]
+VIA = ["http", "cli"]
+
+
+@dataclass
+class Sent:
+    """One sample sent by ``send_every``: what went, where, its caption, and the final report."""
+
+    datatype: str
+    content: bytes
+    dest: str
+    upload_name: str
+    mime: str
+    caption: str | None
+    report: dict
+
 
 FAST = {
     "MULTIMSG_DRAIN_INTERVAL": "0.2",  # the timer drains too: `multimsg send --wait` only polls
@@ -35,10 +62,25 @@ FAST = {
 }
 
 
+def instance_env(name: str, kind: str, **settings: str) -> dict[str, str]:
+    """The environment that configures instance ``name`` of ``kind`` (``MULTIMSG_<NAME>_<KEY>``), unpaced unless ``settings`` say."""
+    settings = {"kind": kind, "rate": "0", "dest_interval": "0", **settings}
+    return {f"MULTIMSG_{name.upper()}_{key.upper()}": value for key, value in settings.items()}
+
+
 def start_gateway(tmp_path_factory, server_keys, env: dict[str, str], name: str = "native") -> Gateway:
     home = tmp_path_factory.mktemp(name) / "home"
     shutil.copytree(server_keys, home / "keys")
     return Gateway(home, {**FAST, **env}).start()
+
+
+def serve(tmp_path_factory, server_keys, env: dict[str, str], name: str = "native") -> Iterator[Gateway]:
+    """A module fixture's body: ``yield from serve(...)`` runs a gateway for the module and stops it after."""
+    runner = start_gateway(tmp_path_factory, server_keys, env, name)
+    try:
+        yield runner
+    finally:
+        runner.stop()
 
 
 def cli_send(gateway: Gateway, tmp_path, content: bytes, serv: str, dest: str, *args: str, name: str = "upload.bin"):
@@ -71,3 +113,61 @@ def settled_drain(gateway: Gateway, timeout: float = 10.0) -> dict:
         if not summary.get("busy") or time.monotonic() > deadline:
             return summary
         time.sleep(0.05)
+
+
+def send_every(gateway: Gateway, tmp_path, via: str, serv: str, dests: dict[str, str], captioned: Iterable[str] | None = None) -> dict[str, Sent]:
+    """Send the sample of each datatype in ``dests`` (datatype -> dest) to ``serv`` through ``via``.
+
+    ``via`` is ``"http"`` (upload, /msg, then drain and /cons until final) or ``"cli"``
+    (``multimsg send --wait --json`` per sample, all at once, while this drains the runner
+    as its timer would). Files go with a caption (only the datatypes in ``captioned``, when
+    given). Returns datatype -> ``Sent`` with the final report of each.
+    """
+    samples = [(datatype, build(), name, mime) for datatype, build, name, mime in SAMPLES if datatype in dests]
+    assert len(samples) == len(dests), f"no sample for {sorted(set(dests) - {s[0] for s in samples})}"
+    takes = set(FILE_TYPES if captioned is None else captioned)
+    captions = {datatype: f"{datatype} ✓ by {via}" if datatype in takes else None for datatype, *_ in samples}
+    if via == "http":
+        ids = {}
+        for datatype, content, name, _ in samples:
+            extra = {"caption": captions[datatype]} if captions[datatype] else {}
+            ids[datatype] = gateway.send(content, serv, dests[datatype], datatype, filename=name, **extra)
+        reports = {datatype: gateway.wait_state(message_id, timeout=30) for datatype, message_id in ids.items()}
+    else:
+        def run(sample):
+            datatype, content, name, _ = sample
+            folder = tmp_path / f"cli-{datatype}"
+            folder.mkdir(parents=True, exist_ok=True)
+            extra = ["--caption", captions[datatype]] if captions[datatype] else []
+            result = cli_send(gateway, folder, content, serv, dests[datatype], "--type", datatype, *extra, name=name)
+            assert result.returncode == 0, f"{datatype}: exit {result.returncode}: {result.stderr.decode(errors='replace')}"
+            return datatype, json.loads(result.stdout)
+
+        done = threading.Event()
+
+        def drain_meanwhile():  # `multimsg send --wait` only polls: drain as the runner's timer does
+            while not done.wait(0.2):
+                gateway.drain()
+
+        drainer = threading.Thread(target=drain_meanwhile, daemon=True)
+        drainer.start()
+        try:
+            with ThreadPoolExecutor(len(samples)) as pool:
+                reports = dict(pool.map(run, samples))
+        finally:
+            done.set()
+            drainer.join(30)
+    return {datatype: Sent(datatype, content, dests[datatype], name, mime, captions[datatype], reports[datatype])
+            for datatype, content, name, mime in samples}
+
+
+def _same_dest(item: Sent, record: dict) -> bool:
+    return record["dest"] == item.dest
+
+
+def arrivals(sent: dict[str, Sent], emulator, match: Callable[[Sent, dict], bool] = _same_dest) -> Iterator[tuple[Sent, dict]]:
+    """Each sample ``send_every`` sent, checked delivered, with the one record ``emulator`` has of it (``match``: by dest)."""
+    for item in sent.values():
+        assert item.report["state"] == "delivered", (item.datatype, item.report)
+        [record] = emulator.wait_for(partial(match, item))
+        yield item, record

@@ -91,3 +91,15 @@ def test_an_instance_may_not_shadow_a_global_setting(tmp_path):
     result = multimsg("config", env={"MULTIMSG_HOME": str(home)})
     assert result.returncode == 1
     assert "service instance 'drain': the name is taken by the setting MULTIMSG_DRAIN_" in result.stderr.decode()
+
+
+def test_the_openapi_description_names_every_kind_and_takes_any_instance_name():
+    from multimsg.services import KINDS
+    from tests.gatewayproc import ROOT
+
+    spec = json.loads((ROOT / "multimsg" / "openapi.json").read_text())
+    bodies = [media["schema"] for media in spec["paths"]["/msg"]["post"]["requestBody"]["content"].values()]
+    for schema in bodies:
+        serv, dest = schema["properties"]["serv"], schema["properties"]["dest"]
+        assert "enum" not in serv and "[services.NAME]" in serv["description"]
+        assert all(kind in serv["description"] and f"{kind}: " in dest["description"] for kind in KINDS), serv

@@ -35,9 +35,11 @@ def test_the_first_example_works_with_no_account(make_gateway, tmp_path):
 
 
 def test_the_smallest_module_shown_is_the_outbox_itself():
-    shown = re.search(r"```python\n(class Outbox\(ServiceBase\):.*?)```", README, re.S).group(1)
+    shown = re.search(r"```python\n(from __future__ import annotations\n.*?class Outbox\(ServiceBase\):.*?)```", README, re.S).group(1)
     source = (Path(__file__).resolve().parents[1] / "multimsg" / "services" / "outbox.py").read_text()
-    assert shown in source
+    assert shown in source and source.endswith(shown)  # all of it, from the imports to the end
+    registered = re.search(r"```python\n(KINDS: .*?)```", README, re.S).group(1)
+    assert registered in (Path(__file__).resolve().parents[1] / "multimsg" / "services" / "__init__.py").read_text()
 
 
 def test_the_receiver_snippet_verifies_a_real_callback_and_refuses_a_forged_one(make_gateway, telegram, tmp_path, monkeypatch):

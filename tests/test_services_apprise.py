@@ -1,6 +1,9 @@
 """The Apprise bridge: Apprise's json:// and form:// plugins against a local receiver, byte for byte,
 and one test per outcome row (multimsg/services/apprise_bridge.py).
 
+Most tests build the bridge in-process; every datatype the json:// plugin takes also goes end
+to end through a real runner configured by environment, by HTTP and by the CLI.
+
 Apprise (``apprise>=2.2``) is in the test extra, so under CI=true these tests must run.
 """
 
@@ -21,6 +24,7 @@ from multimsg.services.apprise_bridge import AppriseBridge, _secret_pieces, clas
 from tests.conftest import require
 from tests.emulators import Receiver
 from tests.media import pdf, png
+from tests.native_support import VIA, arrivals, instance_env, send_every, serve
 
 PATTERN = r"[a-z][a-z0-9-]{0,31}"
 
@@ -127,6 +131,27 @@ def test_json_attachment_arrives_byte_for_byte(receiver):
     assert base64.b64decode(attachment["base64"]) == image
     assert attachment["filename"] == "foto.png" and attachment["mimetype"] == "image/png"
     assert sent["json"]["message"] == "mirá"
+
+
+@pytest.fixture(scope="module")
+def apprise_gateway(tmp_path_factory, server_keys, receiver_server):
+    env = instance_env("ops", "apprise", url=f"json://127.0.0.1:{receiver_server.port}/hooks/${{dest}}", dest_pattern=PATTERN)
+    yield from serve(tmp_path_factory, server_keys, env, "apprise")
+
+
+@pytest.mark.parametrize("via", VIA)
+def test_every_datatype_arrives_end_to_end_through_the_json_plugin(apprise_gateway, receiver, tmp_path, via):
+    dests = {datatype: f"{via}-{datatype}" for datatype in ("text", "image", "document", "audio", "video", "voice")}
+    sent = send_every(apprise_gateway, tmp_path, via, "ops", dests)
+    for item, record in arrivals(sent, receiver):
+        assert record["media"]["path"] == f"/hooks/{item.dest}"
+        if item.datatype == "text":
+            assert record["json"]["message"] == item.content.decode() and not record["json"].get("attachments")
+        else:
+            [attachment] = record["json"]["attachments"]
+            assert base64.b64decode(attachment["base64"]) == item.content, item.datatype
+            assert (attachment["filename"], attachment["mimetype"]) == (item.upload_name, item.mime)
+            assert record["json"]["message"] == item.caption
 
 
 def test_form_text_and_attachment_arrive_byte_for_byte(receiver):

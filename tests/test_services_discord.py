@@ -1,4 +1,4 @@
-"""Discord webhooks end to end: every datatype through a real runner to the Discord emulator,
+"""Discord webhooks end to end: every datatype through a real runner (by HTTP and by the CLI) to the Discord emulator,
 and one test per row of the outcome table in ``multimsg/services/discord.py``."""
 
 from __future__ import annotations
@@ -8,9 +8,8 @@ import json
 
 import pytest
 
-from tests import media
 from tests.emulators import DiscordEmulator
-from tests.native_support import FILES, cli_send, settled_drain, start_gateway, wait_attempted
+from tests.native_support import SAMPLES, VIA, arrivals, send_every, settled_drain, start_gateway, wait_attempted
 from tests.services_support import sha256
 
 _threads = itertools.count(1_100_000_000_000_000_001)
@@ -51,18 +50,18 @@ def test_a_long_text_goes_as_parts_of_2000_characters_to_the_channel(discord_gat
     assert report["platform_ids"] == [r["response"]["id"] for r in sent]
 
 
-@pytest.mark.parametrize("datatype, build, upload_name, mime", FILES)
-def test_every_file_datatype_goes_as_files0_with_payload_json_to_a_thread(discord_gateway, discord, datatype, build, upload_name, mime):
-    content, thread = build(), new_thread()
-    message_id = discord_gateway.send(content, "discord1", thread, datatype, filename=upload_name, caption=f"{datatype} ✓")
-    report = discord_gateway.wait_state(message_id)
-    assert report["state"] == "delivered", report
-    [sent] = discord.wait_for(lambda r: r["dest"] == thread)
-    upload = sent["files"]["files[0]"]
-    assert upload["sha256"] == sha256(content) and upload["filename"] == upload_name and upload["content_type"] == mime
-    assert sent["fields"]["content"] == f"{datatype} ✓"
-    assert sent["fields"]["attachments"] == [{"id": 0, "filename": upload_name}]
-    assert report["platform_ids"] == [sent["response"]["id"]]
+@pytest.mark.parametrize("via", VIA)
+def test_every_datatype_arrives_end_to_end_files_as_files0_with_payload_json(discord_gateway, discord, tmp_path, via):
+    sent = send_every(discord_gateway, tmp_path, via, "discord1", {datatype: new_thread() for datatype, *_ in SAMPLES})
+    for item, record in arrivals(sent, discord):
+        assert record["media"]["wait"] and item.report["platform_ids"] == [record["response"]["id"]]
+        if item.datatype == "text":
+            assert record["fields"]["content"] == item.content.decode() and not record["files"]
+            continue
+        upload = record["files"]["files[0]"]
+        assert upload["sha256"] == sha256(item.content) and upload["filename"] == item.upload_name and upload["content_type"] == item.mime
+        assert record["fields"]["content"] == item.caption
+        assert record["fields"]["attachments"] == [{"id": 0, "filename": item.upload_name}]
 
 
 def test_a_file_over_10_mib_is_refused_at_msg(discord_gateway):
@@ -119,12 +118,3 @@ def test_an_unknown_webhook_is_misconfigured(tmp_path_factory, server_keys, disc
         assert report["state"] == "queued" and "Unknown Webhook" in report["last_error"], report
     finally:
         runner.stop()
-
-
-def test_the_cli_sends_to_discord(discord_gateway, discord, tmp_path):
-    thread = new_thread()
-    result = cli_send(discord_gateway, tmp_path, media.png(), "discord1", thread, "--caption", "from the CLI", name="cli.png")
-    assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout)["state"] == "delivered"
-    [sent] = discord.wait_for(lambda r: r["dest"] == thread)
-    assert sent["files"]["files[0]"]["sha256"] == sha256(media.png()) and sent["fields"]["content"] == "from the CLI"

@@ -1,6 +1,6 @@
 """E-mail over SMTP, against a real aiosmtpd server with STARTTLS (a self-signed certificate
-made here with ``cryptography``) and AUTH: the received MIME parts byte for byte, and one
-test per row of the outcome table in ``multimsg/services/email.py``."""
+made here with ``cryptography``) and AUTH: every datatype by HTTP and by the CLI, the received
+MIME parts byte for byte, and one test per row of the outcome table in ``multimsg/services/email.py``."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import pytest
 
 from tests.conftest import require
 from tests.gatewayproc import free_port
-from tests.native_support import FILES, cli_send, settled_drain, start_gateway, wait_attempted
+from tests.native_support import SAMPLES, VIA, send_every, settled_drain, start_gateway, wait_attempted
 
 SIZE_LIMIT = 400_000
 _n = itertools.count(1)
@@ -137,16 +137,21 @@ def test_a_text_is_the_body_sent_over_starttls_with_auth(mail_gateway, smtp_serv
     assert parsed.get_content().replace("\r\n", "\n") == text  # lines end in CRLF on the wire, as SMTP wants
 
 
-@pytest.mark.parametrize("datatype, build, upload_name, mime", FILES)
-def test_every_file_datatype_is_an_attachment_byte_for_byte(mail_gateway, smtp_server, datatype, build, upload_name, mime):
-    content, address = build(), new_address()
-    message_id = mail_gateway.send(content, "mail", address, datatype, filename=upload_name, caption=f"{datatype} ✓ caption")
-    assert mail_gateway.wait_state(message_id)["state"] == "delivered"
-    parsed = parse(smtp_server["mailbox"].wait_for(address))
-    body, [attachment] = parsed.get_body(("plain",)), list(parsed.iter_attachments())
-    assert body.get_content().strip() == f"{datatype} ✓ caption"
-    assert attachment.get_filename() == upload_name and attachment.get_content_type() == mime
-    assert attachment.get_content() == content
+@pytest.mark.parametrize("via", VIA)
+def test_every_datatype_arrives_text_as_the_body_files_as_attachments_byte_for_byte(mail_gateway, smtp_server, tmp_path, via):
+    sent = send_every(mail_gateway, tmp_path, via, "mail", {datatype: new_address() for datatype, *_ in SAMPLES})
+    for item in sent.values():
+        assert item.report["state"] == "delivered", (item.datatype, item.report)
+        received = smtp_server["mailbox"].wait_for(item.dest)
+        parsed = parse(received)
+        assert received["tls"] and received["authenticated"] and parsed["Message-ID"] == f"<{item.report['id']}@multimsg>"
+        if item.datatype == "text":
+            assert not parsed.is_multipart() and parsed.get_content().replace("\r\n", "\n") == item.content.decode() + "\n"  # a body ends its last line
+            continue
+        body, [attachment] = parsed.get_body(("plain",)), list(parsed.iter_attachments())
+        assert body.get_content().strip() == item.caption
+        assert attachment.get_filename() == item.upload_name and attachment.get_content_type() == item.mime
+        assert attachment.get_content() == item.content
 
 
 def test_a_message_over_the_servers_size_fails_before_sending(mail_gateway, smtp_server):
@@ -188,12 +193,3 @@ def test_dest_must_be_an_address(mail_gateway):
     for dest in ("not-an-address", "a@b", "two@example.com,three@example.com", "x@example.com\r\nBcc: y@example.com"):
         response = mail_gateway.msg(id=mail_gateway.upload_id(b"hola"), serv="mail", dest=dest, type="text")
         assert response.status_code == 400, dest
-
-
-def test_the_cli_sends_an_email(mail_gateway, smtp_server, tmp_path):
-    address = new_address()
-    result = cli_send(mail_gateway, tmp_path, b"%PDF-1.4 cli", "mail", address, "--type", "document", name="cli.pdf")
-    assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout)["state"] == "delivered"
-    [attachment] = list(parse(smtp_server["mailbox"].wait_for(address)).iter_attachments())
-    assert attachment.get_content() == b"%PDF-1.4 cli" and attachment.get_filename() == "cli.pdf"

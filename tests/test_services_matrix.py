@@ -7,7 +7,8 @@ send through ``multimsg.services.matrix.Matrix`` and read the events back. Synap
 M_LIMIT_EXCEEDED comes from the real Synapse too (a user whose rate limit the admin API
 lowered). The outcome rows a real homeserver will not produce on demand (5xx, timeouts,
 dropped connections, M_TOO_LARGE, idempotency seen from the server side) run against
-tests/emulators/matrix.py.
+tests/emulators/matrix.py. Every datatype also goes end to end through a real runner
+configured by environment to the real Synapse, by HTTP and by the CLI.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from multimsg.services.matrix import Matrix
 from tests.conftest import require
 from tests.emulators import MatrixEmulator
 from tests.media import ogg_opus, png
+from tests.native_support import VIA, instance_env, send_every, serve
 
 _ids = itertools.count(1)
 
@@ -162,6 +164,38 @@ def test_synapse_limit_exceeded_is_a_throttle_with_its_retry_after(synapse):
     assert limited.retry_after is not None and 0 < limited.retry_after <= 1.5
     time.sleep(limited.retry_after + 0.1)  # honoured: after retry_after the same message goes out
     assert svc.send(data).kind == "delivered"
+
+
+# -- end to end: a real runner to the real Synapse, HTTP and CLI ------------------------------------
+
+@pytest.fixture(scope="module")
+def matrix_gateway(tmp_path_factory, server_keys, synapse, room):
+    token, _, _ = room
+    env = instance_env("mx", "matrix", homeserver=synapse.url, access_token=token)
+    yield from serve(tmp_path_factory, server_keys, env, "matrix")
+
+
+@pytest.mark.parametrize("via", VIA)
+def test_every_datatype_arrives_in_synapse_end_to_end(matrix_gateway, synapse, room, tmp_path, via):
+    token, room_id, alias = room
+    msgtypes = {"text": "m.text", "image": "m.image", "document": "m.file", "audio": "m.audio", "video": "m.video", "voice": "m.audio"}
+    dests = {datatype: alias if datatype == "text" else room_id for datatype in msgtypes}  # the alias is resolved by the runner
+    sent = send_every(matrix_gateway, tmp_path, via, "mx", dests)
+    for item in sent.values():
+        assert item.report["state"] == "delivered", (item.datatype, item.report)
+        [event_id] = item.report["platform_ids"]
+        event = read_event(synapse, token, room_id, event_id)
+        content = event["content"]
+        assert event["room_id"] == room_id and content["msgtype"] == msgtypes[item.datatype], (item.datatype, content)
+        if item.datatype == "text":
+            assert content["body"] == item.content.decode()
+            continue
+        assert content["body"] == item.caption and content["filename"] == item.upload_name
+        assert content["info"] == {"mimetype": item.mime, "size": len(item.content)}
+        assert ("org.matrix.msc3245.voice" in content) == (item.datatype == "voice")
+        server, media_id = content["url"][len("mxc://"):].split("/", 1)
+        download = synapse.client(token, "GET", f"/_matrix/client/v1/media/download/{server}/{media_id}")
+        assert download.status_code == 200 and download.content == item.content, item.datatype
 
 
 # -- fault rows, against the emulator ---------------------------------------------------------

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.native_support import FILES, cli_send, start_gateway, wait_attempted
+from tests.native_support import SAMPLES, VIA, send_every, start_gateway, wait_attempted
 
 
 @pytest.fixture(scope="module")
@@ -34,16 +34,18 @@ def test_a_text_is_written_whole_with_its_sidecar(outbox_gateway):
     assert sidecar["caption"] is None and sidecar["time"].endswith("Z")
 
 
-@pytest.mark.parametrize("datatype, build, upload_name, mime", FILES)
-def test_every_file_datatype_is_written_byte_identical_with_caption_and_filename(outbox_gateway, datatype, build, upload_name, mime):
-    content = build()
-    message_id = outbox_gateway.send(content, "outbox", "bob", datatype, filename=upload_name, caption=f"{datatype} ✓")
-    report = outbox_gateway.wait_state(message_id)
-    assert report["state"] == "delivered", report
-    stored, sidecar = delivered_file(outbox_gateway, report)
-    assert stored == content
-    assert sidecar["datatype"] == datatype and sidecar["caption"] == f"{datatype} ✓" and sidecar["filename"] == upload_name
-    assert report["platform_ids"] == [f"bob/{message_id}-{upload_name}"]
+@pytest.mark.parametrize("via", VIA)
+def test_every_datatype_is_written_byte_identical_with_caption_and_filename(outbox_gateway, tmp_path, via):
+    sent = send_every(outbox_gateway, tmp_path, via, "outbox", {datatype: f"{via}-{datatype}" for datatype, *_ in SAMPLES})
+    for item in sent.values():
+        report, message_id = item.report, item.report["id"]
+        assert report["state"] == "delivered", (item.datatype, report)
+        stored, sidecar = delivered_file(outbox_gateway, report)
+        assert stored == item.content and sidecar["datatype"] == item.datatype and sidecar["caption"] == item.caption
+        if item.datatype == "text":
+            assert report["platform_ids"] == [f"{item.dest}/{message_id}.txt"]
+        else:
+            assert sidecar["filename"] == item.upload_name and report["platform_ids"] == [f"{item.dest}/{message_id}-{item.upload_name}"]
 
 
 def test_dest_must_be_a_safe_folder_name(outbox_gateway):
@@ -66,12 +68,3 @@ def test_an_unwritable_outbox_is_retried_and_then_delivered(outbox_gateway):
     report = outbox_gateway.wait_state(message_id)
     assert report["state"] == "delivered"
     assert delivered_file(outbox_gateway, report)[0] == b"after the disk is fixed"
-
-
-def test_the_cli_sends_to_the_outbox(outbox_gateway, tmp_path):
-    result = cli_send(outbox_gateway, tmp_path, b"%PDF-1.4 from the command line", "outbox", "dave", name="notes.pdf")
-    assert result.returncode == 0, result.stderr
-    report = json.loads(result.stdout)
-    assert report["state"] == "delivered"
-    content, sidecar = delivered_file(outbox_gateway, report)
-    assert content == b"%PDF-1.4 from the command line" and sidecar["filename"] == "notes.pdf"

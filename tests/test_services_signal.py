@@ -1,7 +1,8 @@
 """Signal through signal-cli-rest-api: the wire format and one test per outcome row (multimsg/services/signal.py).
 
-The service is built in-process with a ``ServiceConfig`` pointing at the emulator
-(tests/emulators/signal.py) and ``send`` is called directly.
+The outcome rows build the service in-process with a ``ServiceConfig`` pointing at the
+emulator (tests/emulators/signal.py) and call ``send`` directly; every datatype Signal takes
+also goes end to end through a real runner configured by environment, by HTTP and by the CLI.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ from multimsg.errors import InvalidInput
 from multimsg.services import KINDS
 from multimsg.services.signal import Signal
 from tests.emulators import SignalEmulator
-from tests.media import png
+from tests.media import ogg_opus, png
+from tests.native_support import VIA, arrivals, instance_env, send_every, serve
+from tests.services_support import sha256
 
 _numbers = itertools.count(4917000000001)
 
@@ -97,6 +100,33 @@ def test_a_large_document_is_streamed_byte_for_byte(signal):
     [sent] = signal.received()
     assert sent["files"]["attachment0"]["sha256"] == hashlib.sha256(blob).hexdigest()
     assert sent["files"]["attachment0"]["content_type"] == "application/octet-stream"
+
+
+# -- end to end: a real runner, HTTP and CLI -----------------------------------------------------
+
+@pytest.fixture(scope="module")
+def signal_gateway(tmp_path_factory, server_keys, signal_server):
+    env = instance_env("sig", "signal", api_url=signal_server.url, number=signal_server.number)
+    yield from serve(tmp_path_factory, server_keys, env, "signal")
+
+
+@pytest.mark.parametrize("via", VIA)
+def test_every_datatype_signal_takes_arrives_end_to_end(signal_gateway, signal, tmp_path, via):
+    sent = send_every(signal_gateway, tmp_path, via, "sig", {datatype: new_number() for datatype in Signal.datatypes})
+    for item, record in arrivals(sent, signal):
+        assert record["fields"]["number"] == signal.number and record["fields"]["recipients"] == [item.dest]
+        assert item.report["platform_ids"] == [record["response"]["timestamp"]]
+        if item.datatype == "text":
+            assert record["fields"]["message"] == item.content.decode() and not record["files"]
+        else:
+            assert record["fields"]["message"] == item.caption
+            assert record["files"]["attachment0"] == {"sha256": sha256(item.content), "size": len(item.content),
+                                                      "filename": item.upload_name, "content_type": item.mime}
+
+
+def test_voice_is_refused_at_msg_with_the_reason(signal_gateway):
+    response = signal_gateway.msg(id=signal_gateway.upload_id(ogg_opus()), serv="sig", dest=new_number(), type="voice")
+    assert response.status_code == 400 and "voice" in response.text, response.text
 
 
 # -- outcome table ---------------------------------------------------------------------------

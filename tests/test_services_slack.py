@@ -1,4 +1,4 @@
-"""Slack's Web API end to end: texts by chat.postMessage, files by the external upload flow,
+"""Slack's Web API end to end (by HTTP and by the CLI): texts by chat.postMessage, files by the external upload flow,
 and one test per row of the outcome table in ``multimsg/services/slack.py``."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import pytest
 
 from tests import media
 from tests.emulators import SlackEmulator
-from tests.native_support import FILES, cli_send, settled_drain, start_gateway, wait_attempted
+from tests.native_support import SAMPLES, VIA, send_every, settled_drain, start_gateway, wait_attempted
 from tests.services_support import sha256
 
 _channels = itertools.count(10_000_001)
@@ -53,21 +53,24 @@ def test_a_long_text_goes_by_chat_post_message_in_parts(slack_gateway, slack):
     assert report["platform_ids"] == [r["response"]["ts"] for r in sent]
 
 
-@pytest.mark.parametrize("datatype, build, upload_name, mime", FILES)
-def test_every_file_datatype_goes_through_the_external_upload(slack_gateway, slack, datatype, build, upload_name, mime):
-    content, channel = build(), new_channel()
-    message_id = slack_gateway.send(content, "slack1", channel, datatype, filename=upload_name, caption=f"{datatype} ✓")
-    report = slack_gateway.wait_state(message_id)
-    assert report["state"] == "delivered", report
-    ticket, upload, complete = slack.wait_for(lambda r: r["status"] == 200, count=3)
-    assert ticket["method"] == "files.getUploadURLExternal"
-    assert ticket["fields"] == {"filename": upload_name, "length": str(len(content))}
-    assert upload["method"] == "upload" and upload["files"]["file"]["sha256"] == sha256(content)
-    assert upload["files"]["file"]["content_type"] == mime
-    assert complete["method"] == "files.completeUploadExternal" and complete["dest"] == channel
-    assert complete["fields"]["initial_comment"] == f"{datatype} ✓"
-    assert complete["files"]["file"]["sha256"] == sha256(content) and complete["files"]["file"]["filename"] == upload_name
-    assert report["platform_ids"] == [ticket["response"]["file_id"]]
+@pytest.mark.parametrize("via", VIA)
+def test_every_datatype_arrives_end_to_end_files_through_the_external_upload(slack_gateway, slack, tmp_path, via):
+    sent = send_every(slack_gateway, tmp_path, via, "slack1", {datatype: new_channel() for datatype, *_ in SAMPLES})
+    for item in sent.values():
+        assert item.report["state"] == "delivered", (item.datatype, item.report)
+        [posted] = slack.wait_for(lambda r, dest=item.dest: r["dest"] == dest and r["status"] == 200)
+        if item.datatype == "text":
+            assert posted["method"] == "chat.postMessage" and posted["fields"]["text"] == item.content.decode()
+            assert item.report["platform_ids"] == [posted["response"]["ts"]]
+            continue
+        assert posted["method"] == "files.completeUploadExternal" and posted["fields"]["initial_comment"] == item.caption
+        [file_id] = item.report["platform_ids"]
+        assert posted["fields"]["files"] == [{"id": file_id, "title": item.upload_name}]
+        assert posted["files"]["file"]["sha256"] == sha256(item.content) and posted["files"]["file"]["filename"] == item.upload_name
+        [ticket] = slack.wait_for(lambda r, file_id=file_id: r["method"] == "files.getUploadURLExternal" and r["response"]["file_id"] == file_id)
+        assert ticket["fields"] == {"filename": item.upload_name, "length": str(len(item.content))}
+        [upload] = slack.wait_for(lambda r, file_id=file_id: r["method"] == "upload" and r["dest"] == file_id)
+        assert upload["files"]["file"]["sha256"] == sha256(item.content) and upload["files"]["file"]["content_type"] == item.mime
 
 
 def scripted(gateway, slack, response, serv="slack1", **extra) -> tuple[str, str]:
@@ -107,17 +110,39 @@ def test_channel_errors_fail(slack_gateway, slack, response):
     assert report["state"] == "failed" and response in report["last_error"]
 
 
+@pytest.mark.parametrize("response", ["server_error", "drop"])
+def test_a_retry_after_a_failed_completion_completes_the_uploaded_file_without_uploading_again(slack_gateway, slack, response):
+    channel, content = new_channel(), media.pdf()
+    slack.script(response, dest=channel, method="files.completeUploadExternal")
+    report = slack_gateway.wait_state(slack_gateway.send(content, "slack1", channel, "document", filename="acta.pdf"))
+    assert report["state"] == "delivered" and report["attempts"] == 1, report
+    methods = [r["method"] for r in slack.received()]
+    assert methods == ["files.getUploadURLExternal", "upload", "files.completeUploadExternal", "files.completeUploadExternal"], methods
+    ticket, _, failed, shared = slack.received()
+    assert failed["status"] != 200 and shared["status"] == 200 and shared["dest"] == channel
+    assert shared["fields"]["files"] == [{"id": ticket["response"]["file_id"], "title": "acta.pdf"}]
+    assert report["platform_ids"] == [ticket["response"]["file_id"]]
+
+
+def test_a_file_slack_no_longer_has_is_uploaded_again_once(slack):
+    from multimsg.config import ServiceConfig
+    from multimsg.content import BytesContent
+    from multimsg.services.slack import Slack
+
+    service = Slack(ServiceConfig({"token": slack.token, "api_url": slack.url}, read_timeout=2.0))
+    channel, content = new_channel(), media.png()
+    data = {"id": "K" * 16, "content": BytesContent(content), "dest": channel, "type": "image", "options": {}, "platform_ids": ["FGONE0001"]}
+    outcome = service.send(data)  # an earlier attempt uploaded FGONE0001; the emulator never had it
+    assert outcome.kind == "delivered", outcome
+    assert [r["method"] for r in slack.received()] == ["files.completeUploadExternal", "files.getUploadURLExternal", "upload",
+                                                       "files.completeUploadExternal"]
+    gone, ticket, _, shared = slack.received()
+    assert gone["response"]["error"] == "file_not_found" and shared["status"] == 200
+    assert outcome.platform_ids == [ticket["response"]["file_id"]] and shared["files"]["file"]["sha256"] == sha256(content)
+
+
 def test_a_refused_completion_fails_the_file(slack_gateway, slack):
     channel = new_channel()
     slack.script("not_in_channel", dest=channel, method="files.completeUploadExternal")
     report = slack_gateway.wait_state(slack_gateway.send(media.pdf(), "slack1", channel, "document"))
     assert report["state"] == "failed" and "not_in_channel" in report["last_error"]
-
-
-def test_the_cli_sends_to_slack(slack_gateway, slack, tmp_path):
-    channel = new_channel()
-    result = cli_send(slack_gateway, tmp_path, "hola desde la terminal".encode(), "slack1", channel, name="hola.txt")
-    assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout)["state"] == "delivered"
-    [sent] = slack.wait_for(lambda r: r["dest"] == channel)
-    assert sent["fields"]["text"] == "hola desde la terminal"

@@ -92,3 +92,9 @@ def test_the_cli_sends_to_teams(teams_gateway, teams, tmp_path):
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["state"] == "delivered"
     assert teams.wait_for()[0]["fields"]["texts"] == ["hola, equipo"]
+
+
+def test_the_cli_is_refused_a_file_with_the_reason(teams_gateway, teams, tmp_path):
+    result = cli_send(teams_gateway, tmp_path, media.png(), "teams", "-", "--type", "image", name="shot.png")
+    assert result.returncode != 0 and "teams does not send type 'image'; it sends: text" in result.stderr.decode(), result
+    assert teams.received() == []

@@ -15,6 +15,7 @@ from multimsg.queue.backends.files import FileContent
 from multimsg.services.telegram import Telegram
 from multimsg.services.text import utf16_units
 from tests import media
+from tests.native_support import arrivals, send_every
 from tests.services_support import emulator_env, new_chat, queue, service_gateway, sha256  # noqa: F401  (fixture)
 
 FILES = [
@@ -45,6 +46,23 @@ def test_each_file_datatype_arrives_byte_identical_with_its_caption(service_gate
     assert upload["content_type"] == mime
     assert sent["fields"]["caption"] == f"{datatype} ✓ caption"
     assert report["platform_ids"] == [str(sent["response"]["result"]["message_id"])]
+
+
+METHODS = {"text": ("sendMessage", None), "image": ("sendPhoto", "photo"), "document": ("sendDocument", "document"),
+           "audio": ("sendAudio", "audio"), "video": ("sendVideo", "video"), "voice": ("sendVoice", "voice")}
+
+
+def test_the_cli_sends_every_datatype(service_gateway, telegram, tmp_path):
+    sent = send_every(service_gateway, tmp_path, "cli", "telegram", {datatype: new_chat() for datatype in METHODS})
+    for item, record in arrivals(sent, telegram, lambda item, r: str(r["dest"]) == item.dest):
+        method, field = METHODS[item.datatype]
+        assert record["method"] == method and item.report["platform_ids"] == [str(record["response"]["result"]["message_id"])]
+        if field is None:
+            assert record["fields"]["text"] == item.content.decode()
+            continue
+        upload = record["files"][field]
+        assert (upload["sha256"], upload["filename"], upload["content_type"]) == (sha256(item.content), item.upload_name, item.mime)
+        assert record["fields"]["caption"] == item.caption
 
 
 def test_document_filename_defaults_to_the_uploaded_name(service_gateway, telegram):

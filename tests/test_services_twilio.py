@@ -1,6 +1,8 @@
 """SMS/MMS through Twilio: the wire format and one test per outcome row (multimsg/services/twilio.py).
 
-Built in-process with a ``ServiceConfig`` pointing at the emulator (tests/emulators/twilio.py).
+The outcome rows build the service in-process with a ``ServiceConfig`` pointing at the
+emulator (tests/emulators/twilio.py); every datatype Twilio takes also goes end to end
+through a real runner configured by environment, by HTTP and by the CLI.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from multimsg.services import KINDS
 from multimsg.services.twilio import Twilio
 from tests.emulators import TwilioEmulator
 from tests.media import png
+from tests.native_support import VIA, arrivals, instance_env, send_every, serve
 
 _numbers = itertools.count(14155550001)
 
@@ -89,6 +92,36 @@ def test_media_go_as_media_url_under_the_public_base_url(twilio):
     [sent] = twilio.received()
     assert sent["fields"]["MediaUrl"] == ["https://media.example.org/mm/TTTTTTTTTTTTTTTT/foto%201.png"]
     assert sent["fields"]["Body"] == "foto"
+
+
+# -- end to end: a real runner, HTTP and CLI -----------------------------------------------------
+
+MEDIA_BASE = "https://media.example.org/mm"
+
+
+@pytest.fixture(scope="module")
+def twilio_gateway(tmp_path_factory, server_keys, twilio_server):
+    account = {"account_sid": twilio_server.sid, "auth_token": twilio_server.token, "from": "+15005550006", "api_url": twilio_server.url}
+    env = {**instance_env("tw", "twilio", **account, media_base_url=MEDIA_BASE), **instance_env("twsms", "twilio", **account)}
+    yield from serve(tmp_path_factory, server_keys, env, "twilio")
+
+
+@pytest.mark.parametrize("via", VIA)
+def test_every_datatype_twilio_takes_arrives_end_to_end(twilio_gateway, twilio, tmp_path, via):
+    sent = send_every(twilio_gateway, tmp_path, via, "tw", {datatype: new_number() for datatype in Twilio.datatypes})
+    for item, record in arrivals(sent, twilio):
+        assert record["fields"]["From"] == "+15005550006" and item.report["platform_ids"] == [record["response"]["sid"]]
+        if item.datatype == "text":
+            assert record["fields"]["Body"] == item.content.decode() and "MediaUrl" not in record["fields"]
+        else:
+            assert record["fields"]["Body"] == item.caption
+            assert record["fields"]["MediaUrl"] == [f"{MEDIA_BASE}/{item.report['id']}/{item.upload_name}"]
+
+
+def test_media_are_refused_at_msg_by_an_instance_without_a_media_base_url(twilio_gateway, twilio):
+    response = twilio_gateway.msg(id=twilio_gateway.upload_id(png()), serv="twsms", dest=new_number(), type="image")
+    assert response.status_code == 400 and "media_base_url" in response.text, response.text
+    assert twilio_gateway.wait_state(twilio_gateway.send(b"solo texto", "twsms", new_number()))["state"] == "delivered"
 
 
 # -- outcome table ---------------------------------------------------------------------------

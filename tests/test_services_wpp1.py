@@ -16,6 +16,7 @@ import pytest
 from multimsg.queue.backends.files import FileContent
 from multimsg.services.wpp1 import WhatsApp
 from tests import media
+from tests.native_support import arrivals, send_every
 from tests.services_support import emulator_env, new_number, queue, service_gateway, sha256  # noqa: F401  (fixture)
 
 FILES = [
@@ -54,6 +55,22 @@ def test_each_file_datatype_arrives_byte_identical(service_gateway, whatsapp, da
     assert body[kind].get("voice") is (True if datatype == "voice" else None)
     assert report["platform_ids"] == [sent["response"]["messages"][0]["id"]]
     assert report["platform_ids"][0].startswith("wamid.")
+
+
+def test_the_cli_sends_every_datatype(service_gateway, whatsapp, tmp_path):
+    kinds = {"text": "text", "image": "image", "document": "document", "audio": "audio", "video": "video", "voice": "audio"}
+    sent = send_every(service_gateway, tmp_path, "cli", "wpp1", {datatype: new_number() for datatype in kinds},
+                      captioned=WhatsApp.caption_types)
+    for item, record in arrivals(sent, whatsapp, lambda item, r: r["method"] == "messages" and r["dest"] == item.dest):
+        body, kind = record["json"], kinds[item.datatype]
+        assert body["type"] == kind and item.report["platform_ids"] == [record["response"]["messages"][0]["id"]]
+        if kind == "text":
+            assert body["text"]["body"] == item.content.decode()
+            continue
+        assert (record["media"]["sha256"], record["media"]["content_type"]) == (sha256(item.content), item.mime)
+        assert body[kind]["id"] == record["media"]["id"] and body[kind].get("caption") == item.caption
+        assert body[kind].get("filename") == (item.upload_name if kind == "document" else None)
+        assert body[kind].get("voice") is (True if item.datatype == "voice" else None)
 
 
 def test_document_filename_defaults_to_the_uploaded_name(service_gateway, whatsapp):

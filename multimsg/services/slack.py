@@ -10,7 +10,9 @@ member of the channel. Every call carries ``Authorization: Bearer <token>``.
   ``upload_url`` and a ``file_id``; the bytes are POSTed to ``upload_url``
   (multipart, field ``file``); ``files.completeUploadExternal`` (JSON
   ``{files: [{id, title}], channel_id, initial_comment}``, the caption as the
-  comment) shares it in the channel. A retry uploads the file again.
+  comment) shares it in the channel. The file id is kept with the message as
+  soon as the bytes are up (as its platform id), so a retry after a failed
+  completion completes that file rather than uploading it again.
 
 Slack answers HTTP 200 with ``ok: false`` and an ``error`` for most failures:
 
@@ -18,6 +20,8 @@ Slack answers HTTP 200 with ``ok: false`` and an ``error`` for most failures:
 answer                                          outcome
 ==============================================  ===========================================
 ``ok: true``                                    delivered, with the message ``ts`` (text) or the file id
+``file_not_found`` completing a file an         the file is uploaded again (once) and completed
+earlier attempt uploaded
 HTTP 429                                        retry after ``Retry-After``; the whole service slows down
 ``ratelimited``                                 retry after ``Retry-After``; the whole service slows down
 HTTP 5xx, timeout, connection error             retry
@@ -81,19 +85,22 @@ class Slack(ServiceBase):
                 texts = self.text_parts(data["content"])
             except MultimsgError as exc:
                 return Outcome.failed(f"{self.name}: {exc.reason}")
-            parts = [self._text_part(data["dest"], text) for text in texts]
-        else:
-            parts = [lambda pace: self._send_file(data, pace)]
+            return self.send_parts(data, [self._text_part(data["dest"], text) for text in texts])
+        # Two parts: the upload's platform id is the file id, kept with the message like any
+        # part's, so a retry after a failed completion completes that file instead of uploading again.
+        uploaded = list(data.get("platform_ids") or ())
+        resumed = bool(uploaded)
+        parts = [lambda pace: self._upload(data, uploaded), lambda pace: self._complete(data, uploaded, pace, resumed)]
         return self.send_parts(data, parts)
 
     def _text_part(self, channel: str, text: str):
         return lambda pace: self.post(self._method("chat.postMessage"), lambda r: self.classify(r, "ts"), pace=pace,
                                       json={"channel": channel, "text": text}, headers=self._auth)
 
-    def _send_file(self, data: dict, pace) -> Outcome:
+    def _upload(self, data: dict, uploaded: list[str]) -> Outcome:
+        """files.getUploadURLExternal, then the bytes to its upload_url: delivered with the file id (not yet shared)."""
         content = data["content"]
-        mime = (sniff(content) or OCTET_STREAM).split(";")[0]
-        filename = file_name(data, mime)
+        filename, mime = self._file(data)
         answer: dict = {}  # the ticket's body (a service is shared by the drain's threads: nothing on self)
 
         def classify_ticket(response: requests.Response) -> Outcome:
@@ -107,17 +114,39 @@ class Slack(ServiceBase):
                            data={"filename": filename, "length": str(content.size)}, headers=self._auth)
         if ticket.kind != "delivered":
             return ticket
-        upload_url, file_id = str(answer["upload_url"]), ticket.platform_ids[0]
         with MultipartBody({}, [("file", filename, mime, content)]) as body:
-            uploaded = self.post(upload_url, self._classify_upload, data=body, headers={"Content-Type": body.content_type})
-        if uploaded.kind != "delivered":
-            return uploaded
-        share = {"files": [{"id": file_id, "title": filename}], "channel_id": data["dest"]}
+            sent = self.post(str(answer["upload_url"]), self._classify_upload, data=body, headers={"Content-Type": body.content_type})
+        if sent.kind != "delivered":
+            return sent
+        uploaded.append(ticket.platform_ids[0])
+        return Outcome.delivered(ticket.platform_ids)
+
+    def _complete(self, data: dict, uploaded: list[str], pace, resumed: bool) -> Outcome:
+        """files.completeUploadExternal of the uploaded file: shares it in the channel, with the caption as its comment.
+
+        ``resumed``: the file was uploaded by an earlier attempt. If Slack no
+        longer has it (``file_not_found``), it is uploaded again, once.
+        """
+        share = {"files": [{"id": uploaded[-1], "title": self._file(data)[0]}], "channel_id": data["dest"]}
         caption = (data.get("options") or {}).get("caption")
         if caption:
             share["initial_comment"] = caption
         done = self.post(self._method("files.completeUploadExternal"), lambda r: self.classify(r, None), pace=pace, json=share, headers=self._auth)
-        return Outcome.delivered([file_id]) if done.kind == "delivered" else done
+        if done.kind == "delivered":
+            return Outcome.delivered([])
+        if resumed and done.kind == "failed" and done.reason == f"{self.name}: file_not_found":
+            again = self._upload(data, uploaded)
+            if again.kind != "delivered":
+                return again
+            shared = self._complete(data, uploaded, pace, resumed=False)
+            # Delivered: both file ids stay (the parts count). Not: the new upload is left, and the next attempt redoes it.
+            return Outcome.delivered(again.platform_ids) if shared.kind == "delivered" else shared
+        return done
+
+    def _file(self, data: dict) -> tuple[str, str]:
+        """The file name and MIME type the upload goes with."""
+        mime = (sniff(data["content"]) or OCTET_STREAM).split(";")[0]
+        return file_name(data, mime), mime
 
     def _classify_upload(self, response: requests.Response) -> Outcome:
         if response.status_code == 200:
