@@ -40,7 +40,7 @@ from urllib.parse import quote
 from tests.emulators import TelegramEmulator
 from tests.gatewayproc import ROOT, Gateway, free_port
 
-from .common import RESULTS, emulator_env, machine, seed
+from .common import RESULTS, emulator_env, machine, process_tree, seed
 
 BOUNDARY = "multimsgbench"
 CHAT = "4242"
@@ -69,19 +69,6 @@ def wrk_script(folder: Path, name: str, method: str, body: bytes | None, content
     path = folder / f"{name}.lua"
     path.write_text("\n".join(lines) + "\n")
     return path
-
-
-def process_tree(pid: int) -> list[int]:
-    found, todo = [], [pid]
-    while todo:
-        current = todo.pop()
-        found.append(current)
-        try:
-            for task in os.listdir(f"/proc/{current}/task"):
-                todo += [int(c) for c in Path(f"/proc/{current}/task/{task}/children").read_text().split()]
-        except FileNotFoundError:
-            pass
-    return found
 
 
 def cpu_seconds(pid: int) -> float:
@@ -198,7 +185,7 @@ def median_of(runs: list[dict]) -> dict:
         return {}
     ordered = sorted(runs, key=lambda r: r["requests_per_s"])
     best = dict(ordered[len(ordered) // 2])
-    best["rounds"] = [r["requests_per_s"] for r in runs]
+    best["rounds"] = [r["requests_per_s"] for r in runs]  # the upper median: of two rounds, the better
     return best
 
 

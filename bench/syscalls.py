@@ -26,27 +26,15 @@ from pathlib import Path
 from tests.emulators import TelegramEmulator
 from tests.gatewayproc import ROOT, Gateway, session_from
 
-from .common import RESULTS, emulator_env, machine
+from .common import RESULTS, emulator_env, machine, process_tree
 
 ROW = re.compile(r"^\s*[\d.]+\s+[\d.]+\s+\d+\s+(?P<calls>\d+)\s+(?P<errors>\d+)?\s*(?P<name>\w+)\s*$")
-
-
-def pids(root: int) -> list[int]:
-    found, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        found.append(pid)
-        try:
-            todo += [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-        except FileNotFoundError:
-            pass
-    return found
 
 
 def traced(runner: Gateway, out: Path, work) -> dict[str, dict[str, int]]:
     """``strace -c -f`` over every runner process while ``work()`` runs; {name: {calls, errors}}."""
     args = ["strace", "-c", "-f", "-o", str(out)]
-    for pid in pids(runner.proc.pid):
+    for pid in process_tree(runner.proc.pid):
         args += ["-p", str(pid)]
     tracer = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     time.sleep(1.0)  # attached to every thread
