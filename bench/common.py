@@ -30,7 +30,7 @@ from tests.emulators.common import max_in_window
 from tests.gatewayproc import Gateway
 
 __all__ = ["RESULTS", "runner", "emulator_env", "seed", "seed_mixed", "drain_all", "Drained", "delivered_times", "worker_memory", "worker_cpu",
-           "save", "machine", "max_in_window", "quantile"]
+           "save", "machine", "max_in_window", "quantile", "process_tree"]
 
 RESULTS = Path(__file__).resolve().parent / "results.json"
 CLIENT = "mac:00:00:00:00:00:00"  # what a loopback client is (the seeded messages belong to it)
@@ -133,6 +133,20 @@ def worker_cpu(gateway: Gateway) -> float:
     pid = children[0] if children else str(gateway.proc.pid)
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and every process below it (all threads' children), from /proc."""
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        try:
+            for task in os.listdir(f"/proc/{current}/task"):
+                todo += [int(c) for c in Path(f"/proc/{current}/task/{task}/children").read_text().split()]
+        except FileNotFoundError:
+            pass
+    return found
 
 
 def quantile(values: list[float], q: float) -> float:

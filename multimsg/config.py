@@ -346,10 +346,19 @@ def _reserved(name: str) -> str | None:
 
 def instances() -> dict[str, str]:
     """Every configured service instance: name -> kind (the built-in ones, the config file's, the environment's)."""
+    # Asked on every /msg: worked out again only when the environment or the config file changed.
+    raw = getattr(os.environ, "_data", None)  # the undecoded variables: far cheaper to compare than os.environ.items()
+    environ = tuple(raw.items()) if isinstance(raw, dict) else tuple(os.environ.items())
+    return dict(_instances(environ, tuple(sorted(file_values().items()))))
+
+
+@lru_cache(maxsize=4)
+def _instances(environ: tuple, from_file: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
+    variables, in_file = dict(os.environ), dict(from_file)  # (environ: only the cache's key)
     names = set(BUILTIN_INSTANCES)
-    for variable in [*os.environ, *file_values()]:
+    for variable in [*variables, *in_file]:
         match = _KIND_VARIABLE.fullmatch(variable)
-        if match and (os.environ.get(variable, "").strip() or file_values().get(variable, "").strip()):
+        if match and (variables.get(variable, "").strip() or in_file.get(variable, "").strip()):
             names.add(match.group(1).lower())
     found = {}
     for name in sorted(names):
@@ -359,7 +368,7 @@ def instances() -> dict[str, str]:
                 raise SystemExit(f"service instance {name!r}: the name is taken by the setting {shadowed}; choose another")
         kind = (env(instance_variable(name, "kind"), BUILTIN_INSTANCES.get(name)) or "").strip().lower()
         found[name] = kind
-    return found
+    return tuple(found.items())
 
 
 @lru_cache(maxsize=1)

@@ -2,6 +2,10 @@
 
 The one place that knows how to put bytes on disk so that a crash at any
 instant leaves either the old file or the new one, never a torn one.
+
+Folder fsyncs are a group commit: the threads that ask for one folder's
+fsync at the same time share one ``fsync`` call, and each returns only after
+an fsync that began after it asked (so it covers that thread's renames).
 """
 
 from __future__ import annotations
@@ -13,7 +17,8 @@ import threading
 from pathlib import Path
 from typing import BinaryIO, Iterable
 
-__all__ = ["write_atomic", "write_stream_atomic", "copy_stream", "append_durable", "ensure_private_dir", "fsync_dir"]
+__all__ = ["write_atomic", "write_stream_atomic", "copy_stream", "append_durable", "ensure_private_dir", "fsync_dir",
+           "read_file", "write_file"]
 
 _CHUNK = 1 << 20
 log = logging.getLogger("multimsg.fsutil")
@@ -37,42 +42,103 @@ def ensure_private_dir(path: Path) -> Path:
     return path
 
 
+class _FolderSync:
+    """One folder's group commit: ``sync()`` returns after an fsync of the folder that began after the call."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.changed = threading.Condition()
+        self.asked = 0  # requests so far, numbered
+        self.done = 0  # every request up to this number is covered by a finished fsync
+        self.syncing = False
+
+    def sync(self) -> None:
+        with self.changed:
+            self.asked += 1
+            mine = self.asked
+            while self.done < mine:
+                if self.syncing:
+                    self.changed.wait()  # a running fsync may have begun before this request: wait for the next
+                    continue
+                self.syncing, covers = True, self.asked  # every request so far made its changes before this fsync
+                self.changed.release()
+                try:
+                    fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
+                    try:
+                        os.fsync(fd)
+                    finally:
+                        os.close(fd)
+                finally:
+                    self.changed.acquire()
+                    self.syncing = False
+                    self.changed.notify_all()
+                self.done = max(self.done, covers)  # (not reached when the fsync raised: the caller sees the error)
+
+
+_folders: dict[str, _FolderSync] = {}
+_folders_guard = threading.Lock()
+
+
 def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    """fsync the folder ``path`` (its entries: renames, new and removed files), shared with concurrent callers."""
+    key = os.fspath(path)
+    with _folders_guard:
+        folder = _folders.get(key)
+        if folder is None:
+            folder = _folders[key] = _FolderSync(Path(key))
+    folder.sync()
+
+
+def read_file(path: Path) -> bytes:
+    """The whole content of a small file: open, read, close (no buffering layer, no tty check, no seeks)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        os.fsync(fd)
+        parts = []
+        while chunk := os.read(fd, 1 << 16):
+            parts.append(chunk)
+        return b"".join(parts)
     finally:
         os.close(fd)
+
+
+def write_file(path: Path, chunks: Iterable[bytes], *, fsync: bool) -> int:
+    """Write ``chunks`` to a new file ``path`` (mode 0600), every byte (a short write is continued), optionally fsynced."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    size = 0
+    try:
+        for chunk in chunks:
+            rest = memoryview(chunk)
+            size += len(rest)
+            while rest:
+                rest = rest[os.write(fd, rest):]
+        if fsync:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+    return size
 
 
 def _tmp_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
 
 
-def write_stream_atomic(path: Path, chunks: Iterable[bytes], *, fsync: bool = True) -> int:
-    """Write ``chunks`` to ``path`` atomically, mode 0600. Returns the size."""
+def write_stream_atomic(path: Path, chunks: Iterable[bytes], *, fsync: bool = True, sync_folder: bool = True) -> int:
+    """Write ``chunks`` to ``path`` atomically, mode 0600 (``sync_folder=False``: the caller fsyncs the folder). Returns the size."""
     tmp = _tmp_name(path)
-    size = 0
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        with os.fdopen(fd, "wb") as out:
-            for chunk in chunks:
-                out.write(chunk)
-                size += len(chunk)
-            out.flush()
-            if fsync:
-                os.fsync(out.fileno())
+        size = write_file(tmp, chunks, fsync=fsync)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    if fsync:
+    if fsync and sync_folder:
         fsync_dir(path.parent)
     return size
 
 
-def write_atomic(path: Path, data: bytes, *, fsync: bool = True) -> None:
-    write_stream_atomic(path, [data], fsync=fsync)
+def write_atomic(path: Path, data: bytes, *, fsync: bool = True, sync_folder: bool = True) -> None:
+    """Write ``data`` to ``path`` atomically, mode 0600 (``sync_folder=False``: the caller fsyncs the folder)."""
+    write_stream_atomic(path, [data], fsync=fsync, sync_folder=sync_folder)
 
 
 def copy_stream(source: BinaryIO) -> Iterable[bytes]:

@@ -8,7 +8,7 @@
       spool/<client>/<data_id>         uploaded content (decrypted), + <data_id>.json meta
       spool/<client>/msg/<message_id>  the message's own link to its content
       archive/messages-YYYY-MM.jsonl   archived records, append-only
-      locks/*.lock                     FileLock files (folder 0700)
+      locks/*.lock, locks/slots.lock    lock files (multimsg/locks.py; folder 0700)
       tokens                           client token hashes, name:sha256hex (0600; MULTIMSG_TOKENS_FILE moves it)
       counters.json                    queue figures for /metrics and `multimsg stats` (queue/counters.py)
       metrics/                         prometheus-client multiprocess files (request counts per process)

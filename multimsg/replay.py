@@ -15,8 +15,10 @@ than the one current after it, so this keeps every record long enough.
 Rotating the key (``multimsg keys rotate``) is what bounds the record: about
 65 bytes per encrypted upload, for the lifetime of the current key plus the grace.
 
-Claims are serialised by one file lock per data folder (a claim reads and
-appends one small file), so two processes cannot both accept one wrapped key.
+Claims of one digest file are serialised by its lock (one of 4096, by the
+digest's first 3 hex digits; ``multimsg/locks.py``): a claim reads and appends
+that one small file, so two processes cannot both accept one wrapped key, and
+claims of other digests never wait for it.
 Independent of the message store and spool.
 """
 
@@ -26,12 +28,13 @@ import hashlib
 import os
 import re
 import shutil
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from typing import Iterator
 
-from filelock import FileLock
-
-from .errors import Replayed
+from .errors import Replayed, Unavailable
 from .fsutil import append_durable, ensure_private_dir, write_atomic
+from .locks import LockTimeout, locks_of
 
 __all__ = ["ReplayRecord", "digest_of"]
 
@@ -49,9 +52,16 @@ class ReplayRecord:
         self.folder = Path(folder)
         self.fsync = fsync
 
-    def _lock(self) -> FileLock:
+    @contextmanager
+    def _lock(self, digest: str) -> Iterator[None]:
         ensure_private_dir(self.folder)
-        return FileLock(str(self.folder / ".lock"))
+        held = ExitStack()
+        try:
+            held.enter_context(locks_of(self.folder).slot(int(digest[:3], 16)))
+        except LockTimeout:
+            raise Unavailable("the replay record is busy; try again") from None
+        with held:
+            yield
 
     def _file(self, key: str, digest: str) -> Path:
         return self.folder / key / digest[:3]
@@ -70,8 +80,8 @@ class ReplayRecord:
         Returns the claim, for ``release``.
         """
         digest = digest_of(wrapped_key)
-        with self._lock():
-            self._prune(accepted)
+        with self._lock(digest):
+            self._prune(accepted)  # (other folders than the ones claims use: safe beside other claims)
             if any(self._holds(self._file(key, digest), digest) for key in accepted):
                 raise Replayed(
                     "this encrypted upload was received before (its wrapped key was already used); "
@@ -86,7 +96,7 @@ class ReplayRecord:
         """Forget a claim whose upload was not stored after all."""
         key, digest = claim
         path = self._file(key, digest)
-        with self._lock():
+        with self._lock(digest):
             try:
                 lines = path.read_text().split()
             except FileNotFoundError:

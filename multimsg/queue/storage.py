@@ -13,7 +13,7 @@ from pathlib import Path
 
 from tinydb.storages import Storage
 
-from ..fsutil import write_atomic
+from ..fsutil import read_file, write_atomic
 
 __all__ = ["AtomicJSONStorage"]
 
@@ -25,7 +25,7 @@ class AtomicJSONStorage(Storage):
 
     def read(self) -> dict | None:
         try:
-            raw = self.path.read_bytes()
+            raw = read_file(self.path)
         except FileNotFoundError:
             return None
         return json.loads(raw) if raw else None

@@ -21,12 +21,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO, Iterable, Iterator
 
-from filelock import FileLock
-
 from ...errors import NotFound
-from ...fsutil import copy_stream, ensure_private_dir, fsync_dir, write_atomic, write_stream_atomic
+from ...fsutil import copy_stream, ensure_private_dir, fsync_dir, read_file, write_atomic, write_stream_atomic
 from ...ids import is_id, new_id
 from ...layout import Layout, client_dir_name
+from ...locks import locks_of
 from ..spool import Content, DataInfo, Spool
 
 __all__ = ["FileSpool", "FileContent"]
@@ -50,18 +49,26 @@ class FileSpool(Spool):
         self.layout = layout
         self.ttl = ttl
         self.fsync = fsync
+        self.locks = locks_of(layout.locks)
+        self._made: set[Path] = set()  # folders known to exist (they are never removed while the process runs)
 
-    def _dir(self, client: str) -> Path:
-        return ensure_private_dir(self.layout.client_spool(client))
+    def _dir(self, client: str, *under: str) -> Path:
+        folder = self.layout.client_spool(client).joinpath(*under)
+        if folder not in self._made:
+            ensure_private_dir(folder)
+            self._made.add(folder)
+        return folder
 
     def put(self, client: str, chunks: Iterable[bytes], filename: str) -> DataInfo:
         folder = self._dir(client)
         data_id = new_id()
-        size = write_stream_atomic(folder / data_id, chunks, fsync=self.fsync)
+        size = write_stream_atomic(folder / data_id, chunks, fsync=self.fsync, sync_folder=False)
         info = DataInfo(data_id, size, filename, time.time())
         meta = {"filename": filename, "size": size, "created_at": info.created_at}
         try:
-            write_atomic(folder / f"{data_id}.json", json.dumps(meta).encode(), fsync=self.fsync)
+            write_atomic(folder / f"{data_id}.json", json.dumps(meta).encode(), fsync=self.fsync, sync_folder=False)
+            if self.fsync:
+                fsync_dir(folder)  # one folder fsync for both names (shared with concurrent uploads)
         except BaseException:  # e.g. a full disk: no content without its sidecar
             (folder / data_id).unlink(missing_ok=True)
             raise
@@ -70,7 +77,7 @@ class FileSpool(Spool):
 
     def _meta(self, client: str, data_id: str) -> dict:
         try:
-            meta = json.loads((self.layout.client_spool(client) / f"{data_id}.json").read_bytes())
+            meta = json.loads(read_file(self.layout.client_spool(client) / f"{data_id}.json"))
         except (FileNotFoundError, ValueError):
             raise NotFound("unknown data id") from None
         if time.time() - meta["created_at"] > self.ttl:
@@ -91,7 +98,7 @@ class FileSpool(Spool):
     def attach(self, client: str, data_id: str, message_id: str) -> None:
         self._meta(client, data_id)
         source = self.layout.client_spool(client) / data_id
-        target = ensure_private_dir(self._dir(client) / "msg") / message_id
+        target = self._dir(client, "msg") / message_id
         try:
             os.link(source, target)
         except FileNotFoundError:
@@ -119,7 +126,7 @@ class FileSpool(Spool):
         return self.layout.client_spool(client) / ".usage"
 
     def _add_usage(self, client: str, delta: int) -> None:
-        with FileLock(self.layout.lock(f"usage-{client_dir_name(client)}"), timeout=30):
+        with self.locks.named(f"usage-{client_dir_name(client)}"):
             self._write_usage(client, max(0, self.usage(client) + delta))
 
     def _write_usage(self, client: str, value: int) -> None:
@@ -127,7 +134,7 @@ class FileSpool(Spool):
 
     def usage(self, client: str) -> int:
         try:
-            return int(self._usage_path(client).read_bytes() or 0)
+            return int(read_file(self._usage_path(client)) or 0)
         except (FileNotFoundError, ValueError):
             return 0
 

@@ -2,7 +2,7 @@
 
 TinyDB rewrites its whole file on every write, so records are sharded by
 message id over up to 4096 small TinyDB files (``store/<shard>.json``), each
-changed only under its own FileLock and written atomically (temporary file,
+changed only under its own lock (``multimsg/locks.py``) and written atomically (temporary file,
 fsync, rename, fsync of the folder). A change is one read and one write of one
 shard of a few dozen records, however many messages are stored.
 
@@ -49,16 +49,15 @@ import json
 import logging
 import os
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
-
-from filelock import FileLock, Timeout
+from typing import Any, Callable, ContextManager, Iterable, Iterator
 
 from ...errors import StorageFull, Unavailable
-from ...fsutil import append_durable, ensure_private_dir, fsync_dir, write_atomic
+from ...fsutil import append_durable, ensure_private_dir, fsync_dir, read_file, write_atomic, write_file
 from ...ids import new_id
 from ...layout import Layout
+from ...locks import LockTimeout, locks_of
 from ...model import BadRecord, Message, State
 from .. import figures
 from ..counters import Counters, apply_pass
@@ -140,7 +139,7 @@ class _Txn:
 class ShardCounters(Counters):
     """The figures of a TinyStore: one document per shard, summed at read time."""
 
-    def __init__(self, folder: Path, lock: Callable[[str], FileLock]):
+    def __init__(self, folder: Path, lock: Callable[[str], ContextManager[None]]):
         self.folder = ensure_private_dir(folder)
         self.lock = lock
 
@@ -149,7 +148,7 @@ class ShardCounters(Counters):
 
     def read(self, shard: str) -> figures.Figures | None:
         try:
-            document = json.loads(self.path(shard).read_bytes())
+            document = json.loads(read_file(self.path(shard)))
         except FileNotFoundError:
             return figures.empty()
         except ValueError:
@@ -158,16 +157,15 @@ class ShardCounters(Counters):
 
     def write(self, shard: str, document: figures.Figures) -> None:
         # Derived data, rewritten in place without fsync: a torn file is recounted.
-        out = memoryview(json.dumps(document, separators=(",", ":")).encode())
-        fd = os.open(self.path(shard), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        path = self.path(shard)
         try:
-            while out:  # a write may take less than asked (a full disk): finish it, or leave the file empty
-                out = out[os.write(fd, out):]
+            write_file(path, [json.dumps(document, separators=(",", ":")).encode()], fsync=False)
         except OSError:
-            os.ftruncate(fd, 0)  # empty, not torn: the next change recounts the shard
+            try:
+                os.truncate(path, 0)  # empty, not torn (a full disk): the next change recounts the shard
+            except OSError:
+                pass
             raise
-        finally:
-            os.close(fd)
 
     def documents(self) -> Iterable[figures.Figures]:
         for entry in os.scandir(self.folder):
@@ -178,7 +176,7 @@ class ShardCounters(Counters):
 
     def drain_figures(self) -> dict[str, Any]:
         try:
-            document = json.loads((self.folder / "drain.json").read_bytes())
+            document = json.loads(read_file(self.folder / "drain.json"))
         except (FileNotFoundError, ValueError):
             return {}
         return document if isinstance(document, dict) else {}
@@ -188,7 +186,7 @@ class ShardCounters(Counters):
             with self.lock("counts-drain"):
                 drain = apply_pass(self.drain_figures(), seconds, summary, time.time())
                 write_atomic(self.folder / "drain.json", json.dumps(drain).encode(), fsync=False)
-        except (Timeout, OSError):
+        except (LockTimeout, OSError):
             log.warning("drain figures not updated for one pass")
 
 
@@ -201,6 +199,7 @@ class TinyStore(MessageStore):
         self.shard_hex_digits = shard_hex_digits
         self.fsync = fsync
         self.lock_timeout = lock_timeout
+        self.locks = locks_of(layout.locks)
         self.due_dir = ensure_private_dir(layout.store / "due")
         self.quarantine_dir = ensure_private_dir(layout.store / "quarantine")
         self.counters = ShardCounters(layout.store / "counts", self._lock)
@@ -211,8 +210,8 @@ class TinyStore(MessageStore):
     def shard_of(self, message_id: str) -> str:
         return hashlib.blake2b(message_id.encode(), digest_size=4).hexdigest()[: self.shard_hex_digits]
 
-    def _lock(self, name: str) -> FileLock:
-        return FileLock(self.layout.lock(name), timeout=self.lock_timeout)
+    def _lock(self, name: str) -> ContextManager[None]:
+        return self.locks.named(name)
 
     def shards(self) -> list[str]:
         return sorted(e.name[: -len(".json")] for e in os.scandir(self.layout.store) if e.name.endswith(".json") and e.is_file())
@@ -224,12 +223,12 @@ class TinyStore(MessageStore):
         ``durable=False`` skips the fsync: for lease extensions, whose loss in a
         crash only makes a lease lapse early (which a crash does anyway).
         """
+        held = ExitStack()
         try:
-            lock = self._lock(f"shard-{shard}")
-            lock.acquire()
-        except Timeout:
+            held.enter_context(self.locks.slot(int(shard, 16)))
+        except LockTimeout:
             raise Unavailable("the store is busy; try again") from None
-        try:
+        with held:
             storage = AtomicJSONStorage(self.layout.shard(shard), fsync=self.fsync and durable)
             try:
                 document = storage.read() or {}
@@ -246,16 +245,15 @@ class TinyStore(MessageStore):
             kept = txn.kept_events()
             if kept or txn.recovering:
                 self._move_events(shard, storage, txn, kept)
-        finally:
-            lock.release()
 
     def _write(self, shard: str, storage: AtomicJSONStorage, txn: _Txn) -> None:
+        indexed: float | None | bool = False  # not read yet
         if txn.due_lowered is not None:
-            self._lower_due(shard, txn.due_lowered)  # before: a crash leaves the index early, never late
+            indexed = self._lower_due(shard, txn.due_lowered)  # before: a crash leaves the index early, never late
         if txn.noted:
             self._touch(self.noted_dir / shard)  # before, too: a crash leaves the mark, and the move is done again
         self._write_table(storage, txn.table)
-        self._set_due(shard, txn.earliest_due())
+        self._set_due(shard, txn.earliest_due(), indexed)
         self._count(shard, txn)
 
     @staticmethod
@@ -367,14 +365,19 @@ class TinyStore(MessageStore):
     @staticmethod
     def _touch(path: Path) -> None:
         try:
-            os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
-        except FileNotFoundError:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
+        except FileNotFoundError:  # the first shard due in this minute
             ensure_private_dir(path.parent)
-            os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
 
-    def _set_due(self, shard: str, due: float | None) -> None:
+    def _set_due(self, shard: str, due: float | None, old: float | None | bool = False) -> float | None:
+        """File the shard under ``due`` (None: nothing due); ``old``: what the index holds now, if known. Returns ``due``."""
         path = self._due_path(shard)
-        old = self._indexed_due(shard)
+        if old is False:
+            old = self._indexed_due(shard)
+        ns = None if due is None else int(max(0.0, due) * 1e9)
+        if old is not None and ns is not None and int(old * 1e9) == ns:
+            return due  # already filed so
         if old is not None and (due is None or self._bucket_path(shard, old) != self._bucket_path(shard, due)):
             bucket = self._bucket_path(shard, old)
             bucket.unlink(missing_ok=True)
@@ -382,22 +385,22 @@ class TinyStore(MessageStore):
                 bucket.parent.rmdir()  # an empty minute goes (another writer may be filling it: then it stays)
             except OSError:
                 pass
-        if due is None:
+        if due is None or ns is None:
             path.unlink(missing_ok=True)
-            return
+            return None
         if old is None or self._bucket_path(shard, old) != self._bucket_path(shard, due):
             self._touch(self._bucket_path(shard, due))
-        ns = int(max(0.0, due) * 1e9)
-        try:
-            os.utime(path, ns=(ns, ns))
-        except FileNotFoundError:
+        if old is None:
             self._touch(path)
-            os.utime(path, ns=(ns, ns))
+        os.utime(path, ns=(ns, ns))
+        return due
 
-    def _lower_due(self, shard: str, due: float) -> None:
+    def _lower_due(self, shard: str, due: float) -> float | None:
+        """Make the index say ``due`` at the latest; returns what it says now."""
         current = self._indexed_due(shard)
         if current is None or due < current:
-            self._set_due(shard, due)
+            return self._set_due(shard, due, current)
+        return current
 
     def due_shards(self, now: float) -> list[str]:
         """The shards with something due at ``now``, earliest first."""
@@ -439,7 +442,7 @@ class TinyStore(MessageStore):
     def _read_unlocked(self, shard: str) -> dict[str, Any] | None:
         # Safe without the lock: shard files are only ever replaced whole. None: unreadable.
         try:
-            raw = self.layout.shard(shard).read_bytes()
+            raw = read_file(self.layout.shard(shard))
         except FileNotFoundError:
             return {}
         try:
@@ -549,7 +552,7 @@ class TinyStore(MessageStore):
         try:
             with self._lock("outbox"):
                 yield
-        except Timeout:
+        except LockTimeout:
             raise Unavailable("the outbox is busy; try again") from None
 
     def _write_event(self, event: Event, durable: bool = True) -> None:
@@ -654,7 +657,7 @@ class TinyStore(MessageStore):
             try:
                 with self._lock("archive"):
                     append_durable(self.layout.archive / f"messages-{month}.jsonl", line, fsync=self.fsync)
-            except Timeout:
+            except LockTimeout:
                 raise Unavailable("the archive is busy; try again") from None
             except OSError as exc:
                 raise StoreUnwritable(f"the archive cannot be written ({os.strerror(exc.errno or 0) or exc})") from exc
