@@ -63,7 +63,7 @@ MAX_URL = 2048
 WORKERS = 8  # callbacks posted at once
 BATCH = 32  # events leased at a time
 BUDGET = 20.0  # seconds one run keeps starting new deliveries (less than the lease)
-TIME_FIELDS = ("created_at", "updated_at", "next_attempt_at")
+TIME_FIELDS = ("created_at", "updated_at", "next_attempt_at", "scheduled_for")
 
 
 # -- the /cons JSON answer (also the event's data) ------------------------------------------

@@ -8,7 +8,9 @@ missing or mistyped field travel into the engine.
 
 A message is ``QUEUED`` from ``/msg`` until the drain records a final
 outcome: ``DELIVERED`` (the platform accepted every part) or ``FAILED`` (the
-platform refused it for good, its attempts ran out, or it expired). While a
+platform refused it for good, its attempts ran out, or it expired), or
+``CANCELLED`` (``POST /cancel`` took it out of the queue before a pass leased
+it; ``MessageStore.cancel``). While a
 drain pass sends it, a message carries a lease: ``claim`` (a token unique to
 that claim) and ``claim_until`` (when the lease lapses and any pass may take
 the message back).
@@ -30,9 +32,10 @@ class State(StrEnum):
     QUEUED = "queued"
     DELIVERED = "delivered"
     FAILED = "failed"
+    CANCELLED = "cancelled"
 
 
-FINAL_STATES = frozenset({State.DELIVERED, State.FAILED})
+FINAL_STATES = frozenset({State.DELIVERED, State.FAILED, State.CANCELLED})
 
 
 class BadRecord(ValueError):
@@ -64,6 +67,7 @@ class Message:
     callback: str | None = None  # where status events are POSTed (multimsg/callbacks.py); None: nowhere
     receipt: dict[str, float] = field(default_factory=dict)  # platform receipt level -> when (sent, delivered, read, failed)
     failure: dict[str, Any] | None = None  # the platform's reason when a receipt said failed
+    scheduled_for: float | None = None  # /msg's ``at``: not sent before then (its first next_attempt_at)
 
     @property
     def final(self) -> bool:
@@ -126,7 +130,7 @@ class Message:
             values["attempts"] = int(values.get("attempts") or 0)
             for name in ("created_at", "updated_at", "next_attempt_at"):
                 values[name] = float(values.get(name) or 0.0)
-            for name in ("claim_until", "reported_at"):
+            for name in ("claim_until", "reported_at", "scheduled_for"):
                 if values.get(name) is not None:
                     values[name] = float(values[name])
         except (TypeError, ValueError):
@@ -149,4 +153,5 @@ class Message:
             "platform_ids": list(self.platform_ids),
             "receipt": dict(self.receipt),
             "failure": None if self.failure is None else dict(self.failure),
+            "scheduled_for": self.scheduled_for,
         }

@@ -21,6 +21,10 @@ change they count.
 Receipts: ``update`` is an atomic read-modify-write of one message; ``apply_receipt``
 runs the one receipt rule (``queue/receipts.py``) inside it.
 
+Cancel: ``cancel`` is one ``update`` (a compare-and-set where the backend has
+one), so it and ``claim_due``/``finish`` never both win: a message is either
+leased for sending or cancelled.
+
 Outbox: status events for callback URLs (``queue/outbox.py``) are stored with
 ``enqueue_event`` and leased with ``claim_events`` (a token and an expiry, as
 messages are); ``finish_event`` with the current token ends or reschedules
@@ -33,7 +37,7 @@ from abc import ABC, abstractmethod
 from typing import Any, Callable, Iterable, Iterator
 
 from ..errors import Unavailable
-from ..model import Message
+from ..model import Message, State
 from .counters import Counters
 from .outbox import Event
 from .receipts import Receipt, apply
@@ -118,6 +122,26 @@ class MessageStore(ABC):
             return after
 
         return self.update(message_id, change, now), worth[0]
+
+    def cancel(self, message_id: str, client: str, now: float) -> tuple[Message | None, Message | None]:
+        """Make a queued message of ``client`` ``cancelled``, atomically against leases (fenced like ``finish``).
+
+        Returns (the cancelled message, or None if it was not cancelled; the
+        message as found, or None if unknown). Only a message that is queued
+        and not leased now is cancelled: one a pass holds (``claim_until`` ahead
+        of ``now``), a final one or another client's is left as it is. A
+        lapsed lease's holder then finds its lease gone and writes nothing.
+        """
+        found: list[Message | None] = [None]
+
+        def change(message: Message) -> Message | None:
+            found[0] = message
+            leased = message.claim is not None and (message.claim_until or 0.0) > now
+            if message.client != client or message.final or leased:
+                return None
+            return message.with_changes(state=State.CANCELLED, claim=None, claim_until=None, updated_at=now)
+
+        return self.update(message_id, change, now), found[0]
 
     # -- the outbox ----------------------------------------------------------------
     @abstractmethod
