@@ -18,6 +18,8 @@ from .config import Settings, settings
 from .crypto import ServerKeys
 from .errors import Conflict, InvalidInput, NotConfigured, NotFound
 from .fsutil import copy_stream
+from .idempotency import Answer, FileKeyRecords, KeyRecords, record_name
+from .idempotency import once as run_once
 from .ids import check_id, new_id
 from .layout import Layout
 from .model import Message, State
@@ -35,7 +37,7 @@ from .replay import ReplayRecord
 from .schedule import AT_FIELD, parse_at
 from .services import ServiceBase, get_service, service_class
 
-__all__ = ["Gateway", "gateway", "server_keys", "replay_record", "redis_client", "MSG_FIELDS", "MSG_OPTIONS"]
+__all__ = ["Gateway", "gateway", "server_keys", "replay_record", "key_records", "redis_client", "MSG_FIELDS", "MSG_OPTIONS"]
 
 MSG_FIELDS = ("id", "serv", "dest", "type")
 MSG_OPTIONS = ("caption", "filename")  # optional; checked by the service
@@ -58,6 +60,8 @@ class Gateway:
     callbacks: Dispatcher | None = None  # status events out (multimsg/callbacks.py)
     default_callback: str | None = None  # MULTIMSG_CALLBACK_URL
     schedule_horizon: float = 24 * 3600.0  # how far ahead /msg's ``at`` may be: min(MULTIMSG_SCHEDULE_HORIZON, MULTIMSG_VALIDITY)
+    idempotency: KeyRecords | None = None  # Idempotency-Key records (multimsg/idempotency.py)
+    idempotency_ttl: float = 24 * 3600.0  # MULTIMSG_IDEMPOTENCY_TTL
 
     @classmethod
     def from_settings(cls, s: Settings) -> "Gateway":
@@ -76,9 +80,11 @@ class Gateway:
         callbacks = Dispatcher(store, CallbackKeys(layout, store), parse_backoff(s.callback_backoff), s.callback_allow_private)
         drain.on_final = lambda m: callbacks.enqueue(m, FINAL_EVENTS.get(m.state))
         drain.after_pass = callbacks.run
+        records = key_records(s)
+        drain.sweepers.append(records.sweep)
         return cls(server_keys(s), store, spool, drain, get_service, s.report_grace, clock, quota=s.client_quota,
                    replay=replay_record(s), callbacks=callbacks, default_callback=s.callback_url,
-                   schedule_horizon=min(s.schedule_horizon, s.validity))
+                   schedule_horizon=min(s.schedule_horizon, s.validity), idempotency=records, idempotency_ttl=s.idempotency_ttl)
 
     # -- GET /key ----------------------------------------------------------
     def public_key(self) -> str:
@@ -161,6 +167,13 @@ class Gateway:
         if reported is None:
             raise NotFound(gone)
         return reported
+
+    # -- Idempotency-Key on POST /data and /msg -----------------------------
+    def once(self, client: str, scope: str, key: str, run: Callable[[], Answer], fingerprint: Callable[[], str]) -> tuple[Answer, bool]:
+        """``run()`` once per (client, endpoint, key) within MULTIMSG_IDEMPOTENCY_TTL; (answer, replayed)."""
+        if self.idempotency is None:
+            return run(), False
+        return run_once(self.idempotency, record_name(client, scope, key), run, fingerprint, self.idempotency_ttl)
 
     # -- POST /cancel ------------------------------------------------------
     def cancel(self, client: str, message_id: str | None) -> Message:
@@ -290,6 +303,16 @@ def replay_record(s: Settings):
     from .queue.backends.redis_engine import RedisReplay
 
     return RedisReplay(client, s.redis_tag)
+
+
+def key_records(s: Settings) -> KeyRecords:
+    """The Idempotency-Key records: in the data folder, or in Redis."""
+    client = redis_client(s)
+    if client is None:
+        return FileKeyRecords(s.home / "idempotency", fsync=s.fsync)
+    from .queue.backends.redis_idempotency import RedisKeyRecords
+
+    return RedisKeyRecords(client, s.redis_tag)
 
 
 @lru_cache(maxsize=1)
