@@ -63,7 +63,7 @@ def parse_key(header: str | None) -> str | None:
     if header is None:
         return None
     key = header.strip()
-    if len(key) >= 2 and key[0] == key[-1] == '"':  # the draft's sf-string form
+    if len(key) > 2 and key[0] == key[-1] == '"':  # the draft's sf-string form
         key = key[1:-1].replace('\\"', '"').replace("\\\\", "\\")
     if not 1 <= len(key) <= MAX_KEY or not all(" " <= c <= "~" for c in key):
         raise InvalidInput(f"header {HEADER} must be 1 to {MAX_KEY} printable ASCII characters")

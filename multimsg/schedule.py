@@ -29,7 +29,7 @@ _RFC3339 = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2
 
 def parse_at(value: str, now: float, horizon: float) -> float:
     """The Unix time ``value`` names, no earlier than ``now``; InvalidInput if malformed or beyond ``now + horizon``."""
-    text = value.strip()
+    text = value
     if _UNIX.fullmatch(text):
         at = float(text)
     elif _RFC3339.fullmatch(text):
