@@ -8,7 +8,7 @@ due, on an empty store and on one holding ``--count`` messages scheduled
 files) and on Redis (a real redis-server started for the run). The HTTP-level
 idle pass with 100,000 not-due messages is benchmark 2 (``bench.backlog``).
 
-Run: ``python -m bench.scheduled [--count 100000] [--passes 30]``.
+Run: ``python -m bench.scheduled [--count 100000] [--passes 30] [--only embedded|redis]``.
 """
 
 from __future__ import annotations
@@ -60,10 +60,14 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--count", type=int, default=100_000)
     parser.add_argument("--passes", type=int, default=30)
+    parser.add_argument("--only", choices=["embedded", "redis"], help="measure one backend")
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="multimsg-bench-"))
     try:
-        print("embedded", measure(lambda: TinyStore(Layout(folder / "home"), fsync=False), args.count, args.passes), flush=True)
+        if args.only != "redis":
+            print("embedded", measure(lambda: TinyStore(Layout(folder / "home"), fsync=False), args.count, args.passes), flush=True)
+        if args.only == "embedded":
+            return
         binary = shutil.which("redis-server")
         if binary is None:
             print("redis: redis-server is not installed")

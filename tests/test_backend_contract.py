@@ -395,6 +395,39 @@ def test_a_forward_clock_jump_does_not_expire_messages_in_bulk(store, spool):
     assert sorted(service.sent) == sorted(ids)
 
 
+# -- the embedded backend's due index ------------------------------------------------------------------
+def test_tiny_due_index_files_a_month_of_scheduled_sends_under_a_few_day_folders(tmp_path):
+    store = TinyStore(Layout(tmp_path / "home"), fsync=False)
+    now = time.time()
+    ids = []
+    for n in range(300):  # spread over 30 days: about one minute folder per shard
+        at = now + 86400 * (1 + 29 * n / 300)
+        m = message(now=now, next_attempt_at=at, scheduled_for=at)
+        store.add(m)
+        ids.append(m.id)
+    days = [e.name for e in (tmp_path / "home" / "store" / "due" / "at").iterdir()]
+    assert len(days) <= 31  # a pass lists these, then only the minutes already due
+    assert list(store.claim_due(now + 3600, 60)) == []
+    assert sorted(c.id for c in store.claim_due(now + 31 * 86400, 60)) == sorted(ids)
+
+
+def test_tiny_due_index_still_reads_the_flat_layout_and_the_rebuild_refiles_it(tmp_path):
+    home = tmp_path / "home"
+    store = TinyStore(Layout(home), fsync=False)
+    now = time.time()
+    m = message(now=now, next_attempt_at=now - 5)
+    store.add(m)
+    at = home / "store" / "due" / "at"
+    [(minute_dir, shard)] = [(p.parent, p.name) for p in at.rglob("*") if p.is_file()]
+    legacy = at / minute_dir.name / shard  # where the flat layout kept it: at/<minute>/<shard>
+    legacy.parent.mkdir(parents=True, exist_ok=True)
+    (minute_dir / shard).rename(legacy)
+    store._drop_empty(minute_dir)
+    assert [c.id for c in store.claim_due(now, 60)] == [m.id]
+    store.rebuild()
+    assert not legacy.exists() and [p.name for p in at.rglob("*") if p.is_file()] == [shard]
+
+
 # -- the Redis backend's own promises -------------------------------------------------------------------
 @pytest.fixture
 def redis_backend(redis_url):
