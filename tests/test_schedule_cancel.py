@@ -133,26 +133,3 @@ def test_cli_cancel_and_client_cancel(backend_gateway, telegram):
             client.cancel("B" * 16)
     assert gw.drain()["claimed"] == 0 and telegram.received() == []
 
-
-def test_cancel_deploys_alone_with_functions_framework(tmp_path, gateway_env, server_keys):
-    import shutil
-
-    import requests
-
-    from tests.test_functions_framework import serve
-
-    shutil.copytree(server_keys, tmp_path / "home" / "keys")
-    procs = {}
-    try:
-        for target in ("data", "msg", "cancel", "cons"):
-            procs[target] = serve(target, tmp_path / "home", gateway_env)
-        url = {target: u for target, (_, u) in procs.items()}
-        data_id = requests.post(url["data"], files={"data": ("t.txt", b"deployed alone")}, timeout=30).text
-        message_id = requests.post(url["msg"], data={"id": data_id, "serv": "telegram", "dest": "55", "type": "text",
-                                                     "at": str(int(time.time() + 3600))}, timeout=30).text
-        assert requests.post(url["cancel"], data={"id": message_id}, timeout=30).text == "cancelled"
-        assert requests.post(url["cons"], data={"id": message_id}, timeout=30).text == "cancelled"
-    finally:
-        for proc, _ in procs.values():
-            proc.kill()
-            proc.wait()
