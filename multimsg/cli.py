@@ -116,9 +116,13 @@ class StatusLine:
 
 
 # -- client commands -----------------------------------------------------------------
-def _client(args) -> Client:
+SEND_RETRIES = 3  # multimsg send tries a request again this many times, with the same Idempotency-Key
+
+
+def _client(args, retries: int = 0) -> Client:
     pin = getattr(args, "key_fingerprint", None)
-    return Client(args.server, args.token, timeout=args.http_timeout, key_fingerprint=pin, known_keys=default_known_keys())
+    return Client(args.server, args.token, timeout=args.http_timeout, key_fingerprint=pin, known_keys=default_known_keys(),
+                  retries=retries)
 
 
 def _wait(client: Client, message_id: str, args) -> int:
@@ -130,7 +134,7 @@ def _wait(client: Client, message_id: str, args) -> int:
 
 
 def cmd_send(args) -> int:
-    client = _client(args)
+    client = _client(args, retries=SEND_RETRIES)
     if args.file == "-":
         content, filename = sys.stdin.buffer.read(), args.filename or "stdin"
         size = len(content)
@@ -156,7 +160,8 @@ def cmd_send(args) -> int:
                     head = handle.read(8192)
             datatype = infer_type(head, args.serv)
         message_id = client.send(content, args.serv, args.dest, datatype, caption=args.caption,
-                                 filename=filename, encrypt=not args.plain, progress=progress)
+                                 filename=filename, encrypt=not args.plain, progress=progress, at=args.at,
+                                 idempotency_key=args.idempotency_key or client.new_idempotency_key())
     finally:
         if bar:
             bar.done()
@@ -181,6 +186,12 @@ def cmd_status(args) -> int:
         if status.final:
             print("(a final state stays readable for MULTIMSG_REPORT_GRACE after it is first read, then it is archived)", file=sys.stderr)
     return 1 if status.failed else 0
+
+
+def cmd_cancel(args) -> int:
+    status = _client(args).cancel(args.id)
+    print(json.dumps(status.raw) if args.json else f"{status.id} {status.state}")
+    return 0
 
 
 # -- operator commands ---------------------------------------------------------------
@@ -423,7 +434,15 @@ def build_parser() -> argparse.ArgumentParser:
                       help="refuse any server key but this one: SHA256:<base64> as 'multimsg keys show' prints it, or 64 hex digits "
                            "(default: MULTIMSG_KEY_FINGERPRINT; without one the first key seen per server URL is pinned in "
                            "$XDG_CONFIG_HOME/multimsg/known_keys, exit 9 if it changes)")
+    send.add_argument("--at", metavar="TIME", help="not sent before TIME: RFC 3339 with an offset (2026-12-01T09:30:00Z) or Unix seconds")
+    send.add_argument("--idempotency-key", metavar="KEY",
+                      help="the Idempotency-Key of both requests (default: a fresh one per send, reused on the command's own retries)")
     send.set_defaults(run=cmd_send)
+
+    cancel = commands.add_parser("cancel", parents=[remote], help="cancel a queued or scheduled message; it is never sent")
+    cancel.add_argument("id", metavar="ID")
+    cancel.add_argument("--json", action="store_true", help="print the answer as JSON on stdout")
+    cancel.set_defaults(run=cmd_cancel)
 
     status = commands.add_parser("status", parents=[remote, waiting], help="a message's state (a final state is archived after it has been read)")
     status.add_argument("id", metavar="ID")

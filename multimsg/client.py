@@ -24,12 +24,20 @@ there (``URL SHA256:...`` lines; the CLI uses ``default_known_keys()``,
 ``$XDG_CONFIG_HOME/multimsg/known_keys``); a different key later is
 ``KeyMismatch`` too, until its line is removed (after a rotation the operator
 confirms).
+
+**Retries without duplicates.** ``send``, ``upload`` and ``queue`` take an
+``idempotency_key`` (the ``Idempotency-Key`` header: the server answers a
+repeat with the first answer and creates nothing). With one, a client built
+with ``retries=N`` tries again, with the same key, after a dropped
+connection, a 5xx or a 409 (the first try still in progress); the CLI does so
+with a fresh key per ``multimsg send``. ``Client.new_idempotency_key()`` makes one.
 """
 
 from __future__ import annotations
 
 import os
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Callable, Union
@@ -52,6 +60,7 @@ DEFAULT_URL = "http://127.0.0.1:8080"
 Content = Union[bytes, bytearray, str, os.PathLike, IO[bytes]]
 Progress = Callable[[int, int], None]
 OCTET_STREAM = "application/octet-stream"
+IDEMPOTENCY_HEADER = "Idempotency-Key"
 
 
 # -- errors ----------------------------------------------------------------------
@@ -212,6 +221,7 @@ class Status:
     created_at: str | None = None
     updated_at: str | None = None
     next_attempt_at: str | None = None
+    scheduled_for: str | None = None
     raw: dict = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
@@ -356,11 +366,13 @@ class Client:
         timeout: seconds for each HTTP request (uploads get ``timeout`` per chunk, not in total).
         key_fingerprint: the server key's fingerprint to insist on (default: ``MULTIMSG_KEY_FINGERPRINT``).
         known_keys: without a fingerprint, a file to pin the key in on first use (None: no pinning).
+        retries: tries again (that many times) a request sent with an idempotency key after a dropped
+            connection, a 5xx or a 409 in progress.
     """
 
     def __init__(self, url: str | None = None, token: str | None = None, timeout: float = 30.0,
                  session: requests.Session | None = None, *, key_fingerprint: str | None = None,
-                 known_keys: os.PathLike | str | None = None):
+                 known_keys: os.PathLike | str | None = None, retries: int = 0):
         self.url = (url or os.environ.get("MULTIMSG_URL") or DEFAULT_URL).rstrip("/")
         self.token = token if token is not None else (os.environ.get("MULTIMSG_TOKEN") or None)
         pin = key_fingerprint if key_fingerprint is not None else (os.environ.get("MULTIMSG_KEY_FINGERPRINT", "").strip() or None)
@@ -370,6 +382,7 @@ class Client:
             raise ClientError(str(exc)) from None
         self.known_keys = Path(known_keys) if known_keys is not None else None
         self.timeout = timeout
+        self.retries = max(0, retries)
         self.http = session or requests.Session()
         self.http.trust_env = False  # a loopback gateway is never reached through an HTTP proxy by accident
         self._public_pem: str | None = None
@@ -403,6 +416,26 @@ class Client:
         if response.status_code >= 400:
             raise _error_for(response)
         return response
+
+    @staticmethod
+    def new_idempotency_key() -> str:
+        """A fresh ``Idempotency-Key`` value (a random UUID)."""
+        return str(uuid.uuid4())
+
+    def _idempotent(self, key: str | None, request: Callable[[dict], requests.Response]) -> requests.Response:
+        """``request(headers)``; with ``key``, again with the same key after a dropped connection, a 5xx or a 409."""
+        headers = {} if key is None else {IDEMPOTENCY_HEADER: key}
+        tries = 1 + (self.retries if key else 0)
+        for attempt in range(1, tries + 1):
+            try:
+                return request(headers)
+            except (ConnectionFailed, ServerError, RequestRejected) as exc:
+                retry = isinstance(exc, (ConnectionFailed, ServerError)) or exc.status == 409
+                if attempt >= tries or not retry:
+                    raise
+                pause = getattr(exc, "retry_after", None) or min(5.0, 0.25 * 2 ** attempt)
+                time.sleep(pause)
+        raise AssertionError("unreachable")
 
     def _json(self, response: requests.Response) -> dict:
         try:
@@ -446,27 +479,29 @@ class Client:
                               "fingerprint with them (multimsg keys show) and remove that line")
 
     def upload(self, content: Content, *, filename: str | None = None, encrypt: bool = True,
-               progress: Progress | None = None) -> str:
+               progress: Progress | None = None, idempotency_key: str | None = None) -> str:
         """Upload content (``POST /data``), encrypted unless ``encrypt=False``; returns the data id."""
-        return self._upload(_Source(content, filename), encrypt, progress)
+        return self._upload(_Source(content, filename), encrypt, progress, idempotency_key)
 
-    def _upload(self, source: _Source, encrypt: bool, progress: Progress | None) -> str:
+    def _upload(self, source: _Source, encrypt: bool, progress: Progress | None, key: str | None = None) -> str:
         for attempt in (1, 2):
             if encrypt:
                 blob, wrapped = encrypt_upload(self.public_key(refresh=attempt > 1), source.read_all())
                 files = [("data", source.filename, OCTET_STREAM, blob), ("key", "key.bin", OCTET_STREAM, wrapped)]
             else:
                 files = [("data", source.filename, OCTET_STREAM, source.path if source.path else source.data)]
-            body = MultipartBody(files=files, progress=progress)
+
+            def post(headers: dict, files: list = files) -> requests.Response:
+                with MultipartBody(files=files, progress=progress) as body:  # the same content on every retry
+                    return self._request("POST", "/data", data=body, headers={"Content-Type": body.content_type, **headers})
+
             try:
-                response = self._request("POST", "/data", data=body, headers={"Content-Type": body.content_type})
+                response = self._idempotent(key, post)
             except RequestRejected as exc:
                 # The server's key was rotated since we fetched it (and its grace period is over): fetch it again.
                 if encrypt and attempt == 1 and "fetch it again" in exc.reason:
                     continue
                 raise
-            finally:
-                body.close()
             data_id = self._json(response).get("id")
             if not isinstance(data_id, str):
                 raise ClientError(f"unexpected answer from {self.url}/data: no data id")
@@ -474,30 +509,44 @@ class Client:
         raise AssertionError("unreachable")
 
     def queue(self, data_id: str, serv: str, dest: str, type: str, *, caption: str | None = None,
-              filename: str | None = None) -> str:
-        """Queue a message for an uploaded data id (``POST /msg``); returns the message id."""
+              filename: str | None = None, at: str | float | None = None, idempotency_key: str | None = None) -> str:
+        """Queue a message for an uploaded data id (``POST /msg``); returns the message id.
+
+        ``at``: not sent before this time (RFC 3339 with an offset, or Unix seconds).
+        """
         fields = {"id": data_id, "serv": serv, "dest": str(dest), "type": type}
         if caption:
             fields["caption"] = caption
         if filename:
             fields["filename"] = filename
-        message_id = self._json(self._request("POST", "/msg", data=fields)).get("id")
+        if at is not None:
+            fields["at"] = str(at)
+        response = self._idempotent(idempotency_key, lambda headers: self._request("POST", "/msg", data=fields, headers=headers))
+        message_id = self._json(response).get("id")
         if not isinstance(message_id, str):
             raise ClientError(f"unexpected answer from {self.url}/msg: no message id")
         return message_id
 
     def send(self, content: Content, serv: str, dest: str, type: str | None = None, *,
              caption: str | None = None, filename: str | None = None, encrypt: bool = True,
-             progress: Progress | None = None) -> str:
+             progress: Progress | None = None, at: str | float | None = None, idempotency_key: str | None = None) -> str:
         """Upload and queue in one call; returns the message id.
 
         ``filename`` names the upload (and, for documents, the file the recipient sees).
+        ``idempotency_key`` goes with both requests (the server keeps them apart by endpoint).
         """
         source = _Source(content, filename)
         datatype = type or infer_type(source.head(), serv)
-        data_id = self._upload(source, encrypt, progress)
+        data_id = self._upload(source, encrypt, progress, idempotency_key)
         return self.queue(data_id, serv, dest, datatype, caption=caption,
-                          filename=filename if datatype == "document" else None)
+                          filename=filename if datatype == "document" else None, at=at, idempotency_key=idempotency_key)
+
+    def cancel(self, message_id: str) -> Status:
+        """Cancel a queued or scheduled message (``POST /cancel``); its status, now ``cancelled``.
+
+        ``RequestRejected`` (409) if it is being sent now or is final already; ``NotFound`` if unknown.
+        """
+        return Status.from_json(self._json(self._request("POST", "/cancel", data={"id": message_id})))
 
     def status(self, message_id: str) -> Status:
         """The message's state (``POST /cons``). A final state is archived a grace period after it is first read; then the id is unknown."""

@@ -274,6 +274,10 @@ class Settings:
                                 help="where upload bytes live: unset: the data folder (embedded) or Redis (Redis backend); s3://BUCKET/PREFIX; a folder")
     s3_endpoint_url: str | None = setting("MULTIMSG_S3_ENDPOINT_URL", None,
                                           help="the S3 API's address for a store other than AWS (e.g. https://storage.googleapis.com)")
+    schedule_horizon: float = setting("MULTIMSG_SCHEDULE_HORIZON", 30 * DAY, float,
+                                      help="how far ahead /msg's 'at' may schedule a send, in seconds (never past MULTIMSG_VALIDITY)")
+    idempotency_ttl: float = setting("MULTIMSG_IDEMPOTENCY_TTL", DAY, float,
+                                     help="seconds an Idempotency-Key's answer is kept and replayed to the same client")
 
     @classmethod
     def from_env(cls) -> "Settings":

@@ -19,6 +19,8 @@ __all__ = [
     "QuotaExceeded",
     "StorageFull",
     "Replayed",
+    "Conflict",
+    "Unprocessable",
 ]
 
 
@@ -83,3 +85,11 @@ class StorageFull(MultimsgError):
 
 class Forbidden(MultimsgError):
     """Credentials were given but are wrong (a webhook's signature or verify token): 403."""
+
+
+class Conflict(MultimsgError):
+    """The request clashes with the resource's current state (a message in flight or final; a key in use): 409."""
+
+
+class Unprocessable(MultimsgError):
+    """Well-formed, but it contradicts an earlier request (an idempotency key reused for another body): 422."""

@@ -16,8 +16,10 @@ from typing import Any, BinaryIO, Callable
 from .callbacks import CallbackKeys, Dispatcher, check_url, parse_backoff
 from .config import Settings, settings
 from .crypto import ServerKeys
-from .errors import InvalidInput, NotConfigured, NotFound
+from .errors import Conflict, InvalidInput, NotConfigured, NotFound
 from .fsutil import copy_stream
+from .idempotency import Answer, FileKeyRecords, KeyRecords, record_name
+from .idempotency import once as run_once
 from .ids import check_id, new_id
 from .layout import Layout
 from .model import Message, State
@@ -32,13 +34,15 @@ from .queue.spool import Spool
 from .queue.store import MessageStore
 from .quota import check_quota
 from .replay import ReplayRecord
+from .schedule import AT_FIELD, parse_at
 from .services import ServiceBase, get_service, service_class
 
-__all__ = ["Gateway", "gateway", "server_keys", "replay_record", "redis_client", "MSG_FIELDS", "MSG_OPTIONS"]
+__all__ = ["Gateway", "gateway", "server_keys", "replay_record", "key_records", "redis_client", "MSG_FIELDS", "MSG_OPTIONS"]
 
 MSG_FIELDS = ("id", "serv", "dest", "type")
 MSG_OPTIONS = ("caption", "filename")  # optional; checked by the service
 MSG_CALLBACK = "callback"  # optional: where status events go (multimsg/callbacks.py)
+MSG_AT = AT_FIELD  # optional: not sent before this time (multimsg/schedule.py)
 
 
 @dataclass
@@ -54,6 +58,9 @@ class Gateway:
     replay: Any = None  # wrapped keys already accepted (multimsg/replay.py)
     callbacks: Dispatcher | None = None  # status events out (multimsg/callbacks.py)
     default_callback: str | None = None  # MULTIMSG_CALLBACK_URL
+    schedule_horizon: float = 24 * 3600.0  # how far ahead /msg's ``at`` may be: min(MULTIMSG_SCHEDULE_HORIZON, MULTIMSG_VALIDITY)
+    idempotency: KeyRecords | None = None  # Idempotency-Key records (multimsg/idempotency.py)
+    idempotency_ttl: float = 24 * 3600.0  # MULTIMSG_IDEMPOTENCY_TTL
 
     @classmethod
     def from_settings(cls, s: Settings) -> "Gateway":
@@ -71,8 +78,11 @@ class Gateway:
                       clock=clock, tuning=Tuning.from_settings(s), archive_folder=archive_folder, pacers=pacers, holds=holds)
         callbacks = Dispatcher(store, CallbackKeys(layout, store), parse_backoff(s.callback_backoff), s.callback_allow_private)
         drain.after_pass = callbacks.run  # the events themselves are written by the store with each change
+        records = key_records(s)
+        drain.sweepers.append(records.sweep)
         return cls(server_keys(s), store, spool, drain, get_service, s.report_grace, clock, quota=s.client_quota,
-                   replay=replay_record(s), callbacks=callbacks, default_callback=s.callback_url)
+                   replay=replay_record(s), callbacks=callbacks, default_callback=s.callback_url,
+                   schedule_horizon=min(s.schedule_horizon, s.validity), idempotency=records, idempotency_ttl=s.idempotency_ttl)
 
     # -- GET /key ----------------------------------------------------------
     def public_key(self) -> str:
@@ -106,14 +116,16 @@ class Gateway:
         callback = fields.get(MSG_CALLBACK) or self._token_callback(client) or self.default_callback or None
         if callback is not None and self.callbacks is not None:
             check_url(callback, self.callbacks.allow_private)
+        now = time.time()
+        due = parse_at(fields[MSG_AT], now, self.schedule_horizon) if fields.get(MSG_AT) else now
         info = self.spool.get(client, data_id)
         options = service.check_content(datatype, self.spool.content(client, data_id), {k: fields[k] for k in MSG_OPTIONS if k in fields})
 
-        now = time.time()
         message = Message(
             id=new_id(), client=client, data_id=data_id, serv=service.name, dest=dest, type=datatype,
             filename=options.pop("filename", None) or info.filename, options=options,
-            state=State.QUEUED, created_at=now, updated_at=now, next_attempt_at=now, callback=callback,
+            state=State.QUEUED, created_at=now, updated_at=now, next_attempt_at=due, callback=callback,
+            scheduled_for=due if due > now else None,
         )
         self.spool.attach(client, data_id, message.id)
         try:
@@ -153,6 +165,30 @@ class Gateway:
         if reported is None:
             raise NotFound(gone)
         return reported
+
+    # -- Idempotency-Key on POST /data and /msg -----------------------------
+    def once(self, client: str, scope: str, key: str, run: Callable[[], Answer], fingerprint: Callable[[], str]) -> tuple[Answer, bool]:
+        """``run()`` once per (client, endpoint, key) within MULTIMSG_IDEMPOTENCY_TTL; (answer, replayed)."""
+        if self.idempotency is None:
+            return run(), False
+        return run_once(self.idempotency, record_name(client, scope, key), run, fingerprint, self.idempotency_ttl)
+
+    # -- POST /cancel ------------------------------------------------------
+    def cancel(self, client: str, message_id: str | None) -> Message:
+        """Cancel a queued or scheduled message (atomically against the drain's leases); returns it, now ``cancelled``.
+
+        NotFound for an unknown or another client's id; Conflict naming its
+        state for a message a drain pass is sending now or one already final.
+        """
+        message_id = check_id(message_id, "message id")
+        cancelled, found = self.store.cancel(message_id, client, self.clock.now())
+        if found is None or found.client != client:
+            raise NotFound("unknown message id (or already reported in a final state and archived)")
+        if cancelled is None:
+            state = "in flight (a drain pass is sending it now)" if not found.final else str(found.state)
+            raise Conflict(f"message {message_id} cannot be cancelled: it is {state}")
+        self.spool.release(client, message_id)  # it is never sent: its content goes now, as an archived one's does
+        return cancelled
 
     @staticmethod
     def _token_callback(client: str) -> str | None:
@@ -259,6 +295,16 @@ def replay_record(s: Settings):
     from .queue.backends.redis_engine import RedisReplay
 
     return RedisReplay(client, s.redis_tag)
+
+
+def key_records(s: Settings) -> KeyRecords:
+    """The Idempotency-Key records: in the data folder, or in Redis."""
+    client = redis_client(s)
+    if client is None:
+        return FileKeyRecords(s.home / "idempotency", fsync=s.fsync)
+    from .queue.backends.redis_idempotency import RedisKeyRecords
+
+    return RedisKeyRecords(client, s.redis_tag)
 
 
 @lru_cache(maxsize=1)

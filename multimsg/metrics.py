@@ -218,7 +218,7 @@ class QueueCollector:
         services = sorted(set(configured_instances) | set(snapshot["services"]))
         depth = GaugeMetricFamily(
             "multimsg_queue_messages",
-            "Messages in the store by service and state (delivered/failed: not yet reported by /cons)",
+            "Messages in the store by service and state (delivered/failed/cancelled: not yet reported by /cons)",
             labels=["service", "state"],
         )
         oldest = GaugeMetricFamily(
@@ -226,7 +226,7 @@ class QueueCollector:
             labels=["service"],
         )
         outcomes = CounterMetricFamily(
-            "multimsg_deliveries", "Delivery attempts by outcome: delivered, failed (for good), retried",
+            "multimsg_deliveries", "Delivery attempts by outcome: delivered, failed (for good), retried; and messages cancelled",
             labels=["service", "outcome"],
         )
         latency = HistogramMetricFamily(

@@ -8,7 +8,9 @@ missing or mistyped field travel into the engine.
 
 A message is ``QUEUED`` from ``/msg`` until the drain records a final
 outcome: ``DELIVERED`` (the platform accepted every part) or ``FAILED`` (the
-platform refused it for good, its attempts ran out, or it expired). While a
+platform refused it for good, its attempts ran out, or it expired), or
+``CANCELLED`` (``POST /cancel`` took it out of the queue before a pass leased
+it; ``MessageStore.cancel``). While a
 drain pass sends it, a message carries a lease: ``claim`` (a token unique to
 that claim) and ``claim_until`` (when the lease lapses and any pass may take
 the message back).
@@ -26,16 +28,17 @@ from typing import Any
 
 __all__ = ["State", "FINAL_STATES", "Message", "BadRecord", "iso"]
 
-TIME_FIELDS = ("created_at", "updated_at", "next_attempt_at")  # shown as ISO times in the JSON answer
+TIME_FIELDS = ("created_at", "updated_at", "next_attempt_at", "scheduled_for")  # shown as ISO times in the JSON answer
 
 
 class State(StrEnum):
     QUEUED = "queued"
     DELIVERED = "delivered"
     FAILED = "failed"
+    CANCELLED = "cancelled"
 
 
-FINAL_STATES = frozenset({State.DELIVERED, State.FAILED})
+FINAL_STATES = frozenset({State.DELIVERED, State.FAILED, State.CANCELLED})
 
 
 class BadRecord(ValueError):
@@ -70,6 +73,7 @@ class Message:
     # Status events this change is worth (``queue/outbox.py`` records), on their way into the outbox: a backend
     # stores them there in the same atomic write as the record (see ``queue/store.py``), never as part of it for long.
     events: list[dict[str, Any]] = field(default_factory=list)
+    scheduled_for: float | None = None  # /msg's ``at``: not sent before then (its first next_attempt_at)
 
     @property
     def final(self) -> bool:
@@ -136,7 +140,7 @@ class Message:
             values["attempts"] = int(values.get("attempts") or 0)
             for name in ("created_at", "updated_at", "next_attempt_at"):
                 values[name] = float(values.get(name) or 0.0)
-            for name in ("claim_until", "reported_at"):
+            for name in ("claim_until", "reported_at", "scheduled_for"):
                 if values.get(name) is not None:
                     values[name] = float(values[name])
         except (TypeError, ValueError):
@@ -159,6 +163,7 @@ class Message:
             "platform_ids": list(self.platform_ids),
             "receipt": dict(self.receipt),
             "failure": None if self.failure is None else dict(self.failure),
+            "scheduled_for": self.scheduled_for,
         }
 
     def report(self) -> dict[str, Any]:

@@ -53,7 +53,7 @@ def test_json_answers_have_the_documented_shapes(gateway):
     message_id = queued.json()["id"]
     report = gateway.state(message_id)
     assert set(report) == {"id", "state", "serv", "dest", "type", "attempts", "created_at", "updated_at",
-                           "next_attempt_at", "last_error", "platform_ids", "receipt", "failure"}
+                           "next_attempt_at", "last_error", "platform_ids", "receipt", "failure", "scheduled_for"}
     assert report["receipt"] == {} and report["failure"] is None
     assert report["dest"] == "-100123" and report["state"] == "queued"
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", report["created_at"])

@@ -204,6 +204,83 @@ def test_archive_is_atomic_one_of_two_callers_gets_the_message(store):
     assert states(store)["queued"] == 0  # counted out once, not eight times
 
 
+# -- scheduled sends and cancel ----------------------------------------------------------------------
+def test_a_scheduled_message_waits_in_the_due_index_until_its_time(store):
+    now = time.time()
+    m = message(now=now, next_attempt_at=now + 3600, scheduled_for=now + 3600)
+    store.add(m)
+    assert list(store.claim_due(now + 3599, 60)) == []
+    [claim] = store.claim_due(now + 3600, 60)
+    assert claim.id == m.id and claim.scheduled_for == pytest.approx(now + 3600)
+
+
+def test_cancel_makes_a_queued_message_final_counted_and_never_due(store):
+    now = time.time()
+    m = message(now=now, next_attempt_at=now + 600, scheduled_for=now + 600)
+    store.add(m)
+    cancelled, found = store.cancel(m.id, CLIENT, now)
+    assert cancelled.state == State.CANCELLED and cancelled.final and found.state == State.QUEUED
+    assert store.get(m.id).state == State.CANCELLED
+    assert list(store.claim_due(now + 3600, 60)) == []  # out of the due index
+    figures = store.counters.snapshot()["services"]["counting"]
+    assert figures["states"]["cancelled"] == 1 and figures["states"]["queued"] == 0
+    assert figures["outcomes"]["cancelled"] == 1
+    assert store.cancel(m.id, CLIENT, now)[0] is None  # final now: not cancelled twice
+    assert store.counters.snapshot()["services"]["counting"]["outcomes"]["cancelled"] == 1
+
+
+def test_cancel_is_refused_for_a_leased_a_final_or_another_clients_message(store):
+    now = time.time()
+    leased, other = message(now=now), message(now=now, client="ip:127.0.0.10")
+    store.add(leased)
+    store.add(other)
+    claims = {c.id: c for c in store.claim_due(now, 60)}
+    cancelled, found = store.cancel(leased.id, CLIENT, now + 1)
+    assert cancelled is None and found.claim == claims[leased.id].claim  # in flight: left to its pass
+    assert store.finish(claims[leased.id], {"state": State.DELIVERED}, now + 2).state == State.DELIVERED
+    cancelled, found = store.cancel(leased.id, CLIENT, now + 3)
+    assert cancelled is None and found.state == State.DELIVERED
+    store.finish(claims[other.id], {"next_attempt_at": now + 30, "attempts": 1}, now)
+    cancelled, found = store.cancel(other.id, CLIENT, now + 3)
+    assert cancelled is None and found.client != CLIENT and store.get(other.id).state == State.QUEUED
+    assert store.cancel("f" * 16, CLIENT, now) == (None, None)
+
+
+def test_cancel_of_a_lapsed_lease_fences_its_holder(store):
+    now = time.time()
+    m = message(now=now)
+    store.add(m)
+    [claim] = store.claim_due(now, 10)
+    cancelled, _ = store.cancel(m.id, CLIENT, now + 11)  # the lease lapsed: the message is anyone's again
+    assert cancelled.state == State.CANCELLED
+    assert store.finish(claim, {"state": State.DELIVERED}, now + 12) is None  # fenced: nothing written
+    assert store.get(m.id).state == State.CANCELLED
+
+
+def test_cancel_and_claim_race_each_message_is_either_leased_or_cancelled(store):
+    now = time.time()
+    ids = [message(now=now).id for _ in range(40)]
+    for message_id in ids:
+        store.add(message(id=message_id, now=now))
+    start, claimed, cancelled = threading.Barrier(2), [], []
+
+    def claim():
+        start.wait()
+        claimed.extend(c.id for c in store.claim_due(now, 60))
+
+    def cancel():
+        start.wait()
+        cancelled.extend(i for i in ids if store.cancel(i, CLIENT, now)[0] is not None)
+
+    threads = [threading.Thread(target=claim), threading.Thread(target=cancel)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sorted(claimed + cancelled) == sorted(ids)  # each exactly once: never both, never neither
+    assert all(store.get(i).state == (State.CANCELLED if i in cancelled else State.QUEUED) for i in ids)
+
+
 # -- content ------------------------------------------------------------------------------------------
 def test_content_is_an_object_not_a_path(any_spool):
     spool = any_spool
@@ -317,6 +394,39 @@ def test_a_forward_clock_jump_does_not_expire_messages_in_bulk(store, spool):
     summary = drain.run_pass()
     assert summary["delivered"] == 5 and summary["failed"] == 0
     assert sorted(service.sent) == sorted(ids)
+
+
+# -- the embedded backend's due index ------------------------------------------------------------------
+def test_tiny_due_index_files_a_month_of_scheduled_sends_under_a_few_day_folders(tmp_path):
+    store = TinyStore(Layout(tmp_path / "home"), fsync=False)
+    now = time.time()
+    ids = []
+    for n in range(300):  # spread over 30 days: about one minute folder per shard
+        at = now + 86400 * (1 + 29 * n / 300)
+        m = message(now=now, next_attempt_at=at, scheduled_for=at)
+        store.add(m)
+        ids.append(m.id)
+    days = [e.name for e in (tmp_path / "home" / "store" / "due" / "at").iterdir()]
+    assert len(days) <= 31  # a pass lists these, then only the minutes already due
+    assert list(store.claim_due(now + 3600, 60)) == []
+    assert sorted(c.id for c in store.claim_due(now + 31 * 86400, 60)) == sorted(ids)
+
+
+def test_tiny_due_index_still_reads_the_flat_layout_and_the_rebuild_refiles_it(tmp_path):
+    home = tmp_path / "home"
+    store = TinyStore(Layout(home), fsync=False)
+    now = time.time()
+    m = message(now=now, next_attempt_at=now - 5)
+    store.add(m)
+    at = home / "store" / "due" / "at"
+    [(minute_dir, shard)] = [(p.parent, p.name) for p in at.rglob("*") if p.is_file()]
+    legacy = at / minute_dir.name / shard  # where the flat layout kept it: at/<minute>/<shard>
+    legacy.parent.mkdir(parents=True, exist_ok=True)
+    (minute_dir / shard).rename(legacy)
+    store._drop_empty(minute_dir)
+    assert [c.id for c in store.claim_due(now, 60)] == [m.id]
+    store.rebuild()
+    assert not legacy.exists() and [p.name for p in at.rglob("*") if p.is_file()] == [shard]
 
 
 # -- the Redis backend's own promises -------------------------------------------------------------------

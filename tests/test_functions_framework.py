@@ -42,13 +42,17 @@ def test_single_handlers_share_the_data_folder(tmp_path, gateway_env, server_key
     shutil.copytree(server_keys, tmp_path / "home" / "keys")
     procs = {}
     try:
-        for target in ("key", "data", "msg", "cons"):
+        for target in ("key", "data", "msg", "cons", "cancel"):
             procs[target] = serve(target, tmp_path / "home", gateway_env)
         url = {target: u for target, (_, u) in procs.items()}
         assert requests.get(url["key"]).text.startswith("-----BEGIN PUBLIC KEY-----")
         data_id = requests.post(url["data"], files={"data": ("t.txt", b"deployed alone")}).text
         message_id = requests.post(url["msg"], data={"id": data_id, "serv": "wpp1", "dest": "5491100000000", "type": "text"}).text
         assert requests.post(url["cons"], data={"id": message_id}).text == "queued"
+        scheduled = requests.post(url["msg"], data={"id": data_id, "serv": "wpp1", "dest": "5491100000000", "type": "text",
+                                                    "at": str(int(time.time() + 3600))}).text
+        assert requests.post(url["cancel"], data={"id": scheduled}).text == "cancelled"
+        assert requests.post(url["cons"], data={"id": scheduled}).text == "cancelled"
         assert requests.get(url["msg"]).status_code == 405
     finally:
         for proc, _ in procs.values():

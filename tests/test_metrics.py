@@ -77,8 +77,8 @@ def test_metrics_and_stats_match_what_was_sent(gateway, telegram, whatsapp):
     result = multimsg("stats", "--json", env=home)
     assert result.returncode == 0, result.stderr
     stats = json.loads(result.stdout)["services"]
-    assert stats["telegram"]["states"] == {"queued": 0, "delivered": 1, "failed": 1}
-    assert stats["telegram"]["last_hour"] == {"delivered": 2, "failed": 1, "retried": 0}
+    assert stats["telegram"]["states"] == {"queued": 0, "delivered": 1, "failed": 1, "cancelled": 0}
+    assert stats["telegram"]["last_hour"] == {"delivered": 2, "failed": 1, "retried": 0, "cancelled": 0}
     assert stats["wpp1"]["states"]["queued"] == 1
     assert stats["wpp1"]["last_hour"]["retried"] == 1
     assert stats["wpp1"]["oldest_queued_age"] is not None and stats["wpp1"]["oldest_queued_age"] < 3600

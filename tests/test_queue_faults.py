@@ -128,7 +128,7 @@ def test_concurrent_reports_count_each_message_out_once(tmp_path):
     for t in threads:
         t.join(60)
     figures = store.counters.snapshot()["services"]["counting"]
-    assert figures["states"] == {"queued": 0, "delivered": 0, "failed": 0}
+    assert figures["states"] == {"queued": 0, "delivered": 0, "failed": 0, "cancelled": 0}
     archived = [json.loads(line)["id"] for f in (tmp_path / "home" / "archive").glob("*.jsonl") for line in f.read_text().splitlines()]
     assert sorted(archived) == sorted(ids)  # archived once each, by whichever caller came first
 

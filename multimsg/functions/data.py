@@ -1,10 +1,14 @@
-"""POST /data: upload a file (field ``data``), optionally encrypted (field ``key``)."""
+"""POST /data: upload a file (field ``data``), optionally encrypted (field ``key``).
+
+An ``Idempotency-Key`` header makes a retry safe (``multimsg.idempotency``).
+"""
 
 import functions_framework
 
 from ..config import settings
 from ..errors import InvalidInput, NotMultipart, TooLarge
-from .http import Reply, client_of, endpoint, gateway
+from ..idempotency import Fingerprint
+from .http import Reply, client_of, endpoint, gateway, once
 
 MAX_WRAPPED_KEY = 4096
 
@@ -25,5 +29,12 @@ def data(request):
         raise InvalidInput("'key' must be one file")
     upload = request.files["data"]
     wrapped_key = keys[0].stream.read(MAX_WRAPPED_KEY + 1) if keys else None
-    data_id = gateway().upload(client_of(request), upload.stream, upload.filename or "data", wrapped_key)
-    return Reply(data_id, {"id": data_id})
+    filename = upload.filename or "data"
+    fingerprint = Fingerprint("data").add("filename", filename.encode("utf-8", "surrogatepass")).add("key", wrapped_key or b"")
+    stream = fingerprint.reader(upload.stream)  # hashed as the spool reads it
+
+    def store() -> Reply:
+        data_id = gateway().upload(client_of(request), stream, filename, wrapped_key)
+        return Reply(data_id, {"id": data_id})
+
+    return once(request, "data", store, fingerprint.hexdigest)

@@ -52,7 +52,7 @@ def gateway():
 
     return instance()
 
-__all__ = ["Reply", "endpoint", "wants_json", "fields", "client_of", "require_operator", "SMALL_BODY"]
+__all__ = ["Reply", "endpoint", "wants_json", "fields", "once", "client_of", "require_operator", "SMALL_BODY"]
 
 SMALL_BODY = 64 * 1024  # every body but an upload's: a few short fields
 _CLIENT_KEY = "multimsg.client"  # where client_of caches its answer in the WSGI environ
@@ -67,8 +67,10 @@ STATUS = {
     errors.Forbidden: 403,
     errors.NotFound: 404,
     errors.Replayed: 409,
+    errors.Conflict: 409,
     errors.TooLarge: 413,
     errors.NotMultipart: 415,
+    errors.Unprocessable: 422,
     errors.RateLimited: 429,
     errors.Unavailable: 503,
     errors.StorageFull: 507,
@@ -85,6 +87,7 @@ class Reply:
     status: int = 200
     always_json: bool = False
     content_type: str | None = None  # a fixed type for ``text``, no negotiation (/metrics)
+    headers: dict | None = None
 
 
 def wants_json(request: flask.Request) -> bool:
@@ -162,7 +165,7 @@ def endpoint(*methods: str, identify: bool = False, rate_limit: bool = False) ->
                 return _error(request, 500, "internal error; the server log has the details")
             if reply.content_type:
                 return flask.Response(reply.text, status=reply.status, content_type=reply.content_type)
-            return _render(request, reply.status, reply.text, reply.data, always_json=reply.always_json)
+            return _render(request, reply.status, reply.text, reply.data, reply.headers, always_json=reply.always_json)
 
         @functools.wraps(handler)
         def http_function(request: flask.Request) -> flask.Response:
@@ -173,6 +176,22 @@ def endpoint(*methods: str, identify: bool = False, rate_limit: bool = False) ->
         return http_function
 
     return decorate
+
+
+def once(request: flask.Request, scope: str, run: Callable[[], Reply], fingerprint: Callable[[], str]) -> Reply:
+    """``run()``, or with an ``Idempotency-Key`` header the first answer to it (``multimsg.idempotency``)."""
+    from ..idempotency import HEADER, REPLAYED_HEADER, Answer, parse_key
+
+    key = parse_key(request.headers.get(HEADER))
+    if key is None:
+        return run()
+
+    def first() -> Answer:
+        reply = run()
+        return Answer(reply.status, reply.text, reply.data)
+
+    answer, replayed = gateway().once(client_of(request), scope, key, first, fingerprint)
+    return Reply(answer.text, answer.data, answer.status, headers={REPLAYED_HEADER: "true"} if replayed else None)
 
 
 def fields(request: flask.Request, names: tuple[str, ...]) -> dict[str, str]:

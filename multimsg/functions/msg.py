@@ -1,14 +1,23 @@
-"""POST /msg: queue a message (``id``, ``serv``, ``dest``, ``type``; optional ``caption``, ``filename``, ``callback``) for an upload."""
+"""POST /msg: queue a message (``id``, ``serv``, ``dest``, ``type``; optional ``caption``, ``filename``, ``callback``, ``at``) for an upload.
+
+An ``Idempotency-Key`` header makes a retry safe (``multimsg.idempotency``).
+"""
 
 import functions_framework
 
-from .http import Reply, client_of, endpoint, fields, gateway
+from ..idempotency import Fingerprint
+from .http import Reply, client_of, endpoint, fields, gateway, once
 
 
 @functions_framework.http
 @endpoint("POST", identify=True, rate_limit=True)
 def msg(request):
-    from ..gateway import MSG_CALLBACK, MSG_FIELDS, MSG_OPTIONS
+    from ..gateway import MSG_AT, MSG_CALLBACK, MSG_FIELDS, MSG_OPTIONS
 
-    message_id = gateway().enqueue(client_of(request), fields(request, MSG_FIELDS + MSG_OPTIONS + (MSG_CALLBACK,)))
-    return Reply(message_id, {"id": message_id})
+    given = fields(request, MSG_FIELDS + MSG_OPTIONS + (MSG_CALLBACK, MSG_AT))
+
+    def queue() -> Reply:
+        message_id = gateway().enqueue(client_of(request), given)
+        return Reply(message_id, {"id": message_id})
+
+    return once(request, "msg", queue, lambda: Fingerprint.of_fields("msg", given))

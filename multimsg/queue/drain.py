@@ -123,6 +123,7 @@ class Drain:
         self._last_sweep = float("-inf")
         self.on_final: Callable[[Message], None] | None = None  # told of every final state written (callbacks)
         self.after_pass: Callable[[], dict] | None = None  # run after every pass (callback delivery)
+        self.sweepers: list[Callable[[float], int]] = []  # more leftovers the sweep removes (idempotency records)
 
     def run_pass(self) -> dict:
         lock = FileLock(self.lock_path) if self.lock_path is not None else None
@@ -216,6 +217,7 @@ class Drain:
                 archived += 1
         live = [m.id for m in self.store.messages()]
         removed = self.spool.sweep(now, live, t.leftovers_age) + self.store.sweep(now, t.leftovers_age)
+        removed += sum(sweep(now) for sweep in self.sweepers)
         pruned = self._prune_archive(now)
         self.store.rebuild()
         if archived or removed or pruned:

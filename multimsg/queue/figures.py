@@ -28,7 +28,7 @@ __all__ = [
 ]
 
 RETRIED = "retried"
-OUTCOMES = (str(State.DELIVERED), str(State.FAILED), RETRIED)
+OUTCOMES = (str(State.DELIVERED), str(State.FAILED), RETRIED, str(State.CANCELLED))
 RECENT_WINDOW = 3600.0  # "the last hour"
 LATENCY_BOUNDS = (0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900, 1800, 3600, 10800, 21600, 43200, 86400)
 DRAIN_BOUNDS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)

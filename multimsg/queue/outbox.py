@@ -26,7 +26,7 @@ from ..model import Message, State, iso
 __all__ = ["Event", "OUTBOX_FIGURES", "FINAL_EVENTS", "make_event", "noted"]
 
 OUTBOX_FIGURES = ("delivered", "given_up")  # counted when an event leaves the outbox
-FINAL_EVENTS = {State.DELIVERED: "message.delivered", State.FAILED: "message.failed"}  # what a final state is worth
+FINAL_EVENTS = {State.DELIVERED: "message.delivered", State.FAILED: "message.failed", State.CANCELLED: "message.cancelled"}  # what a final state is worth
 
 
 @dataclass(frozen=True)

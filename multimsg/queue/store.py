@@ -37,6 +37,11 @@ cannot span both (the embedded backend's files), the backend keeps the events
 in the record until they are in the outbox and completes a move that a crash
 interrupted before its next ``claim_events``. ``enqueue_event`` stores an
 event on its own (an event of that id already stored is left as it is).
+
+Cancel: ``cancel`` is one ``update`` (a compare-and-set where the backend has
+one), so it and ``claim_due``/``finish`` never both win: a message is either
+leased for sending or cancelled; its ``message.cancelled`` event is written
+with it.
 """
 
 from __future__ import annotations
@@ -45,7 +50,7 @@ from abc import ABC, abstractmethod
 from typing import Any, Callable, Iterable, Iterator
 
 from ..errors import Unavailable
-from ..model import Message
+from ..model import Message, State
 from .counters import Counters
 from .outbox import FINAL_EVENTS, Event, noted
 from .receipts import Receipt, apply
@@ -138,6 +143,27 @@ class MessageStore(ABC):
             return None if after is None else noted(after, worth[0], now)
 
         return self.update(message_id, change, now), worth[0]
+
+    def cancel(self, message_id: str, client: str, now: float) -> tuple[Message | None, Message | None]:
+        """Make a queued message of ``client`` ``cancelled``, atomically against leases (fenced like ``finish``).
+
+        Returns (the cancelled message, or None if it was not cancelled; the
+        message as found, or None if unknown). Only a message that is queued
+        and not leased now is cancelled: one a pass holds (``claim_until`` ahead
+        of ``now``), a final one or another client's is left as it is. A
+        lapsed lease's holder then finds its lease gone and writes nothing.
+        """
+        found: list[Message | None] = [None]
+
+        def change(message: Message) -> Message | None:
+            found[0] = message
+            leased = message.claim is not None and (message.claim_until or 0.0) > now
+            if message.client != client or message.final or leased:
+                return None
+            cancelled = message.with_changes(state=State.CANCELLED, claim=None, claim_until=None, updated_at=now)
+            return noted(cancelled, FINAL_EVENTS[State.CANCELLED], now)
+
+        return self.update(message_id, change, now), found[0]
 
     # -- the outbox ----------------------------------------------------------------
     @abstractmethod

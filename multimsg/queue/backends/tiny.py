@@ -10,10 +10,12 @@ Beside the shards (all derived data, rebuilt by ``rebuild``):
 
 - ``store/due/<shard>``: an empty file whose modification time is the
   earliest time any message of the shard is due (a retry, a lapsed lease);
-  absent when none is; and ``store/due/at/<minute>/<shard>``, the same shard
-  filed under the minute it is due. A pass lists only the minutes already
-  due and opens only those shards: with 100,000 messages none of which is
-  due, it reads one folder listing. The index is lowered
+  absent when none is; and ``store/due/at/<day>/<minute>/<shard>``, the same
+  shard filed under the day and minute it is due. A pass lists the days, then
+  only the minutes already due, and opens only those shards: with 100,000
+  messages none of which is due (scheduled sends spread over the next 30
+  days, say) it reads two short folder listings. (A flat ``at/<minute>/`` of
+  an older version is still read, and emptied by the sweep's rebuild.) The index is lowered
   *before* a shard write that makes something due earlier and set exactly
   after it, so a crash leaves it early (a wasted look), never late.
 - ``store/counts/<shard>.json``: the shard's figures (``queue/figures.py``),
@@ -73,6 +75,8 @@ _TABLE = "messages"  # TinyDB's table name inside each shard file
 SHARD_HEX_DIGITS = 3  # 4096 shards: ~25 records each at 100k stored messages
 LOCK_TIMEOUT = 30.0
 DUE_BUCKET = 60.0  # seconds per folder of the due index
+DAY_BUCKETS = 1440  # minute folders per day folder
+_LEGACY_MINUTE = 10**6  # an at/ entry this large is a minute of the flat layout (a day number is ~20,000)
 
 
 def _raw_due(record: dict) -> float | None:
@@ -354,7 +358,38 @@ class TinyStore(MessageStore):
         return self.due_dir / shard
 
     def _bucket_path(self, shard: str, due: float) -> Path:
-        return self.due_dir / "at" / str(int(max(0.0, due) // DUE_BUCKET)) / shard
+        minute = int(max(0.0, due) // DUE_BUCKET)
+        return self.due_dir / "at" / str(minute // DAY_BUCKETS) / str(minute) / shard
+
+    def _buckets(self, last: int | None = None) -> list[str]:
+        """The minute folders of the due index (up to minute ``last``), legacy flat ones included."""
+        found = []
+        try:
+            entries = [e for e in os.scandir(self.due_dir / "at") if e.name.isdigit()]
+        except FileNotFoundError:
+            return []
+        for entry in entries:
+            n = int(entry.name)
+            if n >= _LEGACY_MINUTE:
+                if last is None or n <= last:
+                    found.append(entry.path)
+                continue
+            if last is not None and n > last // DAY_BUCKETS:
+                continue
+            try:
+                found += [m.path for m in os.scandir(entry.path) if m.name.isdigit() and (last is None or int(m.name) <= last)]
+            except FileNotFoundError:
+                continue
+        return found
+
+    @staticmethod
+    def _drop_empty(bucket: Path) -> None:
+        """Remove an emptied minute folder and its day folder (another writer may be filling them: then they stay)."""
+        for folder in (bucket, bucket.parent):
+            try:
+                folder.rmdir()
+            except OSError:
+                return
 
     def _indexed_due(self, shard: str) -> float | None:
         try:
@@ -381,10 +416,7 @@ class TinyStore(MessageStore):
         if old is not None and (due is None or self._bucket_path(shard, old) != self._bucket_path(shard, due)):
             bucket = self._bucket_path(shard, old)
             bucket.unlink(missing_ok=True)
-            try:
-                bucket.parent.rmdir()  # an empty minute goes (another writer may be filling it: then it stays)
-            except OSError:
-                pass
+            self._drop_empty(bucket.parent)
         if due is None or ns is None:
             path.unlink(missing_ok=True)
             return None
@@ -406,13 +438,9 @@ class TinyStore(MessageStore):
         """The shards with something due at ``now``, earliest first."""
         limit, last = int(now * 1e9), int(max(0.0, now) // DUE_BUCKET)
         found = []
-        try:
-            buckets = [e for e in os.scandir(self.due_dir / "at") if e.name.isdigit() and int(e.name) <= last]
-        except FileNotFoundError:
-            return []
-        for bucket in buckets:
+        for bucket in self._buckets(last):
             try:
-                names = [e.name for e in os.scandir(bucket.path)]
+                names = [e.name for e in os.scandir(bucket)]
             except FileNotFoundError:
                 continue
             for name in names:
@@ -687,15 +715,12 @@ class TinyStore(MessageStore):
             if entry.is_file() and entry.name not in present:
                 Path(entry.path).unlink(missing_ok=True)
         # Bucket entries left by a crash (their shard is filed under another minute, or none) go.
-        for bucket in list(os.scandir(self.due_dir / "at")) if (self.due_dir / "at").is_dir() else []:
-            for entry in list(os.scandir(bucket.path)):
+        for bucket in self._buckets():
+            for entry in list(os.scandir(bucket)):
                 due = self._indexed_due(entry.name)
                 if due is None or self._bucket_path(entry.name, due) != Path(entry.path):
                     Path(entry.path).unlink(missing_ok=True)
-            try:
-                os.rmdir(bucket.path)
-            except OSError:
-                pass
+            self._drop_empty(Path(bucket))
         return counted
 
     def problems(self) -> list[str]:
