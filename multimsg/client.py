@@ -474,13 +474,19 @@ class Client:
         raise AssertionError("unreachable")
 
     def queue(self, data_id: str, serv: str, dest: str, type: str, *, caption: str | None = None,
-              filename: str | None = None) -> str:
-        """Queue a message for an uploaded data id (``POST /msg``); returns the message id."""
+              filename: str | None = None, convert: bool | None = None) -> str:
+        """Queue a message for an uploaded data id (``POST /msg``); returns the message id.
+
+        ``convert``: True has voice and audio the platform refuses transcoded by the
+        server, False never (None: the service instance's default).
+        """
         fields = {"id": data_id, "serv": serv, "dest": str(dest), "type": type}
         if caption:
             fields["caption"] = caption
         if filename:
             fields["filename"] = filename
+        if convert is not None:
+            fields["convert"] = "1" if convert else "0"
         message_id = self._json(self._request("POST", "/msg", data=fields)).get("id")
         if not isinstance(message_id, str):
             raise ClientError(f"unexpected answer from {self.url}/msg: no message id")
@@ -488,7 +494,7 @@ class Client:
 
     def send(self, content: Content, serv: str, dest: str, type: str | None = None, *,
              caption: str | None = None, filename: str | None = None, encrypt: bool = True,
-             progress: Progress | None = None) -> str:
+             progress: Progress | None = None, convert: bool | None = None) -> str:
         """Upload and queue in one call; returns the message id.
 
         ``filename`` names the upload (and, for documents, the file the recipient sees).
@@ -497,7 +503,7 @@ class Client:
         datatype = type or infer_type(source.head(), serv)
         data_id = self._upload(source, encrypt, progress)
         return self.queue(data_id, serv, dest, datatype, caption=caption,
-                          filename=filename if datatype == "document" else None)
+                          filename=filename if datatype == "document" else None, convert=convert)
 
     def status(self, message_id: str) -> Status:
         """The message's state (``POST /cons``). A final state is archived a grace period after it is first read; then the id is unknown."""

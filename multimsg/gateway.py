@@ -13,6 +13,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
+from . import convert
 from .callbacks import CallbackKeys, Dispatcher, check_url, parse_backoff
 from .config import Settings, settings
 from .crypto import ServerKeys
@@ -39,6 +40,7 @@ __all__ = ["Gateway", "gateway", "server_keys", "replay_record", "redis_client",
 MSG_FIELDS = ("id", "serv", "dest", "type")
 MSG_OPTIONS = ("caption", "filename")  # optional; checked by the service
 MSG_CALLBACK = "callback"  # optional: where status events go (multimsg/callbacks.py)
+MSG_CONVERT = "convert"  # optional: 1 converts audio the platform refuses, 0 never (multimsg/convert.py)
 FINAL_EVENTS = {State.DELIVERED: "message.delivered", State.FAILED: "message.failed"}
 
 
@@ -71,6 +73,7 @@ class Gateway:
         drain = Drain(store, spool, get_service, RetryPolicy.from_settings(s), layout.lock("drain") if s.drain_lock else None,
                       clock=clock, tuning=Tuning.from_settings(s), archive_folder=archive_folder, pacers=pacers, holds=holds)
         callbacks = Dispatcher(store, CallbackKeys(layout, store), parse_backoff(s.callback_backoff), s.callback_allow_private)
+        convert.ffmpeg()  # found (or not) at start, and logged
         drain.on_final = lambda m: callbacks.enqueue(m, FINAL_EVENTS.get(m.state))
         drain.after_pass = callbacks.run
         return cls(server_keys(s), store, spool, drain, get_service, s.report_grace, clock, quota=s.client_quota,
@@ -109,7 +112,8 @@ class Gateway:
         if callback is not None and self.callbacks is not None:
             check_url(callback, self.callbacks.allow_private)
         info = self.spool.get(client, data_id)
-        options = service.check_content(datatype, self.spool.content(client, data_id), {k: fields[k] for k in MSG_OPTIONS if k in fields})
+        options = convert.check(service, datatype, self.spool.content(client, data_id), {k: fields[k] for k in MSG_OPTIONS if k in fields},
+                                fields.get(MSG_CONVERT))
 
         now = time.time()
         message = Message(
