@@ -85,7 +85,7 @@ DEMUXERS = "wav,w64,mp3,ogg,flac,mov,matroska,aac,amr,amrnb,amrwb,aiff,caf,au,wv
 HARD_CPU_MARGIN = 5  # seconds past the soft limit (SIGXCPU) before SIGKILL
 LIMITS = 'ulimit -c 0 && ulimit -S -t "$1" && ulimit -H -t "$2" && ulimit -f "$3" && ulimit -v "$4" && shift 4 && exec "$@"'
 CHUNK = 1 << 16
-TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+TRUE, FALSE = ("1", "true"), ("0", "false")
 
 
 class ConversionError(Exception):
@@ -158,7 +158,7 @@ def check(service: ServiceBase, datatype: str, content: Content, options: dict, 
 
 
 def _flag(value: str) -> bool:
-    value = value.strip().lower()
+    value = value.strip()
     if value in TRUE or value in FALSE:
         return value in TRUE
     raise InvalidInput("'convert' must be 1 or 0 (or true or false)")

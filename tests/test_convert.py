@@ -92,6 +92,17 @@ def test_voice_wav_reaches_whatsapp_as_ogg_opus_mono(runner, platforms):
     assert message["json"]["type"] == "audio" and message["json"]["audio"]["voice"] is True
 
 
+def test_m4a_with_its_index_last_becomes_a_voice_note(runner, platforms):
+    _, whatsapp = platforms
+    source = media.tone("ipod", 20.0, channels=1)  # M4A as phones record it: the moov box after the audio
+    assert source.index(b"moov") > source.index(b"mdat") > 0 and sniff_bytes(source[:8192]) == "audio/mp4"
+    delivered(runner, queue(runner, source, "wpp1", new_number(), "voice", upload_name="memo.m4a", convert="1"))
+    [media_upload] = whatsapp.wait_for(lambda r: r["method"] == "media")
+    upload, data = uploaded(whatsapp, media_upload)
+    assert upload["filename"] == "memo.ogg"
+    assert_voice_note(data, seconds=20.0)
+
+
 def test_voice_mp3_reaches_telegram_as_ogg_opus_mono_via_json_body(runner, platforms):
     telegram, _ = platforms
     data_id = runner.upload_id(media.tone("mp3", SECONDS, channels=2), filename="memo.mp3")
