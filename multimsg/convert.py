@@ -3,8 +3,8 @@
 Owns the whole concept: whether a message is converted and to what (``check``,
 at ``/msg``: the ``convert`` field, else the instance's ``MULTIMSG_<SERV>_CONVERT``),
 the transcoding (``for_send``, in the drain, before each attempt), how ffmpeg
-is found (``ffmpeg()``, once per process, reported by ``/health``) and the
-bounds of the child process.
+is found (``detect()`` at start, in the background; ``ffmpeg()``: once per
+process, reported by ``/health``) and the bounds of the child process.
 
 - ``voice`` becomes OGG/Opus mono (what WhatsApp and Telegram show as a voice
   note) unless it already is;
@@ -50,7 +50,7 @@ from .services.base import Outcome, ServiceBase
 from .services.datatypes import Datatypes
 from .services.sniff import OGG_OPUS, describe, opus_channels, sniff
 
-__all__ = ["CONVERT", "Target", "TARGETS", "Ffmpeg", "ffmpeg", "status", "check", "for_send", "release",
+__all__ = ["CONVERT", "Target", "TARGETS", "Ffmpeg", "ffmpeg", "detect", "status", "check", "for_send", "release",
            "transcode", "ConversionError"]
 
 log = logging.getLogger("multimsg.convert")
@@ -105,9 +105,22 @@ class Ffmpeg:
     encoders: frozenset[str]
 
 
-@lru_cache(maxsize=1)
 def ffmpeg() -> Ffmpeg | None:
     """This process's ffmpeg (``MULTIMSG_FFMPEG``): its path, version and encoders; None when there is none."""
+    with _probing:
+        return _probe()
+
+
+def detect() -> None:
+    """Look for ffmpeg now, in the background: a start-up (a cron's drain, a cold start) does not wait for it."""
+    threading.Thread(target=ffmpeg, name="multimsg-ffmpeg-probe", daemon=True).start()
+
+
+_probing = threading.Lock()  # one probe per process; callers meanwhile wait for its answer
+
+
+@lru_cache(maxsize=1)
+def _probe() -> Ffmpeg | None:
     path = shutil.which(settings().ffmpeg)
     if path is None:
         log.info("ffmpeg not found (%s): /msg convert=1 answers 400", settings().ffmpeg)

@@ -73,7 +73,7 @@ class Gateway:
         drain = Drain(store, spool, get_service, RetryPolicy.from_settings(s), layout.lock("drain") if s.drain_lock else None,
                       clock=clock, tuning=Tuning.from_settings(s), archive_folder=archive_folder, pacers=pacers, holds=holds)
         callbacks = Dispatcher(store, CallbackKeys(layout, store), parse_backoff(s.callback_backoff), s.callback_allow_private)
-        convert.ffmpeg()  # found (or not) at start, and logged
+        convert.detect()  # ffmpeg found (or not) at start, in the background, and logged
         drain.on_final = lambda m: callbacks.enqueue(m, FINAL_EVENTS.get(m.state))
         drain.after_pass = callbacks.run
         return cls(server_keys(s), store, spool, drain, get_service, s.report_grace, clock, quota=s.client_quota,
