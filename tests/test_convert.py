@@ -22,6 +22,7 @@ from multimsg.services.sniff import OGG_OPUS, opus_channels, sniff_bytes
 from tests import media
 from tests.conftest import require_tool
 from tests.gatewayproc import ROOT, Gateway
+from tests.redis_support import redis_server, redis_url  # noqa: F401  (fixtures)
 from tests.services_support import content_env, module_gateway, new_chat, new_number, queue, sha256
 
 KEEP = 60_000_000  # the emulators keep uploaded files up to this size, to be decoded here
@@ -101,6 +102,16 @@ def test_m4a_with_its_index_last_becomes_a_voice_note(runner, platforms):
     upload, data = uploaded(whatsapp, media_upload)
     assert upload["filename"] == "memo.ogg"
     assert_voice_note(data, seconds=20.0)
+
+
+@pytest.mark.parametrize("backend", ["embedded", "redis"])
+def test_conversion_reads_the_upload_from_either_backend(request, make_gateway, platforms, backend):
+    telegram, _ = platforms
+    env = {"MULTIMSG_BACKEND": request.getfixturevalue("redis_url")} if backend == "redis" else {}
+    gateway = make_gateway(backend, env=env)
+    delivered(gateway, queue(gateway, media.tone("wav", SECONDS), "telegram", new_chat(), "voice", convert="1"))
+    [record] = telegram.wait_for(lambda r: r["method"] == "sendVoice" and r["status"] == 200)
+    assert_voice_note(uploaded(telegram, record)[1])
 
 
 def test_voice_mp3_reaches_telegram_as_ogg_opus_mono_via_json_body(runner, platforms):
