@@ -48,7 +48,7 @@ from .errors import InvalidInput
 from .model import Message
 from .services.base import Outcome, ServiceBase
 from .services.datatypes import Datatypes
-from .services.sniff import OGG_OPUS, describe, opus_channels, sniff
+from .services.sniff import OGG_OPUS, describe, opus_channels, sniff, sniff_bytes
 
 __all__ = ["CONVERT", "Target", "TARGETS", "Ffmpeg", "ffmpeg", "detect", "status", "check", "for_send", "release",
            "transcode", "ConversionError"]
@@ -190,8 +190,9 @@ def _target(service: ServiceBase, datatype: str, content: Content, explicit: boo
         return None  # the instance's default: the content is checked as it is
     allowed = service.formats.get(datatype)
     head = content.head()
-    mime = sniff(content)
-    if allowed is None or (mime in allowed and (datatype != Datatypes.VOICE or opus_channels(head) == 1)):
+    mime = sniff_bytes(head)
+    mono = datatype != Datatypes.VOICE or mime != OGG_OPUS or opus_channels(head) == 1  # a voice note in OGG/Opus is mono
+    if allowed is None or (mime in allowed and mono):
         return None
     if mime is None or not (mime.startswith("audio/") or mime in INPUT_VIDEO):
         raise InvalidInput(f"convert: this file is {describe(mime)}, not audio that can be converted")
