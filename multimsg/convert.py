@@ -267,12 +267,13 @@ def transcode(content: Content, target: Target, *, max_output: int, what: str = 
     s = settings()
     mime = sniff(content)
     seeking = mime in SEEKING
-    source = "cache:pipe:0" if seeking else "pipe:0"
+    # cache: ffmpeg keeps what it read (an unlinked file in /tmp) and reads on to whatever it seeks to, however far
+    source = ("-read_ahead_limit", "-1", "-i", "cache:pipe:0") if seeking else ("-i", "pipe:0")
     protocols = "cache,pipe" if seeking else "pipe"
     blocks = -(-content.size // 512) + 2048 if seeking else 0  # the cache holds the input (512-byte blocks)
     argv = ["/bin/sh", "-c", LIMITS, "sh", str(s.convert_cpu), str(s.convert_cpu + HARD_CPU_MARGIN), str(blocks),
             str(s.convert_memory * 1024), tool.path, "-hide_banner", "-nostdin", "-loglevel", "error", "-threads", "1",
-            "-protocol_whitelist", protocols, "-format_whitelist", DEMUXERS, "-i", source,
+            "-protocol_whitelist", protocols, "-format_whitelist", DEMUXERS, *source,
             "-map", "0:a:0", "-map_metadata", "-1", "-map_chapters", "-1", "-threads", "1", *target.options,
             "-protocol_whitelist", "pipe", "pipe:1"]
     output = tempfile.TemporaryFile(prefix="multimsg-converted-")
