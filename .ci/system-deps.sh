@@ -8,6 +8,8 @@
 #   openssl       tests/test_crypto.py (a key wrapped by the openssl CLI)
 #   redis-server  the Redis backend's tests (they start their own instances)
 #   redis-cli     tests/redis_cluster_support.py (redis-cli --cluster create; Debian's redis-tools, which redis-server also brings)
+#   ffmpeg        tests/test_convert.py (/msg convert=1 transcodes with it; it makes the test inputs)
+#   ffprobe       tests/test_convert.py (reads the converted files back; Debian's ffmpeg package has it)
 set -euo pipefail
 
 declare -A PACKAGE=(
@@ -17,6 +19,8 @@ declare -A PACKAGE=(
     [openssl]=openssl
     [redis-server]=redis-server
     [redis-cli]=redis-tools
+    [ffmpeg]=ffmpeg
+    [ffprobe]=ffmpeg
 )
 
 missing=()

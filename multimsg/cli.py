@@ -160,7 +160,7 @@ def cmd_send(args) -> int:
                     head = handle.read(8192)
             datatype = infer_type(head, args.serv)
         message_id = client.send(content, args.serv, args.dest, datatype, caption=args.caption,
-                                 filename=filename, encrypt=not args.plain, progress=progress, at=args.at,
+                                 filename=filename, encrypt=not args.plain, progress=progress, at=args.at, convert=args.convert,
                                  idempotency_key=args.idempotency_key or client.new_idempotency_key())
     finally:
         if bar:
@@ -428,6 +428,9 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("--type", help="text, image, document, audio, video, voice, template (default: inferred from the content)")
     send.add_argument("--caption", help="a caption for a photo, video, document...")
     send.add_argument("--filename", help="the file name the recipient sees (documents; default: FILE's name)")
+    send.add_argument("--convert", action=argparse.BooleanOptionalAction, default=None,
+                      help="voice/audio the platform refuses is transcoded by the server (ffmpeg): voice to OGG/Opus, audio to MP3 "
+                           "(--no-convert: never; default: the service's setting)")
     send.add_argument("--plain", action="store_true", help="upload without encryption (over plain HTTP, anyone on the network path can read it)")
     send.add_argument("--wait", action="store_true", help="wait for delivered (exit 0) or failed (exit 1), showing the state")
     send.add_argument("--key-fingerprint", metavar="FP",

@@ -509,10 +509,13 @@ class Client:
         raise AssertionError("unreachable")
 
     def queue(self, data_id: str, serv: str, dest: str, type: str, *, caption: str | None = None,
-              filename: str | None = None, at: str | float | None = None, idempotency_key: str | None = None) -> str:
+              filename: str | None = None, at: str | float | None = None, idempotency_key: str | None = None,
+              convert: bool | None = None) -> str:
         """Queue a message for an uploaded data id (``POST /msg``); returns the message id.
 
         ``at``: not sent before this time (RFC 3339 with an offset, or Unix seconds).
+        ``convert``: True has voice and audio the platform refuses transcoded by the
+        server, False never (None: the service instance's default).
         """
         fields = {"id": data_id, "serv": serv, "dest": str(dest), "type": type}
         if caption:
@@ -521,6 +524,8 @@ class Client:
             fields["filename"] = filename
         if at is not None:
             fields["at"] = str(at)
+        if convert is not None:
+            fields["convert"] = "1" if convert else "0"
         response = self._idempotent(idempotency_key, lambda headers: self._request("POST", "/msg", data=fields, headers=headers))
         message_id = self._json(response).get("id")
         if not isinstance(message_id, str):
@@ -529,7 +534,8 @@ class Client:
 
     def send(self, content: Content, serv: str, dest: str, type: str | None = None, *,
              caption: str | None = None, filename: str | None = None, encrypt: bool = True,
-             progress: Progress | None = None, at: str | float | None = None, idempotency_key: str | None = None) -> str:
+             progress: Progress | None = None, at: str | float | None = None, idempotency_key: str | None = None,
+             convert: bool | None = None) -> str:
         """Upload and queue in one call; returns the message id.
 
         ``filename`` names the upload (and, for documents, the file the recipient sees).
@@ -539,7 +545,7 @@ class Client:
         datatype = type or infer_type(source.head(), serv)
         data_id = self._upload(source, encrypt, progress, idempotency_key)
         return self.queue(data_id, serv, dest, datatype, caption=caption,
-                          filename=filename if datatype == "document" else None, at=at, idempotency_key=idempotency_key)
+                          filename=filename if datatype == "document" else None, at=at, idempotency_key=idempotency_key, convert=convert)
 
     def cancel(self, message_id: str) -> Status:
         """Cancel a queued or scheduled message (``POST /cancel``); its status, now ``cancelled``.

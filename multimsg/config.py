@@ -254,6 +254,9 @@ class Settings:
     rate_burst: int = setting("MULTIMSG_RATE_BURST", 2000, int)
     key_grace: float = setting("MULTIMSG_KEY_GRACE", 7 * DAY, float)
     client_quota: int = setting("MULTIMSG_CLIENT_QUOTA", 1000 * 1000 * 1000, int, help="bytes a client's uploads may hold (0: no quota)")
+    ffmpeg: str = setting("MULTIMSG_FFMPEG", "ffmpeg", help="the ffmpeg that /msg convert=1 uses: a command on PATH or a path (missing: no conversion)")
+    convert_cpu: int = setting("MULTIMSG_CONVERT_CPU", 60, int, help="seconds of CPU time one audio conversion may use (RLIMIT_CPU of ffmpeg)")
+    convert_memory: int = setting("MULTIMSG_CONVERT_MEMORY", 512, int, help="MB of address space one audio conversion may use (RLIMIT_AS of ffmpeg)")
     log_format: str = setting("MULTIMSG_LOG_FORMAT", "text")
     header_timeout: float = setting("MULTIMSG_HEADER_TIMEOUT", 10.0, _positive, help="seconds a client has to send a request's headers")
     body_timeout: float = setting("MULTIMSG_BODY_TIMEOUT", 30.0, _positive, help="seconds a client has to send a body (plus 1 s per BODY_MIN_RATE bytes)")
@@ -305,6 +308,7 @@ class ServiceConfig:
     name: str = ""  # the instance (the serv value)
     kind: str = ""  # the module that sends (KINDS in multimsg.services)
     variables: dict[str, str] = field(default_factory=dict)  # attribute -> the variable it was read from
+    convert: bool = False  # MULTIMSG_<SERV>_CONVERT: /msg converts audio the platform refuses unless it says convert=0
 
 
 def service_config(name: str, credentials: dict[str, str], options: dict[str, tuple[str, str]], *,
@@ -325,7 +329,7 @@ def service_config(name: str, credentials: dict[str, str], options: dict[str, tu
     s = settings()
     return ServiceConfig(values, optional_float(prefix + "RATE"), optional_float(prefix + "DEST_INTERVAL"),
                          None if concurrency is None else env_int(prefix + "CONCURRENCY", 1), s.connect_timeout, s.read_timeout,
-                         name=name, kind=kind, variables=variables)
+                         name=name, kind=kind, variables=variables, convert=env_bool(prefix + "CONVERT", False))
 
 
 # -- service instances -----------------------------------------------------------

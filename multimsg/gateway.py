@@ -13,6 +13,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
+from . import convert
 from .callbacks import CallbackKeys, Dispatcher, check_url, parse_backoff
 from .config import Settings, settings
 from .crypto import ServerKeys
@@ -43,6 +44,7 @@ MSG_FIELDS = ("id", "serv", "dest", "type")
 MSG_OPTIONS = ("caption", "filename")  # optional; checked by the service
 MSG_CALLBACK = "callback"  # optional: where status events go (multimsg/callbacks.py)
 MSG_AT = AT_FIELD  # optional: not sent before this time (multimsg/schedule.py)
+MSG_CONVERT = "convert"  # optional: 1 converts audio the platform refuses, 0 never (multimsg/convert.py)
 
 
 @dataclass
@@ -77,6 +79,7 @@ class Gateway:
         drain = Drain(store, spool, get_service, RetryPolicy.from_settings(s), layout.lock("drain") if s.drain_lock else None,
                       clock=clock, tuning=Tuning.from_settings(s), archive_folder=archive_folder, pacers=pacers, holds=holds)
         callbacks = Dispatcher(store, CallbackKeys(layout, store), parse_backoff(s.callback_backoff), s.callback_allow_private)
+        convert.detect()  # ffmpeg found (or not) at start, in the background, and logged
         drain.after_pass = callbacks.run  # the events themselves are written by the store with each change
         records = key_records(s)
         drain.sweepers.append(records.sweep)
@@ -119,7 +122,8 @@ class Gateway:
         now = time.time()
         due = parse_at(fields[MSG_AT], now, self.schedule_horizon) if fields.get(MSG_AT) else now
         info = self.spool.get(client, data_id)
-        options = service.check_content(datatype, self.spool.content(client, data_id), {k: fields[k] for k in MSG_OPTIONS if k in fields})
+        options = convert.check(service, datatype, self.spool.content(client, data_id), {k: fields[k] for k in MSG_OPTIONS if k in fields},
+                                fields.get(MSG_CONVERT))
 
         message = Message(
             id=new_id(), client=client, data_id=data_id, serv=service.name, dest=dest, type=datatype,

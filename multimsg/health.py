@@ -47,6 +47,7 @@ def check() -> dict:
 
 def _probe() -> dict:
     """The health report, or ``Unavailable`` with the reason (no cache)."""
+    from . import convert
     from .config import settings
     from .gateway import gateway
     from .services import get_service, instances
@@ -84,4 +85,5 @@ def _probe() -> dict:
         "services": services,
         "configured": [name for name, ok in services.items() if ok],
         "kinds": kinds,
+        "ffmpeg": convert.status(),  # audio conversion (/msg convert=1)
     }

@@ -17,16 +17,25 @@ content sniffers accept as that format:
 
 ``pad(content, size)`` grows a file to an exact size without changing its kind
 (zero bytes appended), for the size-limit tests.
+
+Decodable audio, for the conversion tests, is made by the real ffmpeg (the
+tests that use it ``require_tool`` it): ``tone(fmt, seconds, channels)`` is a
+440 Hz sine in any container ffmpeg writes (``wav``, ``mp3``, ``flac``, ...),
+and ``probe(data)`` reads codec, channels and duration back with ffprobe.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import struct
+import subprocess
+import tempfile
 import zipfile
 import zlib
+from pathlib import Path
 
-__all__ = ["jpeg", "png", "pdf", "mp3", "mp4", "ogg_opus", "ogg_vorbis", "docx", "pad"]
+__all__ = ["jpeg", "png", "pdf", "mp3", "mp4", "ogg_opus", "ogg_vorbis", "docx", "pad", "tone", "probe"]
 
 
 def jpeg() -> bytes:
@@ -141,3 +150,26 @@ def pad(content: bytes, size: int) -> bytes:
     """``content`` followed by zero bytes up to exactly ``size`` bytes."""
     assert size >= len(content)
     return content + b"\x00" * (size - len(content))
+
+
+def tone(fmt: str = "wav", seconds: float = 3.0, channels: int = 2) -> bytes:
+    """A 440 Hz sine of ``seconds`` in container ``fmt`` (ffmpeg's muxer name), made by ffmpeg."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / f"tone.{fmt}"
+        subprocess.run(["ffmpeg", "-hide_banner", "-nostdin", "-loglevel", "error", "-f", "lavfi", "-i",
+                        f"sine=frequency=440:duration={seconds}", "-ac", str(channels), "-f", fmt, str(path)],
+                       check=True, timeout=60)
+        return path.read_bytes()
+
+
+def probe(data: bytes) -> dict:
+    """ffprobe's reading of ``data``: ``codec``, ``channels`` of its first audio stream, ``duration`` in seconds."""
+    with tempfile.NamedTemporaryFile() as file:
+        file.write(data)
+        file.flush()
+        result = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "a:0", "-show_entries",
+                                 "stream=codec_name,channels:format=duration", "-of", "json", file.name],
+                                check=True, capture_output=True, text=True, timeout=60)
+    found = json.loads(result.stdout)
+    stream = found["streams"][0]
+    return {"codec": stream["codec_name"], "channels": stream["channels"], "duration": float(found["format"]["duration"])}

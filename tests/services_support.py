@@ -23,7 +23,7 @@ import pytest
 
 from tests.gatewayproc import Gateway
 
-__all__ = ["service_gateway", "new_chat", "new_number", "queue", "sha256", "emulator_env"]
+__all__ = ["service_gateway", "new_chat", "new_number", "queue", "sha256", "emulator_env", "content_env", "module_gateway"]
 
 _chats = itertools.count(700_000_001)
 _numbers = itertools.count(5491100000001)
@@ -53,12 +53,10 @@ def emulator_env(telegram, whatsapp) -> dict[str, str]:
     }
 
 
-@pytest.fixture(scope="module")
-def service_gateway(tmp_path_factory, telegram_server, whatsapp_server, server_keys):
-    home = tmp_path_factory.mktemp("services") / "home"
-    shutil.copytree(server_keys, home / "keys")
-    env = {
-        **emulator_env(telegram_server, whatsapp_server),
+def content_env(telegram, whatsapp) -> dict[str, str]:
+    """``emulator_env`` with quick retries, a 1 s read timeout, no fsync and no per-recipient spacing."""
+    return {
+        **emulator_env(telegram, whatsapp),
         "MULTIMSG_DRAIN_INTERVAL": "0",
         "MULTIMSG_RETRY_BASE": "0.05",
         "MULTIMSG_RETRY_CAP": "0.2",
@@ -68,9 +66,20 @@ def service_gateway(tmp_path_factory, telegram_server, whatsapp_server, server_k
         "MULTIMSG_WPP1_DEST_INTERVAL": "0",
         "MULTIMSG_TELEGRAM_DEST_INTERVAL": "0",
     }
+
+
+def module_gateway(tmp_path_factory, server_keys, env: dict[str, str]):
+    """A runner for one test module (a generator for a module-scoped fixture): started, yielded, stopped."""
+    home = tmp_path_factory.mktemp("services") / "home"
+    shutil.copytree(server_keys, home / "keys")
     runner = Gateway(home, env).start()
     yield runner
     runner.stop()
+
+
+@pytest.fixture(scope="module")
+def service_gateway(tmp_path_factory, telegram_server, whatsapp_server, server_keys):
+    yield from module_gateway(tmp_path_factory, server_keys, content_env(telegram_server, whatsapp_server))
 
 
 def queue(gateway: Gateway, content: bytes, serv: str, dest: str, type: str, upload_name: str = "data.bin", **fields) -> str:

@@ -1,4 +1,4 @@
-"""POST /msg: queue a message (``id``, ``serv``, ``dest``, ``type``; optional ``caption``, ``filename``, ``callback``, ``at``) for an upload.
+"""POST /msg: queue a message (``id``, ``serv``, ``dest``, ``type``; optional ``caption``, ``filename``, ``callback``, ``at``, ``convert``) for an upload.
 
 An ``Idempotency-Key`` header makes a retry safe (``multimsg.idempotency``).
 """
@@ -12,9 +12,9 @@ from .http import Reply, client_of, endpoint, fields, gateway, once
 @functions_framework.http
 @endpoint("POST", identify=True, rate_limit=True)
 def msg(request):
-    from ..gateway import MSG_AT, MSG_CALLBACK, MSG_FIELDS, MSG_OPTIONS
+    from ..gateway import MSG_AT, MSG_CALLBACK, MSG_CONVERT, MSG_FIELDS, MSG_OPTIONS
 
-    given = fields(request, MSG_FIELDS + MSG_OPTIONS + (MSG_CALLBACK, MSG_AT))
+    given = fields(request, MSG_FIELDS + MSG_OPTIONS + (MSG_CALLBACK, MSG_AT, MSG_CONVERT))
 
     def queue() -> Reply:
         message_id = gateway().enqueue(client_of(request), given)

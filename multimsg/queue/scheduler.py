@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from .. import convert
 from ..errors import InvalidInput
 from ..model import Message, State
 from ..services.base import Held, Outcome, OutcomeKind, ServiceBase
@@ -356,15 +357,18 @@ class Pass:
             return Outcome.misconfigured(f"{service.name} is not configured (set {', '.join(service.missing_credentials())})")
         try:
             content = self.drain.spool.message_content(record.client, record.id)
+            content, filename = convert.for_send(record, content, service)  # converted when the message asks for it
         except FileNotFoundError:
             return Outcome.failed("the message's content is gone from the spool")
+        except convert.ConversionError as exc:
+            return exc.outcome
         turns = _Turns(pacer, dest, patience=self.tuning.horizon)
         data = {
             "id": record.id,
             "content": content,
             "dest": dest,
             "type": record.type,
-            "filename": record.filename,
+            "filename": filename,
             "options": dict(record.options),
             "platform_ids": list(record.platform_ids),
             "pace": turns,
@@ -377,6 +381,8 @@ class Pass:
             outcome = Outcome.failed("the message's content is gone from the spool")
         except InvalidInput as exc:
             outcome = Outcome.failed(f"{lane.serv}: {exc}")
+        finally:
+            convert.release(content)
         if turns.requests:
             pacer.answered(dest)
         scope = throttle_scope(outcome)

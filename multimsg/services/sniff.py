@@ -20,7 +20,7 @@ import filetype
 
 from ..content import HEAD, Content
 
-__all__ = ["sniff", "sniff_bytes", "describe", "extension", "OGG_OPUS", "OCTET_STREAM"]
+__all__ = ["sniff", "sniff_bytes", "describe", "extension", "opus_channels", "OGG_OPUS", "OCTET_STREAM"]
 
 OGG_OPUS = "audio/ogg; codecs=opus"
 OCTET_STREAM = "application/octet-stream"
@@ -84,14 +84,24 @@ def extension(mime: str | None) -> str:
     return kind.extension if kind is not None else ("txt" if mime == "text/plain" else "bin")
 
 
+def opus_channels(head: bytes) -> int | None:
+    """The channel count an OGG/Opus file's ``OpusHead`` declares (RFC 7845 §5.1); None if it is not OGG/Opus."""
+    start = _opus_head(head)
+    return None if start is None or len(head) <= start + 9 else head[start + 9]
+
+
 def _is_ogg_opus(head: bytes) -> bool:
+    return _opus_head(head) is not None
+
+
+def _opus_head(head: bytes) -> int | None:
     # First page: "OggS", version 0, beginning-of-stream flag; the first packet
     # starts right after the segment table (RFC 3533 §6) and is "OpusHead".
     if len(head) < 27 or head[:4] != b"OggS" or head[4] != 0 or not head[5] & 0x02:
-        return False
+        return None
     segments = head[26]
     start = 27 + segments
-    return head[start:start + 8] == b"OpusHead"
+    return start if head[start:start + 8] == b"OpusHead" else None
 
 
 def _is_text(head: bytes) -> bool:

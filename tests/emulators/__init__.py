@@ -208,6 +208,11 @@ class Emulator:
     def stats(self) -> dict[str, Any]:
         return self._control("GET", "stats")
 
+    def file(self, sha256: str) -> bytes:
+        """The bytes of an uploaded file (only while the option ``keep_files`` covers its size)."""
+        with _DIRECT.open(f"{self.base}/_emu/files/{sha256}", timeout=10) as response:
+            return response.read()
+
 
 class TelegramEmulator(Emulator):
     """`url` is the API base to put in MULTIMSG_TELEGRAM_API_URL (requests go to url/bot<token>/<method>)."""

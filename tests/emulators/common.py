@@ -21,6 +21,7 @@ Control API (JSON; not part of any platform):
   POST /_emu/reset     forget records, scripts, limiter and platform state, and restore the
                        start-up options (`{"keep_config": true}` keeps the current ones)
   GET|POST /_emu/config  read / change options at run time, e.g. {"latency": 0.15, "rate": 0}
+  GET  /_emu/files/<sha256>  the bytes of an uploaded file, kept while `keep_files` covers its size
   POST /_emu/script    {"response": <name> | {"status", "body"|"raw", "headers"}, "dest": <id>
                        or null (any), "times": 1, "method": <optional filter>, ...extra}
                        Besides the platform's NAMED answers: "timeout" (processed normally, so
@@ -79,6 +80,7 @@ class Option:
 
 COMMON_OPTIONS: dict[str, Option] = {
     "latency": Option(0.0, "seconds slept before answering each platform request (per request, not global)"),
+    "keep_files": Option(0, "keep the bytes of uploaded files up to this size, for GET /_emu/files/<sha256> (0: none)"),
 }
 
 
@@ -217,10 +219,20 @@ class EmulatorApp:
             self.records: list[dict[str, Any]] = []
             self.scripts: list[dict[str, Any]] = []
             self.logs: dict[tuple[Any, ...], SlidingLog] = {}
+            self.kept: dict[str, bytes] = {}  # sha256 -> bytes of uploaded files (option keep_files)
             self.reset_platform()
 
     def reset_platform(self) -> None:
         """Clear platform state that /_emu/reset must forget (e.g. uploaded media)."""
+
+    def describe(self, upload: FileStorage) -> dict[str, Any]:
+        """``describe_file``, keeping the bytes when ``keep_files`` covers their size."""
+        described = describe_file(upload)
+        if 0 < described["size"] <= self.config["keep_files"]:
+            upload.stream.seek(0)
+            with self.lock:
+                self.kept[described["sha256"]] = upload.stream.read()
+        return described
 
     def log(self, *key: Any) -> SlidingLog:
         return self.logs.setdefault(key, SlidingLog())
@@ -374,6 +386,12 @@ class EmulatorApp:
                 result = self.add_script(payload or {})
             elif action == ("GET", "stats"):
                 result = self.stats()
+            elif request.method == "GET" and action[1].startswith("files/"):
+                with self.lock:
+                    kept = self.kept.get(action[1][len("files/"):])
+                if kept is None:
+                    return Reply(404, {"error": "no such file kept (is keep_files set?)"}).response()
+                return Response(kept, 200, content_type="application/octet-stream")
             else:
                 return Reply(404, {"error": f"no control endpoint {action[0]} {request.path}"}).response()
         except (ValueError, TypeError, KeyError) as exc:

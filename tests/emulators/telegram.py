@@ -22,7 +22,7 @@ from typing import Any
 
 from werkzeug.wrappers import Request
 
-from .common import EmulatorApp, Limit, Option, Reply, Send, describe_file, main
+from .common import EmulatorApp, Limit, Option, Reply, Send, main
 
 __all__ = ["TelegramApp", "MEDIA_METHODS", "error", "utf16_len"]
 
@@ -119,7 +119,7 @@ class TelegramApp(EmulatorApp):
         params: dict[str, Any] = dict(request.args.items())
         body = request.get_json(silent=True) if request.is_json else None
         params.update(body if isinstance(body, dict) else request.form.items())
-        files = {name: describe_file(upload) for name, upload in request.files.items()}
+        files = {name: self.describe(upload) for name, upload in request.files.items()}
         send = Send(canonical, dest=self._chat_id(params.get("chat_id")), fields=params, json=body,
                     files=files, denied=denied)
         problem = self._check(send)

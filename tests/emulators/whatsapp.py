@@ -35,7 +35,7 @@ from typing import Any, Callable
 from werkzeug.wrappers import Request
 
 from . import openapi
-from .common import EmulatorApp, Limit, Option, Reply, Send, describe_file, main
+from .common import EmulatorApp, Limit, Option, Reply, Send, main
 
 __all__ = ["WhatsAppApp", "CODES", "graph_error", "wa_id"]
 
@@ -210,7 +210,7 @@ class WhatsAppApp(EmulatorApp):
 
     def _upload(self, request: Request) -> Send:
         form, upload = request.form, request.files.get("file")
-        files = {name: describe_file(storage) for name, storage in request.files.items()}
+        files = {name: self.describe(storage) for name, storage in request.files.items()}
         mime = (form.get("type") or (upload.mimetype if upload else "") or "").split(";")[0].strip().lower()
         send = Send("media", type=mime or None, fields=dict(form.items()), files=files)
         invalid = [problem for problem, bad in (
