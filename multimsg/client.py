@@ -315,6 +315,15 @@ class _Source:
         return self.data if self.data is not None else self.path.read_bytes()
 
 
+def _message_fields(serv: str, dest: str, type: str, caption: str | None, filename: str | None) -> dict[str, str]:
+    fields = {"serv": serv, "dest": str(dest), "type": type}
+    if caption:
+        fields["caption"] = caption
+    if filename:
+        fields["filename"] = filename
+    return fields
+
+
 # -- key pinning ------------------------------------------------------------------
 def default_known_keys() -> Path:
     """``$XDG_CONFIG_HOME/multimsg/known_keys`` (``~/.config/multimsg/known_keys``)."""
@@ -373,6 +382,7 @@ class Client:
         self.http = session or requests.Session()
         self.http.trust_env = False  # a loopback gateway is never reached through an HTTP proxy by accident
         self._public_pem: str | None = None
+        self._has_send: bool | None = None  # POST /send: learned on the first send
 
     def __repr__(self) -> str:
         return f"Client({self.url!r}{', token=***' if self.token else ''})"
@@ -451,15 +461,20 @@ class Client:
         return self._upload(_Source(content, filename), encrypt, progress)
 
     def _upload(self, source: _Source, encrypt: bool, progress: Progress | None) -> str:
+        return self._post_content("/data", source, encrypt, progress)
+
+    def _post_content(self, path: str, source: _Source, encrypt: bool, progress: Progress | None,
+                      fields: dict[str, str] | None = None) -> str:
+        """POST the content (and ``fields``) as multipart to ``path``; returns the id answered."""
         for attempt in (1, 2):
             if encrypt:
                 blob, wrapped = encrypt_upload(self.public_key(refresh=attempt > 1), source.read_all())
                 files = [("data", source.filename, OCTET_STREAM, blob), ("key", "key.bin", OCTET_STREAM, wrapped)]
             else:
                 files = [("data", source.filename, OCTET_STREAM, source.path if source.path else source.data)]
-            body = MultipartBody(files=files, progress=progress)
+            body = MultipartBody(fields, files=files, progress=progress)
             try:
-                response = self._request("POST", "/data", data=body, headers={"Content-Type": body.content_type})
+                response = self._request("POST", path, data=body, headers={"Content-Type": body.content_type})
             except RequestRejected as exc:
                 # The server's key was rotated since we fetched it (and its grace period is over): fetch it again.
                 if encrypt and attempt == 1 and "fetch it again" in exc.reason:
@@ -467,20 +482,16 @@ class Client:
                 raise
             finally:
                 body.close()
-            data_id = self._json(response).get("id")
-            if not isinstance(data_id, str):
-                raise ClientError(f"unexpected answer from {self.url}/data: no data id")
-            return data_id
+            answered = self._json(response).get("id")
+            if not isinstance(answered, str):
+                raise ClientError(f"unexpected answer from {self.url}{path}: no {'data' if path == '/data' else 'message'} id")
+            return answered
         raise AssertionError("unreachable")
 
     def queue(self, data_id: str, serv: str, dest: str, type: str, *, caption: str | None = None,
               filename: str | None = None) -> str:
         """Queue a message for an uploaded data id (``POST /msg``); returns the message id."""
-        fields = {"id": data_id, "serv": serv, "dest": str(dest), "type": type}
-        if caption:
-            fields["caption"] = caption
-        if filename:
-            fields["filename"] = filename
+        fields = {"id": data_id, **_message_fields(serv, dest, type, caption, filename)}
         message_id = self._json(self._request("POST", "/msg", data=fields)).get("id")
         if not isinstance(message_id, str):
             raise ClientError(f"unexpected answer from {self.url}/msg: no message id")
@@ -491,13 +502,35 @@ class Client:
              progress: Progress | None = None) -> str:
         """Upload and queue in one call; returns the message id.
 
+        One request (``POST /send``) when the server has it (its ``/openapi.json``
+        lists it), else ``POST /data`` then ``POST /msg`` (older servers; also
+        after a 404 or 405 from ``/send``, remembered for this client).
         ``filename`` names the upload (and, for documents, the file the recipient sees).
         """
         source = _Source(content, filename)
         datatype = type or infer_type(source.head(), serv)
+        shown = filename if datatype == "document" else None
+        if self.has_send():
+            try:
+                return self._post_content("/send", source, encrypt, progress, _message_fields(serv, dest, datatype, caption, shown))
+            except (NotFound, RequestRejected) as exc:
+                if exc.status not in (404, 405):
+                    raise
+                self._has_send = False  # a proxy or an older server without it: the two requests instead
         data_id = self._upload(source, encrypt, progress)
-        return self.queue(data_id, serv, dest, datatype, caption=caption,
-                          filename=filename if datatype == "document" else None)
+        return self.queue(data_id, serv, dest, datatype, caption=caption, filename=shown)
+
+    def has_send(self) -> bool:
+        """Whether the server takes ``POST /send`` (asked of its ``/openapi.json`` once per client)."""
+        if self._has_send is None:
+            try:
+                paths = self._json(self._request("GET", "/openapi.json")).get("paths")
+            except ConnectionFailed:
+                raise
+            except ClientError:  # no description (an older or a trimmed-down server): the two-request way
+                paths = None
+            self._has_send = isinstance(paths, dict) and "/send" in paths
+        return self._has_send
 
     def status(self, message_id: str) -> Status:
         """The message's state (``POST /cons``). A final state is archived a grace period after it is first read; then the id is unknown."""
