@@ -83,10 +83,9 @@ def _start_timer() -> None:
 
 
 def _drain_child(interval: float) -> None:
-    """The drain child of a runner with several workers: the timer in the foreground until SIGTERM or SIGINT."""
+    """The drain child of a runner with several workers: the timer in the foreground until SIGTERM."""
     timer = DrainTimer(interval)
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: timer.stopped.set())
+    signal.signal(signal.SIGTERM, lambda *_: timer.stopped.set())  # after the pass in progress
     timer.run()
 
 

@@ -13,8 +13,9 @@ forking a replacement is safe at any time. A child that ends is replaced (a
 child that ends within ``QUICK_EXIT`` seconds of its start waits
 ``RESTART_GAP`` seconds first, so a worker that cannot start does not spin).
 SIGTERM, SIGINT or SIGHUP stop the runner: the parent passes SIGTERM on to
-every child (each finishes its requests in flight, as one runner does) and
-waits for them, sending SIGKILL to what is left after ``STOP_GRACE`` seconds.
+every child (each finishes its requests in flight, as one runner does; the
+children ignore SIGINT and SIGHUP, which a terminal sends to the whole group)
+and waits for them, sending SIGKILL to what is left after ``STOP_GRACE`` seconds.
 Each child asks the kernel for SIGTERM when the parent dies (Linux), so a
 killed parent leaves no worker serving, and no drain running, behind it.
 """
@@ -112,7 +113,10 @@ class Supervisor:
         if pid == 0:  # the child: never returns into the supervisor's code
             code = 1
             try:
-                for signum in STOP_SIGNALS + (signal.SIGALRM,):
+                # The parent decides when to stop (Ctrl-C reaches the whole group): a child stops on its SIGTERM.
+                for signum in (signal.SIGINT, signal.SIGHUP):
+                    signal.signal(signum, signal.SIG_IGN)
+                for signum in (signal.SIGTERM, signal.SIGALRM):
                     signal.signal(signum, signal.SIG_DFL)
                 _die_with_parent(self.pid)
                 child.run()

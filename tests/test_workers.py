@@ -132,6 +132,15 @@ def test_sigterm_to_the_parent_stops_every_process(runner):
     wait_until(lambda: not any(alive(pid) for pid in kids), 10, "the children's exit")
 
 
+def test_ctrl_c_to_the_whole_group_stops_it_cleanly(runner):
+    gw = runner(MULTIMSG_DRAIN_INTERVAL="5")
+    kids = wait_until(lambda: len(children(gw.proc.pid)) == 3 and children(gw.proc.pid))
+    os.killpg(gw.proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
+    assert gw.proc.wait(15) == 0
+    wait_until(lambda: not any(alive(pid) for pid in kids), 10, "the children's exit")
+    assert "Traceback" not in gw.log() and "failed" not in gw.log()
+
+
 def test_a_parent_killed_with_sigkill_takes_its_workers_with_it(runner):
     gw = runner(MULTIMSG_DRAIN_INTERVAL="5")
     kids = wait_until(lambda: len(children(gw.proc.pid)) == 3 and children(gw.proc.pid))
