@@ -22,6 +22,7 @@ import requests
 
 from multimsg.functions.app import WORKER_HEADER
 from tests.gatewayproc import Gateway
+from tests.redis_support import redis_server, redis_url  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads the process tree from /proc")
 
@@ -76,6 +77,11 @@ def runner(make_gateway):
     return start
 
 
+@pytest.fixture(params=["embedded", "redis"])
+def backend(request) -> dict[str, str]:
+    return {} if request.param == "embedded" else {"MULTIMSG_BACKEND": request.getfixturevalue("redis_url")}
+
+
 def test_two_workers_answer_on_one_port_from_two_processes(runner):
     gw = runner()
     seen = workers_seen(gw.url)
@@ -84,8 +90,8 @@ def test_two_workers_answer_on_one_port_from_two_processes(runner):
     assert len(children(gw.proc.pid)) == 2  # no drain child: MULTIMSG_DRAIN_INTERVAL=0 in tests
 
 
-def test_the_drain_runs_in_one_child_and_sends_each_message_once(runner, telegram):
-    gw = runner(MULTIMSG_DRAIN_INTERVAL="0.2")
+def test_the_drain_runs_in_one_child_and_sends_each_message_once(runner, backend, telegram):
+    gw = runner(MULTIMSG_DRAIN_INTERVAL="0.2", **backend)
     assert len(children(gw.proc.pid)) == 3  # two workers and the drain
     count = 30
     with ThreadPoolExecutor(8) as pool:
@@ -116,8 +122,8 @@ def test_a_killed_worker_is_replaced(runner):
     assert "(killed by SIGKILL); starting another" in gw.log()
 
 
-def test_a_clients_rate_limit_is_one_count_for_every_worker(runner):
-    gw = runner(MULTIMSG_RATE_LIMIT="0.01", MULTIMSG_RATE_BURST="5")
+def test_a_clients_rate_limit_is_one_count_for_every_worker(runner, backend):
+    gw = runner(MULTIMSG_RATE_LIMIT="0.01", MULTIMSG_RATE_BURST="5", **backend)
     answers = [fresh(gw.url + "/cons", "POST", data={"id": "A" * 16}) for _ in range(20)]
     assert len({answer.headers[WORKER_HEADER] for answer in answers}) == 2  # both workers took some
     assert [answer.status_code for answer in answers].count(404) == 5  # the burst, not 5 per worker
