@@ -16,7 +16,6 @@ import sys
 import waitress
 
 from multimsg.functions import PATHS, openapi
-from multimsg.functions.app import create_app
 
 
 def main(argv: list[str]) -> None:
@@ -24,6 +23,8 @@ def main(argv: list[str]) -> None:
     del PATHS["/send"]
     if not describe_send:
         openapi.spec()["paths"].pop("/send")
+    from multimsg.functions.app import create_app  # its HANDLERS are read from PATHS when it is imported
+
     waitress.serve(create_app(), host="127.0.0.1", port=port, threads=4, ident="multimsg")
 
 
