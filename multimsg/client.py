@@ -325,6 +325,20 @@ class _Source:
         return self.data if self.data is not None else self.path.read_bytes()
 
 
+def _message_fields(serv: str, dest: str, type: str, caption: str | None, filename: str | None,
+                    at: str | float | None = None, convert: bool | None = None) -> dict[str, str]:
+    fields = {"serv": serv, "dest": str(dest), "type": type}
+    if caption:
+        fields["caption"] = caption
+    if filename:
+        fields["filename"] = filename
+    if at is not None:
+        fields["at"] = str(at)
+    if convert is not None:
+        fields["convert"] = "1" if convert else "0"
+    return fields
+
+
 # -- key pinning ------------------------------------------------------------------
 def default_known_keys() -> Path:
     """``$XDG_CONFIG_HOME/multimsg/known_keys`` (``~/.config/multimsg/known_keys``)."""
@@ -386,6 +400,7 @@ class Client:
         self.http = session or requests.Session()
         self.http.trust_env = False  # a loopback gateway is never reached through an HTTP proxy by accident
         self._public_pem: str | None = None
+        self._has_send: bool | None = None  # POST /send: learned on the first send
 
     def __repr__(self) -> str:
         return f"Client({self.url!r}{', token=***' if self.token else ''})"
@@ -484,6 +499,11 @@ class Client:
         return self._upload(_Source(content, filename), encrypt, progress, idempotency_key)
 
     def _upload(self, source: _Source, encrypt: bool, progress: Progress | None, key: str | None = None) -> str:
+        return self._post_content("/data", source, encrypt, progress, key)
+
+    def _post_content(self, path: str, source: _Source, encrypt: bool, progress: Progress | None, key: str | None,
+                      fields: dict[str, str] | None = None) -> str:
+        """POST the content (and ``fields``) as multipart to ``path``; returns the id answered."""
         for attempt in (1, 2):
             if encrypt:
                 blob, wrapped = encrypt_upload(self.public_key(refresh=attempt > 1), source.read_all())
@@ -492,8 +512,8 @@ class Client:
                 files = [("data", source.filename, OCTET_STREAM, source.path if source.path else source.data)]
 
             def post(headers: dict, files: list = files) -> requests.Response:
-                with MultipartBody(files=files, progress=progress) as body:  # the same content on every retry
-                    return self._request("POST", "/data", data=body, headers={"Content-Type": body.content_type, **headers})
+                with MultipartBody(fields, files=files, progress=progress) as body:  # the same content on every retry
+                    return self._request("POST", path, data=body, headers={"Content-Type": body.content_type, **headers})
 
             try:
                 response = self._idempotent(key, post)
@@ -502,10 +522,10 @@ class Client:
                 if encrypt and attempt == 1 and "fetch it again" in exc.reason:
                     continue
                 raise
-            data_id = self._json(response).get("id")
-            if not isinstance(data_id, str):
-                raise ClientError(f"unexpected answer from {self.url}/data: no data id")
-            return data_id
+            answered = self._json(response).get("id")
+            if not isinstance(answered, str):
+                raise ClientError(f"unexpected answer from {self.url}{path}: no {'data' if path == '/data' else 'message'} id")
+            return answered
         raise AssertionError("unreachable")
 
     def queue(self, data_id: str, serv: str, dest: str, type: str, *, caption: str | None = None,
@@ -517,15 +537,7 @@ class Client:
         ``convert``: True has voice and audio the platform refuses transcoded by the
         server, False never (None: the service instance's default).
         """
-        fields = {"id": data_id, "serv": serv, "dest": str(dest), "type": type}
-        if caption:
-            fields["caption"] = caption
-        if filename:
-            fields["filename"] = filename
-        if at is not None:
-            fields["at"] = str(at)
-        if convert is not None:
-            fields["convert"] = "1" if convert else "0"
+        fields = {"id": data_id, **_message_fields(serv, dest, type, caption, filename, at, convert)}
         response = self._idempotent(idempotency_key, lambda headers: self._request("POST", "/msg", data=fields, headers=headers))
         message_id = self._json(response).get("id")
         if not isinstance(message_id, str):
@@ -538,14 +550,38 @@ class Client:
              convert: bool | None = None) -> str:
         """Upload and queue in one call; returns the message id.
 
+        One request (``POST /send``) when the server has it (its ``/openapi.json``
+        lists it), else ``POST /data`` then ``POST /msg`` (older servers; also
+        after a 404 or 405 from ``/send``, remembered for this client).
         ``filename`` names the upload (and, for documents, the file the recipient sees).
-        ``idempotency_key`` goes with both requests (the server keeps them apart by endpoint).
+        ``idempotency_key`` goes with every request (the server keeps them apart by endpoint).
         """
         source = _Source(content, filename)
         datatype = type or infer_type(source.head(), serv)
+        shown = filename if datatype == "document" else None
+        if self.has_send():
+            try:
+                return self._post_content("/send", source, encrypt, progress, idempotency_key,
+                                          _message_fields(serv, dest, datatype, caption, shown, at, convert))
+            except (NotFound, RequestRejected) as exc:
+                if exc.status not in (404, 405):
+                    raise
+                self._has_send = False  # a proxy or an older server without it: the two requests instead
         data_id = self._upload(source, encrypt, progress, idempotency_key)
-        return self.queue(data_id, serv, dest, datatype, caption=caption,
-                          filename=filename if datatype == "document" else None, at=at, idempotency_key=idempotency_key, convert=convert)
+        return self.queue(data_id, serv, dest, datatype, caption=caption, filename=shown, at=at,
+                          idempotency_key=idempotency_key, convert=convert)
+
+    def has_send(self) -> bool:
+        """Whether the server takes ``POST /send`` (asked of its ``/openapi.json`` once per client)."""
+        if self._has_send is None:
+            try:
+                paths = self._json(self._request("GET", "/openapi.json")).get("paths")
+            except ConnectionFailed:
+                raise
+            except ClientError:  # no description (an older or a trimmed-down server): the two-request way
+                paths = None
+            self._has_send = isinstance(paths, dict) and "/send" in paths
+        return self._has_send
 
     def cancel(self, message_id: str) -> Status:
         """Cancel a queued or scheduled message (``POST /cancel``); its status, now ``cancelled``.

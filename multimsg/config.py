@@ -205,6 +205,13 @@ def _rate(name: str, default: float) -> float:
     return max(0.0, env_float(name, default))
 
 
+def _workers(name: str, default: int) -> int:
+    value = env_int(name, default)
+    if value < 0:
+        raise SystemExit(f"{name} must be a number of processes (0: one per core), not {value}")
+    return value or os.cpu_count() or 1
+
+
 def _identity(name: str, default: str) -> str:
     return env_choice(name, default, ("mac", "token", "ip"))
 
@@ -225,6 +232,8 @@ class Settings:
     home: Path = setting("MULTIMSG_HOME", DEFAULT_HOME, Path, help="the data folder")
     host: str = setting("HOST", "127.0.0.1", help="address the runner binds")
     port: int = setting("PORT", 8080, int, help="port the runner binds")
+    workers: int = setting("MULTIMSG_WORKERS", 0, _workers,
+                           help="processes the local runner serves HTTP from (0: one per core; 1: one process that also drains)")
     drain_interval: float = setting("MULTIMSG_DRAIN_INTERVAL", 5.0, float)
     drain_token: str | None = setting("MULTIMSG_DRAIN_TOKEN", None, secret=True)
     drain_lock: bool = setting("MULTIMSG_DRAIN_LOCK", True, bool, help="one pass at a time per data folder (an optimisation; leases keep several safe)")

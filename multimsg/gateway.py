@@ -7,15 +7,19 @@ together; handlers parse HTTP, call one method here, and format the answer.
 
 from __future__ import annotations
 
+import io
+import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from typing import Any, BinaryIO, Callable, Iterator
 
 from . import convert
 from .callbacks import CallbackKeys, Dispatcher, check_url, parse_backoff
 from .config import Settings, settings
+from .content import Content
 from .crypto import ServerKeys
 from .errors import Conflict, InvalidInput, NotConfigured, NotFound
 from .fsutil import copy_stream
@@ -38,13 +42,78 @@ from .replay import ReplayRecord
 from .schedule import AT_FIELD, parse_at
 from .services import ServiceBase, get_service, service_class
 
-__all__ = ["Gateway", "gateway", "server_keys", "replay_record", "key_records", "redis_client", "MSG_FIELDS", "MSG_OPTIONS"]
+__all__ = ["Gateway", "gateway", "server_keys", "replay_record", "key_records", "redis_client", "MSG_FIELDS", "MSG_OPTIONS", "SEND_FIELDS"]
 
 MSG_FIELDS = ("id", "serv", "dest", "type")
+SEND_FIELDS = MSG_FIELDS[1:]  # /send: the file comes with the message, so no data id
 MSG_OPTIONS = ("caption", "filename")  # optional; checked by the service
 MSG_CALLBACK = "callback"  # optional: where status events go (multimsg/callbacks.py)
 MSG_AT = AT_FIELD  # optional: not sent before this time (multimsg/schedule.py)
 MSG_CONVERT = "convert"  # optional: 1 converts audio the platform refuses, 0 never (multimsg/convert.py)
+PLAIN_IN_MEMORY = 1 << 20  # /send: a decrypted upload up to this size is checked in memory, larger ones in a private temporary file
+
+
+@dataclass(frozen=True)
+class _Planned:
+    """A message's checked fields, before its content is known."""
+
+    service: ServiceBase
+    type: str
+    dest: str
+    callback: str | None
+    due: float  # /msg's ``at`` (Unix seconds), or when it was asked: now
+
+
+def _require(fields: dict, names: tuple[str, ...]) -> None:
+    missing = [name for name in names if not fields.get(name)]
+    if missing:
+        raise InvalidInput(f"missing field{'s' if len(missing) > 1 else ''}: {', '.join(missing)}")
+
+
+def _options(fields: dict) -> dict:
+    return {k: fields[k] for k in MSG_OPTIONS if k in fields}
+
+
+class _StreamContent(Content):
+    """An upload still in the request (or decrypted into a temporary file), seen as content by the checks.
+
+    The checks only read what they open; ``open`` hands out the one stream,
+    rewound, and closing it leaves the stream open for storing afterwards.
+    """
+
+    def __init__(self, stream: BinaryIO):
+        self.stream = stream
+        self.size = stream.seek(0, io.SEEK_END)
+
+    def open(self) -> BinaryIO:
+        self.stream.seek(0)
+        return _Unclosed(self.stream)  # type: ignore[return-value]
+
+
+class _Unclosed:
+    def __init__(self, stream: BinaryIO):
+        self.read = stream.read
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> "_Unclosed":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+
+@contextmanager
+def _plaintext(keys: ServerKeys, data: BinaryIO, wrapped_key: bytes | None, replay) -> Iterator[BinaryIO]:
+    """The upload's plaintext as a seekable file: ``data`` itself, or its decryption (authenticated, replay-checked)."""
+    if wrapped_key is None:
+        yield data
+        return
+    with tempfile.SpooledTemporaryFile(max_size=PLAIN_IN_MEMORY, prefix="multimsg-send-") as plain:
+        for chunk in keys.decrypt_stream(data, wrapped_key, replay=replay):
+            plain.write(chunk)
+        yield plain
 
 
 @dataclass
@@ -104,10 +173,38 @@ class Gateway:
     # -- POST /msg ---------------------------------------------------------
     def enqueue(self, client: str, fields: dict) -> str:
         """Validate a message and queue it durably; returns its message id."""
-        missing = [name for name in MSG_FIELDS if not fields.get(name)]
-        if missing:
-            raise InvalidInput(f"missing field{'s' if len(missing) > 1 else ''}: {', '.join(missing)}")
+        _require(fields, MSG_FIELDS)
         data_id = check_id(fields["id"], "data id")
+        planned = self._plan(client, fields)
+        info = self.spool.get(client, data_id)
+        options = self._check_content(planned, self.spool.content(client, data_id), fields)
+        return self._queue(client, data_id, info.filename, planned, options)
+
+    # -- POST /send --------------------------------------------------------
+    def send(self, client: str, data: BinaryIO, filename: str, wrapped_key: bytes | None, fields: dict) -> str:
+        """``upload`` and ``enqueue`` in one: the message's fields come with the file; returns its message id.
+
+        Every check of ``enqueue`` runs before anything is stored: the fields
+        first, then the content (decrypted into a private temporary file when
+        a key came with it), so a refused send leaves no upload behind to
+        count against the client's quota. An encrypted send refused for its
+        content has used its wrapped key (as ``/data`` followed by a refused
+        ``/msg`` has): encrypt every send with a fresh key, as the client does.
+        """
+        if "id" in fields:
+            raise InvalidInput("'id' goes with POST /msg; POST /send takes the file itself in field 'data'")
+        _require(fields, SEND_FIELDS)
+        planned = self._plan(client, fields)
+        check_quota(self.spool, client, data, self.quota)
+        with _plaintext(self.keys, data, wrapped_key, self.replay) as plain:
+            options = self._check_content(planned, _StreamContent(plain), fields)
+            plain.seek(0)
+            info = self.spool.put(client, copy_stream(plain), clean_filename(filename))
+        return self._queue(client, info.data_id, info.filename, planned, options)
+
+    # -- what /msg and /send share ----------------------------------------
+    def _plan(self, client: str, fields: dict) -> "_Planned":
+        """The checks of a message's fields that need no content: service, type, destination, callback."""
         service_class(fields["serv"])  # an unknown instance: 400 listing the configured ones
         service = self.service_for(fields["serv"])
         datatype = fields["type"]
@@ -121,15 +218,21 @@ class Gateway:
             check_url(callback, self.callbacks.allow_private)
         now = time.time()
         due = parse_at(fields[MSG_AT], now, self.schedule_horizon) if fields.get(MSG_AT) else now
-        info = self.spool.get(client, data_id)
-        options = convert.check(service, datatype, self.spool.content(client, data_id), {k: fields[k] for k in MSG_OPTIONS if k in fields},
-                                fields.get(MSG_CONVERT))
+        return _Planned(service, datatype, dest, callback, due)
 
+    @staticmethod
+    def _check_content(planned: "_Planned", content: Content, fields: dict) -> dict:
+        """The service's check of the content and options (or, with ``convert``, of what it will become)."""
+        return convert.check(planned.service, planned.type, content, _options(fields), fields.get(MSG_CONVERT))
+
+    def _queue(self, client: str, data_id: str, upload_filename: str, planned: "_Planned", options: dict) -> str:
+        """Queue the checked message durably for the client's upload ``data_id``; returns its id."""
+        now = time.time()
         message = Message(
-            id=new_id(), client=client, data_id=data_id, serv=service.name, dest=dest, type=datatype,
-            filename=options.pop("filename", None) or info.filename, options=options,
-            state=State.QUEUED, created_at=now, updated_at=now, next_attempt_at=due, callback=callback,
-            scheduled_for=due if due > now else None,
+            id=new_id(), client=client, data_id=data_id, serv=planned.service.name, dest=planned.dest, type=planned.type,
+            filename=options.pop("filename", None) or upload_filename, options=options,
+            state=State.QUEUED, created_at=now, updated_at=now, next_attempt_at=max(planned.due, now), callback=planned.callback,
+            scheduled_for=planned.due if planned.due > now else None,
         )
         self.spool.attach(client, data_id, message.id)
         try:

@@ -9,7 +9,12 @@ a request's headers must arrive within MULTIMSG_HEADER_TIMEOUT seconds of its
 first byte, and its body within MULTIMSG_BODY_TIMEOUT seconds plus one more
 second per MULTIMSG_BODY_MIN_RATE bytes received; a connection that is silent
 for MULTIMSG_HEADER_TIMEOUT between requests is closed too (waitress's
-``channel_timeout``). The drain timer is a thread of this one process.
+``channel_timeout``).
+
+With ``MULTIMSG_WORKERS=1`` everything is one process and the drain timer is
+a thread of it. With more (the default: one per core) the parent binds the
+port and forks that many workers serving it, each as above, plus one child
+that runs the drain timer (``multimsg.supervisor``).
 ``--debug`` uses Flask's development server instead, bound to the given host
 (127.0.0.1 by default).
 """
@@ -77,7 +82,33 @@ def _start_timer() -> None:
         DrainTimer(interval).start()
 
 
-def _serve_waitress(app, host: str, port: int) -> None:
+def _drain_child(interval: float) -> None:
+    """The drain child of a runner with several workers: the timer in the foreground until SIGTERM."""
+    timer = DrainTimer(interval)
+    signal.signal(signal.SIGTERM, lambda *_: timer.stopped.set())  # after the pass in progress
+    timer.run()
+
+
+def _serve_worker(app, sockets: list[socket.socket]) -> None:
+    """One HTTP worker of several: its own gateway (store, spool, keys) built before it takes a connection."""
+    gateway().public_key()
+    _serve_waitress(app, "", 0, sockets)
+
+
+def _serve_workers(app, host: str, port: int, workers: int) -> None:
+    from .ratelimit import share_between_processes
+    from .supervisor import Child, Supervisor, bind
+
+    sockets = bind(host, port)
+    share_between_processes()  # one count of each client's requests for all the workers
+    children = [Child(f"worker {n}", lambda: _serve_worker(app, sockets)) for n in range(1, workers + 1)]
+    interval = settings().drain_interval
+    if interval > 0:
+        children.append(Child("drain", lambda: _drain_child(interval)))
+    sys.exit(Supervisor(children).run())
+
+
+def _serve_waitress(app, host: str, port: int, sockets: list[socket.socket] | None = None) -> None:
     from waitress.adjustments import Adjustments
     from waitress.channel import HTTPChannel
     from waitress.parser import HTTPRequestParser
@@ -171,8 +202,9 @@ def _serve_waitress(app, host: str, port: int) -> None:
                     log.debug("closing a connection from %s: its request is arriving too slowly", channel.addr)
                     channel.will_close = True
 
+    where = {"sockets": sockets} if sockets else {"host": host, "port": port}
     adj = Adjustments(
-        host=host, port=port,
+        **where,
         threads=THREADS,
         connection_limit=CONNECTION_LIMIT,
         asyncore_use_poll=True,  # select() stops at 1024 descriptors
@@ -189,7 +221,11 @@ def _serve_waitress(app, host: str, port: int) -> None:
     dispatcher = ThreadedTaskDispatcher()
     dispatcher.set_thread_count(adj.threads)
     connections: dict = {}  # one event loop for every address the host name resolves to
-    servers = [Server(app, map=connections, dispatcher=dispatcher, adj=adj, sockinfo=info) for info in adj.listen]
+    if sockets:  # bound by the parent, shared by every worker
+        servers = [Server(app, map=connections, _sock=sock, dispatcher=dispatcher, adj=adj, bind_socket=False,
+                          sockinfo=(sock.family, sock.type, sock.proto, sock.getsockname())) for sock in sockets]
+    else:
+        servers = [Server(app, map=connections, dispatcher=dispatcher, adj=adj, sockinfo=info) for info in adj.listen]
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # waitress stops its threads on SystemExit
     servers[0].run()
 
@@ -205,9 +241,15 @@ def main(argv: list[str] | None = None) -> None:
     os.umask(0o077)  # whatever the service or a library it uses creates (metrics files, temp files) is private to its user
     setup_logs()  # human lines, or JSON lines with MULTIMSG_LOG_FORMAT=json; secrets redacted
     log.info("data folder %s", s.home)
-    gateway().public_key()  # make the key pair before serving, so /key is the same from the first call
     app = create_app()
     app.config["MAX_CONTENT_LENGTH"] = s.max_upload
+    gateway().public_key()  # make the key pair before serving, so /key is the same from the first call
+    if s.workers > 1 and not args.debug:
+        gateway.cache_clear()  # each worker builds its own (this one only checked the settings); the parent keeps none
+        log.info("listening on http://%s:%s with %d workers (drain every %g s, from a child of its own)",
+                 args.host, args.port, s.workers, s.drain_interval)
+        _serve_workers(app, args.host, args.port, s.workers)
+        return
     log.info("listening on http://%s:%s (drain every %g s)", args.host, args.port, s.drain_interval)
     _start_timer()  # the one drain timer of this server (a thread of this process)
     if args.debug:

@@ -55,7 +55,11 @@ class Gateway:
         self.root = Path(root)  # the checkout whose local_runner.py (and multimsg package) runs
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.env = {"MULTIMSG_DRAIN_INTERVAL": "0", **(env or {})}
+        # One worker process unless a test asks for more (tests/test_workers.py): the suite's many
+        # runners stay one process each (as cheap to start as before on a shared 2-core machine),
+        # and per-process behaviour under test (a /health cache, an embedded rate limit) does not
+        # depend on which worker answered. MULTIMSG_TEST_WORKERS=2 runs any test file with two.
+        self.env = {"MULTIMSG_DRAIN_INTERVAL": "0", "MULTIMSG_WORKERS": os.environ.get("MULTIMSG_TEST_WORKERS", "1"), **(env or {})}
         self.proc: subprocess.Popen | None = None
         self.log_path = self.home.parent / f"{self.home.name}-runner.log"
         self.http = session_from(None)
@@ -75,7 +79,7 @@ class Gateway:
             try:
                 if self.http.get(self.url + "/key", timeout=1).status_code == 200:
                     return self
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):  # several workers: the port takes connections before one answers
                 pass
             time.sleep(0.05)
         self.stop()

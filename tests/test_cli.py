@@ -83,10 +83,10 @@ class RecordingProxy:
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def uploads(self) -> list[dict[str, bytes]]:
-        """The multipart files of every POST /data, by field name."""
+        """The multipart files of every POST /data or /send, by field name."""
         found = []
         for method, path, headers, body in self.requests:
-            if method == "POST" and path == "/data":
+            if method == "POST" and path in ("/data", "/send"):
                 environ = create_environ(method="POST", input_stream=io.BytesIO(body),
                                          content_type=headers["Content-Type"], content_length=len(body))
                 _, _, files = parse_form_data(environ)
@@ -162,8 +162,9 @@ def test_send_each_type_with_and_without_encryption_until_delivered(proxy, teleg
             assert set(upload) == {"data", "key"}
             assert len(upload["key"]) == 384  # RSA-3072 OAEP
             assert len(upload["data"]) == 12 + len(content) + 16 and content not in upload["data"]
-    if not plain:
-        assert [p for m, p, _, _ in proxy.requests if m == "GET"] == ["/key"] * 3  # one /key per command
+    assert [p for m, p, _, _ in proxy.requests if m == "POST" and p != "/cons"] == ["/send"] * 3  # one request per send
+    asked = ["/openapi.json", "/key"] if not plain else ["/openapi.json"]
+    assert [p for m, p, _, _ in proxy.requests if m == "GET"] == asked * 3  # whether it has /send, and one /key, per command
 
 
 def test_wait_exits_1_with_the_platforms_reason_when_the_message_fails(served, telegram, tmp_path):

@@ -1,7 +1,7 @@
 """HTTP in, HTTP out: one functions-framework handler per endpoint.
 
 Each module holds one decorated handler (``key``, ``data``, ``msg``, ``cons``,
-``drain``) that can be deployed alone; ``app`` mounts them all on one Flask
+``send``, ``drain``, ...) that can be deployed alone; ``app`` mounts them all on one Flask
 app for the local runner. ``http`` is the layer they share.
 
 A handler's module is imported when the handler is first asked for
@@ -11,11 +11,11 @@ what it needs, not every handler's dependencies (cold start).
 
 from importlib import import_module
 
-__all__ = ["HANDLERS", "key", "data", "msg", "cons", "drain", "openapi", "health", "metrics", "webhook", "callback_key", "cancel"]
+__all__ = ["HANDLERS", "key", "data", "msg", "send", "cons", "drain", "openapi", "health", "metrics", "webhook", "callback_key", "cancel"]
 
-NAMES = ("key", "data", "msg", "cons", "drain", "openapi", "health", "metrics", "webhook", "callback_key", "cancel")
+NAMES = ("key", "data", "msg", "send", "cons", "drain", "openapi", "health", "metrics", "webhook", "callback_key", "cancel")
 # URL path -> handler name; the public contract's endpoint names.
-PATHS = {"/key": "key", "/data": "data", "/msg": "msg", "/cons": "cons", "/drain": "drain",
+PATHS = {"/key": "key", "/data": "data", "/msg": "msg", "/send": "send", "/cons": "cons", "/drain": "drain",
          "/openapi.json": "openapi", "/health": "health", "/metrics": "metrics",
          "/webhook/wpp1": "webhook",  # the local runner also routes /webhook/<serv> here (app.py): 404 for others
          "/callback-key": "callback_key",

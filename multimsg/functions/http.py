@@ -32,7 +32,7 @@ import json
 import logging
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import BinaryIO, Callable
 
 import flask
 from werkzeug.exceptions import HTTPException
@@ -52,9 +52,10 @@ def gateway():
 
     return instance()
 
-__all__ = ["Reply", "endpoint", "wants_json", "fields", "once", "client_of", "require_operator", "SMALL_BODY"]
+__all__ = ["Reply", "endpoint", "wants_json", "fields", "once", "upload_parts", "client_of", "require_operator", "SMALL_BODY"]
 
 SMALL_BODY = 64 * 1024  # every body but an upload's: a few short fields
+MAX_WRAPPED_KEY = 4096
 _CLIENT_KEY = "multimsg.client"  # where client_of caches its answer in the WSGI environ
 FORWARDING_HEADERS = ("X-Forwarded-For", "Forwarded", "X-Real-IP")
 
@@ -217,6 +218,28 @@ def fields(request: flask.Request, names: tuple[str, ...]) -> dict[str, str]:
         elif name in request.files:
             raise errors.InvalidInput(f"field '{name}' must be a text field, not a file")
     return values
+
+
+def upload_parts(request: flask.Request) -> tuple[BinaryIO, str, bytes | None]:
+    """An upload's file (field ``data``), its file name and the wrapped key (field ``key``, optional).
+
+    The body may be up to MULTIMSG_MAX_UPLOAD bytes; the file parts may come
+    before or after any text fields (POST /send has the message's fields too).
+    """
+    if request.mimetype != "multipart/form-data":
+        raise errors.NotMultipart("send multipart/form-data with the file in field 'data' (and optionally 'key')")
+    limit = settings().max_upload
+    if request.content_length is not None and request.content_length > limit:
+        raise errors.TooLarge(f"the upload is over the limit of {limit} bytes")
+    request.max_content_length = limit
+    if len(request.files.getlist("data")) != 1:
+        raise errors.InvalidInput("send exactly one file in field 'data'" if "data" not in request.form else "'data' must be a file, not a text field")
+    keys = request.files.getlist("key")
+    if len(keys) > 1 or "key" in request.form:
+        raise errors.InvalidInput("'key' must be one file")
+    upload = request.files["data"]
+    wrapped_key = keys[0].stream.read(MAX_WRAPPED_KEY + 1) if keys else None
+    return upload.stream, upload.filename or "data", wrapped_key
 
 
 def _reject_duplicates(pairs: list[tuple[str, object]]) -> dict:

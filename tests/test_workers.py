@@ -1,0 +1,170 @@
+"""The local runner with several worker processes (``MULTIMSG_WORKERS``), as a real process tree.
+
+Two workers answer on one port (each answer names its process in
+``X-Multimsg-Worker``); the drain runs in one child of its own, so N messages
+are sent N times, not more; a worker killed with SIGKILL is replaced; a
+client's rate limit is one count for all the workers; SIGTERM to the parent
+stops every child, and a parent killed with SIGKILL takes its children with
+it. ``MULTIMSG_WORKERS=1`` is one process, as before.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import requests
+
+from multimsg.functions.app import WORKER_HEADER
+from tests.gatewayproc import Gateway
+from tests.redis_support import redis_server, redis_url  # noqa: F401  (fixtures)
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads the process tree from /proc")
+
+
+def children(pid: int) -> set[int]:
+    try:
+        return {int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()}
+    except FileNotFoundError:
+        return set()
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+def wait_until(predicate, timeout: float = 20.0, what: str = "the condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} did not happen within {timeout} s")
+        time.sleep(0.05)
+
+
+def fresh(url: str, method: str = "GET", **kwargs) -> requests.Response:
+    """One request on a connection of its own (the kernel picks the worker that accepts it)."""
+    return requests.request(method, url, headers={"Connection": "close"}, timeout=30, **kwargs)
+
+
+def workers_seen(url: str, want: int = 2, timeout: float = 30.0) -> set[int]:
+    seen: set[int] = set()
+    deadline = time.monotonic() + timeout
+    with ThreadPoolExecutor(8) as pool:
+        while len(seen) < want and time.monotonic() < deadline:
+            for answer in pool.map(lambda _: fresh(url + "/key"), range(16)):
+                assert answer.status_code == 200
+                seen.add(int(answer.headers[WORKER_HEADER]))
+    return seen
+
+
+@pytest.fixture
+def runner(make_gateway):
+    def start(**env: str) -> Gateway:
+        return make_gateway("workers", env={"MULTIMSG_WORKERS": "2", **env})
+
+    return start
+
+
+@pytest.fixture(params=["embedded", "redis"])
+def backend(request) -> dict[str, str]:
+    return {} if request.param == "embedded" else {"MULTIMSG_BACKEND": request.getfixturevalue("redis_url")}
+
+
+def test_two_workers_answer_on_one_port_from_two_processes(runner):
+    gw = runner()
+    seen = workers_seen(gw.url)
+    assert len(seen) == 2, seen
+    assert seen <= children(gw.proc.pid)  # the parent's own children, not the parent
+    assert len(children(gw.proc.pid)) == 2  # no drain child: MULTIMSG_DRAIN_INTERVAL=0 in tests
+
+
+def test_the_drain_runs_in_one_child_and_sends_each_message_once(runner, backend, telegram):
+    gw = runner(MULTIMSG_DRAIN_INTERVAL="0.2", **backend)
+    assert len(children(gw.proc.pid)) == 3  # two workers and the drain
+    count = 30
+    with ThreadPoolExecutor(8) as pool:
+        sent = list(pool.map(lambda n: fresh(gw.url + "/send", "POST", files={
+            "data": ("t.txt", f"mensaje {n}".encode()), "serv": (None, "telegram"), "dest": (None, "42"), "type": (None, "text")}),
+            range(count)))
+    assert all(answer.status_code == 200 for answer in sent), [a.text for a in sent if a.status_code != 200]
+    pending = {answer.text for answer in sent}
+
+    def delivered() -> bool:  # a final state is reported once (MULTIMSG_REPORT_GRACE=0 in tests)
+        pending.difference_update({message_id for message_id in list(pending) if gw.cons(message_id).text == "delivered"})
+        return not pending
+
+    wait_until(delivered, 60, "every delivery")
+    texts = sorted(record["fields"]["text"] for record in telegram.received())
+    assert texts == sorted(f"mensaje {n}" for n in range(count))  # each once
+    assert gw.log().count("drain started") == 1
+
+
+def test_a_killed_worker_is_replaced(runner):
+    gw = runner()
+    before = workers_seen(gw.url)
+    victim = min(before)
+    os.kill(victim, signal.SIGKILL)
+    replaced = wait_until(lambda: (kids := children(gw.proc.pid)) and victim not in kids and len(kids) == 2 and kids,
+                          what="a replacement worker")
+    assert workers_seen(gw.url) == replaced  # both answer, the new one included
+    assert "(killed by SIGKILL); starting another" in gw.log()
+
+
+def test_a_clients_rate_limit_is_one_count_for_every_worker(runner, backend):
+    gw = runner(MULTIMSG_RATE_LIMIT="0.01", MULTIMSG_RATE_BURST="5", **backend)
+    answers: list[requests.Response] = []
+    deadline = time.monotonic() + 30
+    with ThreadPoolExecutor(8) as pool:  # until both workers have answered some (the kernel picks who accepts)
+        while len({answer.headers[WORKER_HEADER] for answer in answers}) < 2 and time.monotonic() < deadline:
+            answers += pool.map(lambda _: fresh(gw.url + "/cons", "POST", data={"id": "A" * 16}), range(8))
+    assert len({answer.headers[WORKER_HEADER] for answer in answers}) == 2  # both workers took some
+    assert [answer.status_code for answer in answers].count(404) == 5  # the burst, not 5 per worker
+    assert {answer.status_code for answer in answers} == {404, 429}
+
+
+def test_sigterm_to_the_parent_stops_every_process(runner):
+    gw = runner(MULTIMSG_DRAIN_INTERVAL="5")
+    kids = wait_until(lambda: len(children(gw.proc.pid)) == 3 and children(gw.proc.pid))
+    os.kill(gw.proc.pid, signal.SIGTERM)
+    assert gw.proc.wait(15) == 0
+    wait_until(lambda: not any(alive(pid) for pid in kids), 10, "the children's exit")
+
+
+def test_ctrl_c_to_the_whole_group_stops_it_cleanly(runner):
+    gw = runner(MULTIMSG_DRAIN_INTERVAL="5")
+    kids = wait_until(lambda: len(children(gw.proc.pid)) == 3 and children(gw.proc.pid))
+    os.killpg(gw.proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
+    assert gw.proc.wait(15) == 0
+    wait_until(lambda: not any(alive(pid) for pid in kids), 10, "the children's exit")
+    assert "Traceback" not in gw.log() and "failed" not in gw.log()
+
+
+def test_a_parent_killed_with_sigkill_takes_its_workers_with_it(runner):
+    gw = runner(MULTIMSG_DRAIN_INTERVAL="5")
+    kids = wait_until(lambda: len(children(gw.proc.pid)) == 3 and children(gw.proc.pid))
+    os.kill(gw.proc.pid, signal.SIGKILL)
+    gw.proc.wait(10)
+    wait_until(lambda: not any(alive(pid) for pid in kids), 10, "the children's exit")
+    with pytest.raises(requests.ConnectionError):
+        fresh(gw.url + "/key")
+
+
+def test_one_worker_is_one_process_as_before(make_gateway, telegram):
+    gw = make_gateway("one", env={"MULTIMSG_WORKERS": "1", "MULTIMSG_DRAIN_INTERVAL": "0.2"})
+    assert children(gw.proc.pid) == set()  # the drain is a thread of the same process
+    answer = fresh(gw.url + "/key")
+    assert int(answer.headers[WORKER_HEADER]) == gw.proc.pid
+    message_id = gw.send(b"uno solo", "telegram", "1")
+    wait_until(lambda: gw.cons(message_id).text == "delivered", 30, "the delivery")
