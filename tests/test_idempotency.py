@@ -230,7 +230,7 @@ class DroppingProxy:
     def _up(self, client, upstream, doomed) -> None:
         try:
             while chunk := client.recv(65536):
-                if b"POST /msg" in chunk:
+                if b"POST /msg " in chunk or b"POST /send " in chunk:  # the request that queues the message
                     with self._lock:
                         self.msgs += 1
                         if self.dropped == 0:
@@ -243,7 +243,7 @@ class DroppingProxy:
     def _down(self, upstream, client, doomed) -> None:
         try:
             while chunk := upstream.recv(65536):
-                if doomed.is_set():  # the gateway's answer to that /msg: never delivered
+                if doomed.is_set():  # the gateway's answer to that request: never delivered
                     break
                 client.sendall(chunk)
         except OSError:
@@ -272,7 +272,7 @@ def test_cli_send_retries_with_the_same_key_after_a_lost_answer(backend_gateway,
     finally:
         proxy.close()
     assert run.returncode == 0, run.stderr
-    assert proxy.dropped == 1 and proxy.msgs == 2  # the first answer was lost, the CLI sent /msg again
+    assert proxy.dropped == 1 and proxy.msgs == 2  # the first answer was lost, the CLI sent it again (/send, or /msg on the two-request path)
     message_id = json.loads(run.stdout)["id"]
     assert _queued(gw) == 1
     assert gw.wait_state(message_id)["state"] == "delivered"
