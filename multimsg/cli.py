@@ -183,6 +183,28 @@ def cmd_status(args) -> int:
     return 1 if status.failed else 0
 
 
+def cmd_history(args) -> int:
+    client, cursor, rows = _client(args), args.cursor, []
+    while True:  # --all follows the cursor; else one page
+        page = client.history(state=args.state, serv=args.serv, since=args.since, limit=args.limit, cursor=cursor)
+        rows += page["messages"]
+        cursor = page.get("next_cursor")
+        if not (args.all and cursor):
+            break
+    if args.json:
+        print(json.dumps({"messages": rows, "next_cursor": cursor}))
+        return 0
+    table = [("ID", "CREATED", "STATE", "SERV", "DEST", "TYPE", "ERROR")]
+    table += [(m["id"], (m.get("created_at") or "")[:19].replace("T", " "), m["state"], m["serv"], m["dest"], m["type"],
+               (m.get("last_error") or "")[:40]) for m in rows]
+    widths = [max(len(str(row[i])) for row in table) for i in range(len(table[0]))]
+    for row in table:
+        print("  ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip())
+    if cursor:
+        print(f"(more: --cursor {cursor}, or --all)", file=sys.stderr)
+    return 0
+
+
 # -- operator commands ---------------------------------------------------------------
 def cmd_drain(args) -> int:
     from . import logs
@@ -421,6 +443,16 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("id", metavar="ID")
     status.add_argument("--wait", action="store_true", help="wait for a final state")
     status.set_defaults(run=cmd_status)
+
+    history = commands.add_parser("history", parents=[remote], help="your own messages of the last days, newest first, as a table")
+    history.add_argument("--state", help="only this state (queued, delivered, failed, ...)")
+    history.add_argument("--serv", help="only this service")
+    history.add_argument("--since", metavar="TIME", help="only messages created since TIME (Unix seconds or RFC 3339)")
+    history.add_argument("--limit", type=int, metavar="N", help="messages per page (1-500; default 50)")
+    history.add_argument("--cursor", metavar="CURSOR", help="the page after this cursor (as the previous page printed)")
+    history.add_argument("--all", action="store_true", help="follow the cursor to the last page")
+    history.add_argument("--json", action="store_true", help="print the answer as JSON on stdout (for scripts)")
+    history.set_defaults(run=cmd_history)
 
     commands.add_parser("serve", help="serve the HTTP API on one port (same as local_runner.py; serve --help)", add_help=False)
 

@@ -60,6 +60,7 @@ class Gateway:
     def from_settings(cls, s: Settings) -> "Gateway":
         layout = Layout(s.home)
         store, spool, archive_folder = _backend(s, layout)
+        store.history_window = s.history_days * 24 * 3600.0  # GET /messages
         clock = SteadyClock()
         shared = redis_client(s)
         pacers = holds = None
@@ -162,6 +163,13 @@ class Gateway:
         from .tokens import token_callback
 
         return token_callback(client) if client.startswith("token:") else None
+
+    # -- GET /messages -----------------------------------------------------
+    def history(self, client: str, args: dict[str, str]):
+        """One page of the client's own messages (``multimsg.history``); reading changes nothing."""
+        from .history import page, parse_query
+
+        return page(self.store, client, parse_query(args), self.clock.now())
 
     # -- GET /callback-key --------------------------------------------------
     def callback_key(self) -> tuple[str, str]:

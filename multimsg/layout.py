@@ -8,6 +8,7 @@
       spool/<client>/<data_id>         uploaded content (decrypted), + <data_id>.json meta
       spool/<client>/msg/<message_id>  the message's own link to its content
       archive/messages-YYYY-MM.jsonl   archived records, append-only
+      history/<client digest>/<day>.jsonl  each client's history index (ids, archived copies)
       locks/*.lock                     FileLock files (folder 0700)
       tokens                           client token hashes, name:sha256hex (0600; MULTIMSG_TOKENS_FILE moves it)
       counters.json                    queue figures for /metrics and `multimsg stats` (queue/counters.py)
@@ -62,6 +63,10 @@ class Layout:
     @property
     def archive(self) -> Path:
         return self.home / "archive"
+
+    @property
+    def history(self) -> Path:
+        return self.home / "history"
 
     @property
     def locks(self) -> Path:

@@ -203,6 +203,58 @@ def test_archive_is_atomic_one_of_two_callers_gets_the_message(store):
     assert states(store)["queued"] == 0  # counted out once, not eight times
 
 
+# -- history -----------------------------------------------------------------------------------------
+OTHER = "ip:127.0.0.10"
+
+
+def test_history_is_the_clients_own_messages_newest_first_archived_ones_included(store):
+    now = time.time()
+    mine = [message(now=now - 30 + i) for i in range(3)]
+    theirs = [message(now=now - 20 + i, client=OTHER) for i in range(4)]
+    for m in mine + theirs:
+        store.add(m)
+    [claim] = [c for c in store.claim_due(now, 60) if c.id == mine[0].id] or [None]
+    store.finish(claim, {"state": State.DELIVERED}, now)
+    store.report(mine[0].id, now)
+    assert store.archive(mine[0].id, now) is not None
+    shown = store.history(CLIENT, now + 1)
+    assert [m.id for m in shown] == [m.id for m in reversed(mine)]
+    assert shown[-1].state == State.DELIVERED  # the archived copy, as it was archived
+    assert sorted(i for _, i in store.history_index(CLIENT, now + 1)) == sorted(m.id for m in mine)  # the client's own index
+    assert [m.id for m in store.history(OTHER, now + 1)] == [m.id for m in reversed(theirs)]
+    assert store.get(mine[1].id).reported_at is None  # reading the history reported nothing
+
+
+def test_history_pages_by_cursor_and_filters_without_repeats(store):
+    now = time.time()
+    added = [message(now=now - 100 + i, serv="counting" if i % 2 else "other") for i in range(11)]
+    for m in added:
+        store.add(m)
+    seen, before = [], None
+    while True:
+        page = store.history(CLIENT, now, before=before, limit=4)
+        seen += [m.id for m in page]
+        if len(page) < 4:
+            break
+        before = (page[-1].created_at, page[-1].id)
+    assert seen == [m.id for m in reversed(added)]
+    counting = store.history(CLIENT, now, accept=lambda m: m.serv == "counting", limit=100)
+    assert [m.id for m in counting] == [m.id for m in reversed(added) if m.serv == "counting"]
+    assert [m.id for m in store.history(CLIENT, now, since=now - 92)] == [m.id for m in reversed(added[8:])]
+
+
+def test_history_prunes_what_is_older_than_the_window(store):
+    now = time.time()
+    store.history_window = 3 * 24 * 3600.0
+    old, recent = message(now=now - 5 * 24 * 3600.0), message(now=now - 60)
+    store.add(old)
+    store.add(recent)
+    assert [m.id for m in store.history(CLIENT, now)] == [recent.id]
+    store.sweep(now, 3600)
+    assert [i for _, i in store.history_index(CLIENT, now)] == [recent.id]
+    assert store.get(old.id) is not None  # the message itself is the drain's business, not the history's
+
+
 # -- content ------------------------------------------------------------------------------------------
 def test_content_is_an_object_not_a_path(any_spool):
     spool = any_spool

@@ -11,14 +11,14 @@ what it needs, not every handler's dependencies (cold start).
 
 from importlib import import_module
 
-__all__ = ["HANDLERS", "key", "data", "msg", "cons", "drain", "openapi", "health", "metrics", "webhook", "callback_key"]
+__all__ = ["HANDLERS", "key", "data", "msg", "cons", "drain", "openapi", "health", "metrics", "webhook", "callback_key", "messages"]
 
-NAMES = ("key", "data", "msg", "cons", "drain", "openapi", "health", "metrics", "webhook", "callback_key")
+NAMES = ("key", "data", "msg", "cons", "drain", "openapi", "health", "metrics", "webhook", "callback_key", "messages")
 # URL path -> handler name; the public contract's endpoint names.
 PATHS = {"/key": "key", "/data": "data", "/msg": "msg", "/cons": "cons", "/drain": "drain",
          "/openapi.json": "openapi", "/health": "health", "/metrics": "metrics",
          "/webhook/wpp1": "webhook",  # the local runner also routes /webhook/<serv> here (app.py): 404 for others
-         "/callback-key": "callback_key"}
+         "/callback-key": "callback_key", "/messages": "messages"}
 
 
 def handler(name: str):

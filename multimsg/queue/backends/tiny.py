@@ -25,6 +25,12 @@ Beside the shards (all derived data, rebuilt by ``rebuild``):
 
 Archived records leave the shards for ``archive/messages-YYYY-MM.jsonl``.
 
+Each client's history (``store.history``) is ``history/<client digest>/<day>.jsonl``:
+a line ``{"id", "at"}`` per message (appended before its shard write, so a crash
+leaves an entry that points at nothing, never a message missing from it) and a
+line with the record as archived. A day file older than the window is deleted
+whole.
+
 The outbox of status events is ``outbox/<event id>.json`` (one file per event,
 written atomically, fsynced), changed under one ``outbox`` lock; delivered and
 given-up counts are in ``outbox/counts.json``. A pass lists the folder: it
@@ -64,6 +70,10 @@ _TABLE = "messages"  # TinyDB's table name inside each shard file
 SHARD_HEX_DIGITS = 3  # 4096 shards: ~25 records each at 100k stored messages
 LOCK_TIMEOUT = 30.0
 DUE_BUCKET = 60.0  # seconds per folder of the due index
+
+
+def _day(at: float) -> str:
+    return time.strftime("%Y-%m-%d", time.gmtime(max(0.0, at)))
 
 
 def _raw_due(record: dict) -> float | None:
@@ -184,6 +194,7 @@ class TinyStore(MessageStore):
         self.quarantine_dir = ensure_private_dir(layout.store / "quarantine")
         self.counters = ShardCounters(layout.store / "counts", self._lock)
         self.outbox_dir = ensure_private_dir(layout.home / "outbox")
+        self.history_dir = ensure_private_dir(layout.history)
 
     # -- shards ------------------------------------------------------------------
     def shard_of(self, message_id: str) -> str:
@@ -354,13 +365,18 @@ class TinyStore(MessageStore):
 
     # -- the contract ----------------------------------------------------------------
     def add(self, message: Message) -> None:
+        self._history_append(message.client, message.created_at, [{"id": message.id, "at": message.created_at}])
         with self._txn(self.shard_of(message.id)) as txn:
             txn.put(None, None, message)
 
     def add_many(self, messages: Iterable[Message]) -> int:
         by_shard: dict[str, list[Message]] = {}
+        by_day: dict[tuple[str, str], list[Message]] = {}
         for message in messages:
             by_shard.setdefault(self.shard_of(message.id), []).append(message)
+            by_day.setdefault((message.client, _day(message.created_at)), []).append(message)
+        for (client, _), batch in by_day.items():
+            self._history_append(client, batch[0].created_at, [{"id": m.id, "at": m.created_at} for m in batch])
         for shard, batch in by_shard.items():
             with self._txn(shard) as txn:
                 for message in batch:
@@ -586,8 +602,84 @@ class TinyStore(MessageStore):
                 raise Unavailable("the archive is busy; try again") from None
             except OSError as exc:
                 raise StoreUnwritable(f"the archive cannot be written ({os.strerror(exc.errno or 0) or exc})") from exc
+            if isinstance(found[1].get("client"), str):
+                self._history_append(found[1]["client"], float(found[1].get("created_at") or 0.0),
+                                     [{"id": message_id, "at": float(found[1].get("created_at") or 0.0), "r": found[1]}])
             txn.remove(found[0], message)
             return message
+
+    # -- history: history/<client digest>/<YYYY-MM-DD>.jsonl --------------------------------
+    def _history_folder(self, client: str) -> Path:
+        return self.history_dir / hashlib.blake2b(client.encode(), digest_size=12).hexdigest()
+
+    def _history_append(self, client: str, at: float, entries: list[dict]) -> None:
+        folder = self._history_folder(client)
+        # Each line starts with a newline: a line torn by a crash never swallows the next one.
+        lines = b"".join(b"\n" + json.dumps(e, separators=(",", ":")).encode() for e in entries)
+        try:
+            ensure_private_dir(folder)
+            with self._lock(f"history-{folder.name}"):
+                append_durable(folder / f"{_day(at)}.jsonl", lines, fsync=self.fsync)
+        except Timeout:
+            raise Unavailable("the history index is busy; try again") from None
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise StorageFull("the server's storage is full; nothing of this change was stored") from exc
+            raise StoreUnwritable(f"the history index cannot be written ({os.strerror(exc.errno or 0) or exc})") from exc
+
+    def _history_lines(self, folder: Path, now: float) -> Iterator[dict]:
+        oldest = _day(now - self.history_window)
+        try:
+            names = sorted(e.name for e in os.scandir(folder) if e.name.endswith(".jsonl"))
+        except FileNotFoundError:
+            return
+        for name in names:
+            if name[: -len(".jsonl")] < oldest:
+                (folder / name).unlink(missing_ok=True)  # a whole day past the window
+                continue
+            try:
+                raw = (folder / name).read_bytes()
+            except FileNotFoundError:
+                continue
+            for line in raw.split(b"\n"):
+                try:
+                    entry = json.loads(line) if line else None
+                except ValueError:
+                    continue  # torn by a crash
+                if isinstance(entry, dict) and isinstance(entry.get("id"), str) and isinstance(entry.get("at"), (int, float)):
+                    yield entry
+
+    def history_index(self, client: str, now: float) -> list[tuple[float, str]]:
+        start = now - self.history_window
+        return list({(float(e["at"]), e["id"]) for e in self._history_lines(self._history_folder(client), now) if e["at"] >= start})
+
+    def history_load(self, client: str, message_ids: list[str]) -> dict[str, Message]:
+        found: dict[str, Message] = {}
+        archived: dict[str, Any] | None = None
+        for message_id in message_ids:
+            try:
+                message = self.get(message_id)
+            except Damaged:
+                continue
+            if message is None:
+                if archived is None:  # read the client's own archived copies once, when one is needed
+                    archived = {e["id"]: e["r"] for e in self._history_lines(self._history_folder(client), time.time()) if "r" in e}
+                try:
+                    message = Message.from_record(archived[message_id]) if message_id in archived else None
+                except BadRecord:
+                    message = None
+            if message is not None and message.client == client:
+                found[message_id] = message
+        return found
+
+    def _prune_history(self, now: float) -> int:
+        oldest, removed = _day(now - self.history_window), 0
+        for folder in os.scandir(self.history_dir):
+            for entry in list(os.scandir(folder.path)) if folder.is_dir() else []:
+                if entry.name.endswith(".jsonl") and entry.name[: -len(".jsonl")] < oldest:
+                    Path(entry.path).unlink(missing_ok=True)
+                    removed += 1
+        return removed
 
     def messages(self) -> Iterator[Message]:
         for shard in self.shards():
@@ -631,8 +723,8 @@ class TinyStore(MessageStore):
                 + (f" and {len(damaged) - 5} more" if len(damaged) > 5 else "")]
 
     def sweep(self, now: float, older_than: float) -> int:
-        """Temporary files of writes that a crash interrupted."""
-        removed = 0
+        """Temporary files of writes that a crash interrupted; history days past the window."""
+        removed = self._prune_history(now)
         for entry in os.scandir(self.layout.store):
             if entry.name.endswith(".tmp") and now - entry.stat().st_mtime > older_than:
                 Path(entry.path).unlink(missing_ok=True)
