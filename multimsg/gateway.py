@@ -28,13 +28,14 @@ from .queue.clock import SteadyClock
 from .queue.drain import Drain, Tuning
 from .queue.receipts import Receipt
 from .queue.retry import RetryPolicy
+from .queue.sealed import seal_name
 from .queue.spool import Spool
 from .queue.store import MessageStore
 from .quota import check_quota
 from .replay import ReplayRecord
 from .services import ServiceBase, get_service, service_class
 
-__all__ = ["Gateway", "gateway", "server_keys", "replay_record", "redis_client", "MSG_FIELDS", "MSG_OPTIONS"]
+__all__ = ["Gateway", "gateway", "sealed", "server_keys", "replay_record", "redis_client", "MSG_FIELDS", "MSG_OPTIONS"]
 
 MSG_FIELDS = ("id", "serv", "dest", "type")
 MSG_OPTIONS = ("caption", "filename")  # optional; checked by the service
@@ -109,13 +110,13 @@ class Gateway:
         callback = fields.get(MSG_CALLBACK) or self._token_callback(client) or self.default_callback or None
         if callback is not None and self.callbacks is not None:
             check_url(callback, self.callbacks.allow_private)
-        info = self.spool.get(client, data_id)
-        options = service.check_content(datatype, self.spool.content(client, data_id), {k: fields[k] for k in MSG_OPTIONS if k in fields})
+        info, content = self.spool.get(client, data_id), self.spool.content(client, data_id)
+        options = service.check_content(datatype, content, {k: fields[k] for k in MSG_OPTIONS if k in fields})
 
         now = time.time()
         message = Message(
             id=new_id(), client=client, data_id=data_id, serv=service.name, dest=dest, type=datatype,
-            filename=options.pop("filename", None) or info.filename, options=options,
+            filename=seal_name(content, options.pop("filename", None) or info.filename), options=options,  # sealed at rest
             state=State.QUEUED, created_at=now, updated_at=now, next_attempt_at=now, callback=callback,
         )
         self.spool.attach(client, data_id, message.id)
@@ -215,7 +216,7 @@ def _backend(s: Settings, layout: Layout) -> tuple[MessageStore, Spool, "Path | 
         if blobs.startswith("s3://"):
             raise SystemExit("MULTIMSG_BLOBS=s3://... needs a Redis MULTIMSG_BACKEND (it keeps the references to the objects)")
         spool_layout = Layout(Path(blobs).expanduser()) if blobs else layout
-        return TinyStore(layout, fsync=s.fsync), FileSpool(spool_layout, ttl=s.data_ttl, fsync=s.fsync), layout.archive
+        return TinyStore(layout, fsync=s.fsync), sealed(FileSpool(spool_layout, ttl=s.data_ttl, fsync=s.fsync), s), layout.archive
     from .queue.backends.redis import RedisSpool, RedisStore
 
     store = RedisStore(client, s.redis_tag, archive_months=s.archive_months)
@@ -232,7 +233,15 @@ def _backend(s: Settings, layout: Layout) -> tuple[MessageStore, Spool, "Path | 
         spool = FileSpool(Layout(Path(blobs).expanduser()), ttl=s.data_ttl, fsync=s.fsync)  # a folder every gateway mounts
     else:
         spool = RedisSpool(client, s.redis_tag, ttl=s.data_ttl, blob_max=s.redis_blob_max)
-    return store, spool, None
+    return store, sealed(spool, s), None
+
+
+def sealed(spool: Spool, s: Settings) -> Spool:
+    """``spool`` with everything it stores encrypted at rest under the storage key (``queue/sealed.py``)."""
+    from .queue.sealed import SealedSpool
+    from .storage_keys import storage_keys
+
+    return SealedSpool(spool, storage_keys(s.storage_key, s.storage_key_file, s.home))
 
 
 def redis_client(s: Settings):

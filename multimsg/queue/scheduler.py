@@ -26,6 +26,7 @@ from ..model import Message, State
 from ..services.base import Held, Outcome, OutcomeKind, ServiceBase
 from .pacing import ServicePacer
 from .retry import throttle_scope, transition
+from .sealed import open_name
 
 if TYPE_CHECKING:
     from .drain import Drain
@@ -356,15 +357,18 @@ class Pass:
             return Outcome.misconfigured(f"{service.name} is not configured (set {', '.join(service.missing_credentials())})")
         try:
             content = self.drain.spool.message_content(record.client, record.id)
+            filename = open_name(content, record.filename)  # sealed at rest with the content's key (queue/sealed.py)
         except FileNotFoundError:
             return Outcome.failed("the message's content is gone from the spool")
+        except InvalidInput as exc:
+            return Outcome.failed(exc.reason)
         turns = _Turns(pacer, dest, patience=self.tuning.horizon)
         data = {
             "id": record.id,
             "content": content,
             "dest": dest,
             "type": record.type,
-            "filename": record.filename,
+            "filename": filename,
             "options": dict(record.options),
             "platform_ids": list(record.platform_ids),
             "pace": turns,

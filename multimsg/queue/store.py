@@ -171,8 +171,11 @@ class MessageStore(ABC):
         entries = sorted((e for e in self.history_index(client, now) if e[0] >= start and (before is None or e < before)),
                          reverse=True)
         found: list[Message] = []
-        for first in range(0, len(entries), HISTORY_BATCH):
-            batch = [message_id for _, message_id in entries[first:first + HISTORY_BATCH]]
+        first = 0
+        while first < len(entries):
+            size = min(HISTORY_BATCH, max(1, limit - len(found)))  # no more records read than the page still needs
+            batch = [message_id for _, message_id in entries[first:first + size]]
+            first += size
             loaded = self.history_load(client, batch)
             for message_id in batch:
                 message = loaded.get(message_id)

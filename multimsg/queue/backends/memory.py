@@ -282,6 +282,19 @@ class MemorySpool(Spool):
         with self._lock:
             self.messages.pop((client, message_id), None)
 
+    def rewrite_heads(self, size: int, change: Callable[[bytes], bytes | None]) -> int:
+        changed = 0
+        with self._lock:
+            for key, (info, data) in list(self.uploads.items()):
+                new = change(data[:size]) if len(data) >= size else None
+                if new is not None:
+                    self.uploads[key], changed = (info, new + data[size:]), changed + 1
+            for key, data in list(self.messages.items()):
+                new = change(data[:size]) if len(data) >= size else None
+                if new is not None:
+                    self.messages[key], changed = new + data[size:], changed + 1
+        return changed
+
     def usage(self, client: str) -> int:
         with self._lock:
             return sum(info.size for (owner, _), (info, _) in self.uploads.items() if owner == client)
