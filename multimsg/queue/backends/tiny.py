@@ -25,11 +25,15 @@ Beside the shards (all derived data, rebuilt by ``rebuild``):
 
 Archived records leave the shards for ``archive/messages-YYYY-MM.jsonl``.
 
-Each client's history (``store.history``) is ``history/<client digest>/<day>.jsonl``:
-a line ``{"id", "at"}`` per message (appended before its shard write, so a crash
-leaves an entry that points at nothing, never a message missing from it) and a
-line with the record as archived. A day file older than the window is deleted
-whole.
+Each client's history (``store.history``) is ``history/<client digest>/<day>.jsonl``
+(the day the message was made): a line ``{"id", "at"}`` per message, appended
+before its shard write (a crash leaves an entry that points at nothing, never a
+message missing from it), and a copy of the record after every change its client
+can see (not lease changes) and when it is archived, appended under the shard's
+lock after the shard write. A page is read from the client's own file, never
+from the shards (whose size grows with everyone's messages); an id with no copy
+(a crash between the two writes) is read from its shard, and ``rebuild`` copies
+every record again. A day file older than the window is deleted whole.
 
 The outbox of status events is ``outbox/<event id>.json`` (one file per event,
 written atomically, fsynced), changed under one ``outbox`` lock; delivered and
@@ -246,6 +250,7 @@ class TinyStore(MessageStore):
             raise StoreUnwritable(f"the store cannot be written ({os.strerror(exc.errno or 0) or exc})") from exc
         self._set_due(shard, txn.earliest_due())
         self._count(shard, txn)
+        self._history_copies(txn)
 
     def _count(self, shard: str, txn: _Txn) -> None:
         try:
@@ -612,20 +617,35 @@ class TinyStore(MessageStore):
     def _history_folder(self, client: str) -> Path:
         return self.history_dir / hashlib.blake2b(client.encode(), digest_size=12).hexdigest()
 
-    def _history_append(self, client: str, at: float, entries: list[dict]) -> None:
+    def _history_append(self, client: str, at: float, entries: list[dict], durable: bool = True) -> None:
         folder = self._history_folder(client)
         # Each line starts with a newline: a line torn by a crash never swallows the next one.
         lines = b"".join(b"\n" + json.dumps(e, separators=(",", ":")).encode() for e in entries)
         try:
             ensure_private_dir(folder)
             with self._lock(f"history-{folder.name}"):
-                append_durable(folder / f"{_day(at)}.jsonl", lines, fsync=self.fsync)
+                append_durable(folder / f"{_day(at)}.jsonl", lines, fsync=self.fsync and durable)
         except Timeout:
             raise Unavailable("the history index is busy; try again") from None
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise StorageFull("the server's storage is full; nothing of this change was stored") from exc
             raise StoreUnwritable(f"the history index cannot be written ({os.strerror(exc.errno or 0) or exc})") from exc
+
+    def _history_copies(self, txn: _Txn) -> None:
+        """Each change a client can see (not a lease's) is copied to its client's history, after the shard write."""
+        by_day: dict[tuple[str, str, bool], list[dict]] = {}
+        for before, after in txn.events:
+            if after is None or (before is not None and before.public() == after.public()):
+                continue
+            # A new message's id line is already durable (``add``): losing this copy only costs a shard read.
+            by_day.setdefault((after.client, _day(after.created_at), before is not None), []).append(
+                {"id": after.id, "at": after.created_at, "r": after.to_record()})
+        for (client, _, durable), entries in by_day.items():
+            try:
+                self._history_append(client, entries[0]["at"], entries, durable)
+            except Unavailable as exc:  # the shard is written: the history is one change behind (``rebuild`` copies again)
+                log.warning("history copy of %d change(s) not written: %s", len(entries), exc.reason)
 
     def _history_lines(self, folder: Path, now: float) -> Iterator[dict]:
         oldest = _day(now - self.history_window)
@@ -654,20 +674,17 @@ class TinyStore(MessageStore):
         return list({(float(e["at"]), e["id"]) for e in self._history_lines(self._history_folder(client), now) if e["at"] >= start})
 
     def history_load(self, client: str, message_ids: list[str]) -> dict[str, Message]:
+        """From the client's own copies (the last one of each message); a shard only for an id without one (a crash)."""
+        wanted, copies = set(message_ids), {}
+        for entry in self._history_lines(self._history_folder(client), time.time()):
+            if "r" in entry and entry["id"] in wanted:
+                copies[entry["id"]] = entry["r"]  # in the order written: the last is the latest
         found: dict[str, Message] = {}
-        archived: dict[str, Any] | None = None
         for message_id in message_ids:
             try:
-                message = self.get(message_id)
-            except Damaged:
+                message = Message.from_record(copies[message_id]) if message_id in copies else self.get(message_id)
+            except (BadRecord, Damaged):
                 continue
-            if message is None:
-                if archived is None:  # read the client's own archived copies once, when one is needed
-                    archived = {e["id"]: e["r"] for e in self._history_lines(self._history_folder(client), time.time()) if "r" in e}
-                try:
-                    message = Message.from_record(archived[message_id]) if message_id in archived else None
-                except BadRecord:
-                    message = None
             if message is not None and message.client == client:
                 found[message_id] = message
         return found
@@ -696,6 +713,9 @@ class TinyStore(MessageStore):
         for shard in present:
             with self._txn(shard) as txn:
                 messages = self._parsed(txn.table)
+                txn.events += [(None, m) for m in messages]  # the history's copies, written again
+                self._history_copies(txn)
+                txn.events = []
                 document = self.counters.read(shard) or figures.empty()
                 counted += figures.recount(document, messages)
                 self.counters.write(shard, document)
