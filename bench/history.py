@@ -1,10 +1,11 @@
 """Benchmark 7: GET /messages costs the same however many messages other clients have stored.
 
-A real runner on each backend (embedded, and Redis when redis-server is
+Real runners on each backend (embedded, and Redis when redis-server is
 installed). One client (the loopback client, ``bench.common.CLIENT``) has 200
-messages; ``GET /messages?limit=50`` is timed, then 100k messages of another
-client are added straight through the store API (``add_many``) and it is timed
-again. With a per-client index the two should be about equal.
+messages in each of two runners; the second also holds 100k messages of another
+client (added straight through the store API, ``add_many``). ``GET /messages?limit=50``
+is timed on both, alternately, so the machine's load falls on both alike. With a
+per-client index the two should be about equal.
 
 Run: ``python -m bench.history [--others 100000] [--requests 200]``.
 The figures are printed and merged into bench/results.json (section ``history``).
@@ -39,27 +40,30 @@ def messages(client: str, count: int):
                       created_at=now - n * 0.001, updated_at=now, next_attempt_at=now + 30 * 24 * 3600.0)
 
 
-def timed_pages(runner: Gateway, requests: int) -> list[float]:
-    times = []
-    for _ in range(requests):
-        started = time.perf_counter()
-        answer = runner.http.get(runner.url + "/messages", params={"limit": 50}, timeout=60)
-        times.append(time.perf_counter() - started)
-        assert answer.status_code == 200 and len(answer.json()["messages"]) == 50, answer.text
-    return times
+def page_time(runner: Gateway) -> float:
+    started = time.perf_counter()
+    answer = runner.http.get(runner.url + "/messages", params={"limit": 50}, timeout=60)
+    elapsed = time.perf_counter() - started
+    assert answer.status_code == 200 and len(answer.json()["messages"]) == 50, answer.text
+    return elapsed
 
 
-def measure(name: str, runner: Gateway, store, others: int, requests: int) -> dict:
-    store.add_many(messages(CLIENT, 200))
-    figures = {"own": 200, "alone": summarize(timed_pages(runner, requests))}
-    print(f"{name}: GET /messages, 200 own messages, no others:", figures["alone"], flush=True)
+def measure(name: str, runners: tuple[Gateway, Gateway], stores: tuple, others: int, requests: int) -> dict:
+    """Two runners, the same 200 own messages in each; the second also holds ``others`` of another client.
+    Requests alternate between them, so the machine's load falls on both alike."""
     started = time.monotonic()
-    store.add_many(messages("mac:00:00:00:00:00:01", others))
-    figures["seed_seconds"] = round(time.monotonic() - started, 1)
-    figures["others"] = others
-    figures["with_others"] = summarize(timed_pages(runner, requests))
-    print(f"{name}: GET /messages, 200 own messages, {others} of another client:", figures["with_others"], flush=True)
+    for store in stores:
+        store.add_many(messages(CLIENT, 200))
+    stores[1].add_many(messages("mac:00:00:00:00:00:01", others))
+    figures: dict = {"own": 200, "others": others, "seed_seconds": round(time.monotonic() - started, 1)}
+    times: tuple[list[float], list[float]] = ([], [])
+    for _ in range(requests):
+        for index in (0, 1):
+            times[index].append(page_time(runners[index]))
+    figures["alone"], figures["with_others"] = summarize(times[0]), summarize(times[1])
     figures["ratio"] = round(figures["with_others"]["median_ms"] / figures["alone"]["median_ms"], 2)
+    print(f"{name}: GET /messages?limit=50, 200 own messages: alone {figures['alone']}; "
+          f"with {others} of another client {figures['with_others']}; ratio {figures['ratio']}", flush=True)
     return figures
 
 
@@ -71,23 +75,27 @@ def main(argv: list[str] | None = None) -> None:
     results: dict = {"machine": machine()}
     env = {"MULTIMSG_DRAIN_INTERVAL": "0", "MULTIMSG_RATE_LIMIT": "0"}
     with tempfile.TemporaryDirectory(prefix="multimsg-bench-history-") as folder:
-        home = Path(folder) / "embedded"
-        runner = Gateway(home, env).start(timeout=120)
+        homes = (Path(folder) / "alone", Path(folder) / "crowded")
+        runners = tuple(Gateway(home, env).start(timeout=120) for home in homes)
         try:
-            results["embedded"] = measure("embedded", runner, TinyStore(Layout(home), fsync=False), args.others, args.requests)
+            stores = tuple(TinyStore(Layout(home), fsync=False) for home in homes)
+            results["embedded"] = measure("embedded", runners, stores, args.others, args.requests)
         finally:
-            runner.stop()
+            for runner in runners:
+                runner.stop()
         binary = shutil.which("redis-server")
         if binary:
             from multimsg.queue.backends.redis import RedisStore, connect
 
             server = RedisServer(binary, Path(folder)).start()
-            url = server.url + "/0"
-            runner = Gateway(Path(folder) / "redis", {**env, "MULTIMSG_BACKEND": url, "MULTIMSG_KEY_SEAL": SEAL}).start(timeout=120)
+            urls = (server.url + "/0", server.url + "/1")
+            runners = tuple(Gateway(Path(folder) / f"redis{i}", {**env, "MULTIMSG_BACKEND": url, "MULTIMSG_KEY_SEAL": SEAL}).start(timeout=120)
+                            for i, url in enumerate(urls))
             try:
-                results["redis"] = measure("redis", runner, RedisStore(connect(url)), args.others, args.requests)
+                results["redis"] = measure("redis", runners, tuple(RedisStore(connect(url)) for url in urls), args.others, args.requests)
             finally:
-                runner.stop()
+                for runner in runners:
+                    runner.stop()
                 server.stop()
     save("history", results)
     print(json.dumps(results, indent=2))

@@ -5,7 +5,7 @@
     MULTIMSG_HOME/
       keys/private.pem, public.pem     server key pair (private 0600)
       store/<shard>.json               TinyDB files, one per shard of message ids
-      spool/<client>/<data_id>         uploaded content (decrypted), + <data_id>.json meta
+      spool/<client>/<data_id>         uploaded content, sealed at rest (queue/sealed.py), + <data_id>.json meta
       spool/<client>/msg/<message_id>  the message's own link to its content
       archive/messages-YYYY-MM.jsonl   archived records, append-only
       history/<client digest>/<day>.jsonl  each client's history index (ids, archived copies)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -271,6 +272,33 @@ def test_content_is_an_object_not_a_path(any_spool):
     spool.release(CLIENT, "M" * 16)
     with pytest.raises(FileNotFoundError):
         spool.message_content(CLIENT, "M" * 16).read()
+
+
+def test_a_sealed_spool_stores_no_plaintext_and_rotation_rewrites_only_the_heads(any_spool):
+    import base64
+    import os
+
+    from multimsg.queue.sealed import CHUNK, HEADER, SealedSpool, Tampered
+    from multimsg.storage_keys import storage_keys
+
+    first, second = (base64.b64encode(os.urandom(32)).decode() for _ in range(2))
+    home = Path("/nonexistent-data-folder")
+    sealed = SealedSpool(any_spool, storage_keys(first, Path("/k"), home))
+    content = b"confidential payload " * (CHUNK // 10)  # several chunks
+    info = sealed.put(CLIENT, [content[:1000], content[1000:]], "informe-secreto.pdf")
+    sealed.attach(CLIENT, info.data_id, "m" * 16)
+    raw = any_spool.content(CLIENT, info.data_id).read()  # what the backend holds (for S3: the object in the bucket)
+    assert b"confidential" not in raw and b"informe" not in any_spool.get(CLIENT, info.data_id).filename.encode()
+    assert (sealed.get(CLIENT, info.data_id).filename, sealed.get(CLIENT, info.data_id).size) == ("informe-secreto.pdf", len(content))
+    assert sealed.message_content(CLIENT, "m" * 16).read() == content
+
+    counts = sealed.rewrap(storage_keys(f"{second},{first}", Path("/k"), home).load())
+    assert counts["rewrapped"] >= 1 and counts["on_old_keys"] == counts["unreadable"] == 0
+    after = any_spool.content(CLIENT, info.data_id).read()
+    assert after[HEADER:] == raw[HEADER:] and after[:HEADER] != raw[:HEADER]  # the content itself is not rewritten
+    assert SealedSpool(any_spool, storage_keys(second, Path("/k"), home)).message_content(CLIENT, "m" * 16).read() == content
+    with pytest.raises(Tampered):
+        sealed.content(CLIENT, info.data_id).read()  # the old key alone opens nothing any more
 
 
 def test_the_sweep_removes_orphan_message_references(any_spool):
