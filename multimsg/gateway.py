@@ -241,7 +241,9 @@ def sealed(spool: Spool, s: Settings) -> Spool:
     from .queue.sealed import SealedSpool
     from .storage_keys import storage_keys
 
-    return SealedSpool(spool, storage_keys(s.storage_key, s.storage_key_file, s.home))
+    keys = storage_keys(s.storage_key, s.storage_key_file, s.home)
+    keys.load()  # on first run the key file is made now, at start, with its warning
+    return SealedSpool(spool, keys)
 
 
 def redis_client(s: Settings):

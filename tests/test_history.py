@@ -112,3 +112,17 @@ def test_cli_history_prints_a_table_and_json_and_the_client_pages(runner, telegr
         page = client.history(limit=1)
         assert [m["id"] for m in page["messages"]] == [sent[1]]
         assert [m["id"] for m in client.history(cursor=page["next_cursor"])["messages"]] == [sent[0]]
+
+
+def test_messages_older_than_the_history_days_leave_the_history(make_gateway, telegram):
+    import time
+
+    runner = make_gateway("short", env={"MULTIMSG_HISTORY_DAYS": str(1.5 / 86400), "MULTIMSG_RATE_LIMIT": "0"})  # 1.5 s
+    message_id = runner.send(b"pronto viejo", "telegram", "47")
+    listed = runner.http.get(runner.url + "/messages", timeout=30).json()["messages"]
+    assert [m["id"] for m in listed] == [message_id]
+    deadline = time.monotonic() + 30
+    while runner.http.get(runner.url + "/messages", timeout=30).json()["messages"]:
+        assert time.monotonic() < deadline, "still listed 30 s after a 1.5 s window"
+        time.sleep(0.1)
+    assert runner.cons(message_id).text == "queued"  # gone from the history, not from the queue
