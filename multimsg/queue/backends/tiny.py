@@ -26,14 +26,7 @@ Beside the shards (all derived data, rebuilt by ``rebuild``):
 Archived records leave the shards for ``archive/messages-YYYY-MM.jsonl``.
 
 Each client's history (``store.history``) is ``history/<client digest>/<day>.jsonl``
-(the day the message was made): a line ``{"id", "at"}`` per message, appended
-before its shard write (a crash leaves an entry that points at nothing, never a
-message missing from it), and a copy of the record after every change its client
-can see (not lease changes) and when it is archived, appended under the shard's
-lock after the shard write. A page is read from the client's own file, never
-from the shards (whose size grows with everyone's messages); an id with no copy
-(a crash between the two writes) is read from its shard, and ``rebuild`` copies
-every record again. A day file older than the window is deleted whole.
+(``tiny_history.py``).
 
 The outbox of status events is ``outbox/<event id>.json`` (one file per event,
 written atomically, fsynced), changed under one ``outbox`` lock; delivered and
@@ -65,6 +58,7 @@ from ..counters import Counters, apply_pass
 from ..outbox import Event
 from ..storage import AtomicJSONStorage
 from ..store import Damaged, MessageStore, StoreUnwritable
+from .tiny_history import TinyHistory, day
 
 __all__ = ["TinyStore", "ShardCounters"]
 
@@ -74,10 +68,6 @@ _TABLE = "messages"  # TinyDB's table name inside each shard file
 SHARD_HEX_DIGITS = 3  # 4096 shards: ~25 records each at 100k stored messages
 LOCK_TIMEOUT = 30.0
 DUE_BUCKET = 60.0  # seconds per folder of the due index
-
-
-def _day(at: float) -> str:
-    return time.strftime("%Y-%m-%d", time.gmtime(max(0.0, at)))
 
 
 def _raw_due(record: dict) -> float | None:
@@ -185,7 +175,7 @@ class ShardCounters(Counters):
             log.warning("drain figures not updated for one pass")
 
 
-class TinyStore(MessageStore):
+class TinyStore(TinyHistory, MessageStore):
     counters: ShardCounters
 
     def __init__(self, layout: Layout, *, fsync: bool = True, lock_timeout: float = LOCK_TIMEOUT,
@@ -379,7 +369,7 @@ class TinyStore(MessageStore):
         by_day: dict[tuple[str, str], list[Message]] = {}
         for message in messages:
             by_shard.setdefault(self.shard_of(message.id), []).append(message)
-            by_day.setdefault((message.client, _day(message.created_at)), []).append(message)
+            by_day.setdefault((message.client, day(message.created_at)), []).append(message)
         for (client, _), batch in by_day.items():
             self._history_append(client, batch[0].created_at, [{"id": m.id, "at": m.created_at} for m in batch])
         for shard, batch in by_shard.items():
@@ -612,91 +602,6 @@ class TinyStore(MessageStore):
                                      [{"id": message_id, "at": float(found[1].get("created_at") or 0.0), "r": found[1]}])
             txn.remove(found[0], message)
             return message
-
-    # -- history: history/<client digest>/<YYYY-MM-DD>.jsonl --------------------------------
-    def _history_folder(self, client: str) -> Path:
-        return self.history_dir / hashlib.blake2b(client.encode(), digest_size=12).hexdigest()
-
-    def _history_append(self, client: str, at: float, entries: list[dict], durable: bool = True) -> None:
-        folder = self._history_folder(client)
-        # Each line starts with a newline: a line torn by a crash never swallows the next one.
-        lines = b"".join(b"\n" + json.dumps(e, separators=(",", ":")).encode() for e in entries)
-        try:
-            ensure_private_dir(folder)
-            with self._lock(f"history-{folder.name}"):
-                append_durable(folder / f"{_day(at)}.jsonl", lines, fsync=self.fsync and durable)
-        except Timeout:
-            raise Unavailable("the history index is busy; try again") from None
-        except OSError as exc:
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise StorageFull("the server's storage is full; nothing of this change was stored") from exc
-            raise StoreUnwritable(f"the history index cannot be written ({os.strerror(exc.errno or 0) or exc})") from exc
-
-    def _history_copies(self, txn: _Txn) -> None:
-        """Each change a client can see (not a lease's) is copied to its client's history, after the shard write."""
-        by_day: dict[tuple[str, str, bool], list[dict]] = {}
-        for before, after in txn.events:
-            if after is None or (before is not None and before.public() == after.public()):
-                continue
-            # A new message's id line is already durable (``add``): losing this copy only costs a shard read.
-            by_day.setdefault((after.client, _day(after.created_at), before is not None), []).append(
-                {"id": after.id, "at": after.created_at, "r": after.to_record()})
-        for (client, _, durable), entries in by_day.items():
-            try:
-                self._history_append(client, entries[0]["at"], entries, durable)
-            except Unavailable as exc:  # the shard is written: the history is one change behind (``rebuild`` copies again)
-                log.warning("history copy of %d change(s) not written: %s", len(entries), exc.reason)
-
-    def _history_lines(self, folder: Path, now: float) -> Iterator[dict]:
-        oldest = _day(now - self.history_window)
-        try:
-            names = sorted(e.name for e in os.scandir(folder) if e.name.endswith(".jsonl"))
-        except FileNotFoundError:
-            return
-        for name in names:
-            if name[: -len(".jsonl")] < oldest:
-                (folder / name).unlink(missing_ok=True)  # a whole day past the window
-                continue
-            try:
-                raw = (folder / name).read_bytes()
-            except FileNotFoundError:
-                continue
-            for line in raw.split(b"\n"):
-                try:
-                    entry = json.loads(line) if line else None
-                except ValueError:
-                    continue  # torn by a crash
-                if isinstance(entry, dict) and isinstance(entry.get("id"), str) and isinstance(entry.get("at"), (int, float)):
-                    yield entry
-
-    def history_index(self, client: str, now: float) -> list[tuple[float, str]]:
-        start = now - self.history_window
-        return list({(float(e["at"]), e["id"]) for e in self._history_lines(self._history_folder(client), now) if e["at"] >= start})
-
-    def history_load(self, client: str, message_ids: list[str]) -> dict[str, Message]:
-        """From the client's own copies (the last one of each message); a shard only for an id without one (a crash)."""
-        wanted, copies = set(message_ids), {}
-        for entry in self._history_lines(self._history_folder(client), time.time()):
-            if "r" in entry and entry["id"] in wanted:
-                copies[entry["id"]] = entry["r"]  # in the order written: the last is the latest
-        found: dict[str, Message] = {}
-        for message_id in message_ids:
-            try:
-                message = Message.from_record(copies[message_id]) if message_id in copies else self.get(message_id)
-            except (BadRecord, Damaged):
-                continue
-            if message is not None and message.client == client:
-                found[message_id] = message
-        return found
-
-    def _prune_history(self, now: float) -> int:
-        oldest, removed = _day(now - self.history_window), 0
-        for folder in os.scandir(self.history_dir):
-            for entry in list(os.scandir(folder.path)) if folder.is_dir() else []:
-                if entry.name.endswith(".jsonl") and entry.name[: -len(".jsonl")] < oldest:
-                    Path(entry.path).unlink(missing_ok=True)
-                    removed += 1
-        return removed
 
     def messages(self) -> Iterator[Message]:
         for shard in self.shards():
