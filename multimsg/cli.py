@@ -194,6 +194,28 @@ def cmd_cancel(args) -> int:
     return 0
 
 
+def cmd_history(args) -> int:
+    client, cursor, rows = _client(args), args.cursor, []
+    while True:  # --all follows the cursor; else one page
+        page = client.history(state=args.state, serv=args.serv, since=args.since, limit=args.limit, cursor=cursor)
+        rows += page["messages"]
+        cursor = page.get("next_cursor")
+        if not (args.all and cursor):
+            break
+    if args.json:
+        print(json.dumps({"messages": rows, "next_cursor": cursor}))
+        return 0
+    table = [("ID", "CREATED", "STATE", "SERV", "DEST", "TYPE", "ERROR")]
+    table += [(m["id"], (m.get("created_at") or "")[:19].replace("T", " "), m["state"], m["serv"], m["dest"], m["type"],
+               (m.get("last_error") or "")[:40]) for m in rows]
+    widths = [max(len(str(row[i])) for row in table) for i in range(len(table[0]))]
+    for row in table:
+        print("  ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip())
+    if cursor:
+        print(f"(more: --cursor {cursor}, or --all)", file=sys.stderr)
+    return 0
+
+
 # -- operator commands ---------------------------------------------------------------
 def cmd_drain(args) -> int:
     from . import logs
@@ -324,6 +346,8 @@ def cmd_keys(args) -> int:
             pem = client.public_key()
         print(f"{key_fingerprint(pem)} ({client.url}/key)")
         return 0
+    if args.action == "rotate-storage":
+        return _rotate_storage(settings())
     keys = server_keys(settings())
     if args.action == "rotate":
         info = keys.rotate(args.grace)
@@ -338,6 +362,32 @@ def cmd_keys(args) -> int:
     for retired in keys.retired:
         until = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(retired.expires_at))
         print(f"retired key {key_fingerprint(retired.public_pem)} decrypts until {until}")
+    return 0
+
+
+def _rotate_storage(s) -> int:
+    """A new storage key wraps every upload's data key (content untouched); older keys go once nothing needs them."""
+    from .gateway import _backend
+    from .layout import Layout
+    from .queue.sealed import SealedSpool
+    from .storage_keys import KeyFile, storage_keys
+
+    source = storage_keys(s.storage_key, s.storage_key_file, s.home)
+    spool = _backend(s, Layout(s.home))[1]
+    assert isinstance(spool, SealedSpool)
+    keys = source.add_current() if isinstance(source, KeyFile) else source.load()
+    counts = spool.rewrap(keys)
+    print(f"re-wrapped {counts['rewrapped']} data keys with the current storage key ({keys.source}); content not rewritten")
+    if counts["unreadable"]:
+        print(f"{counts['unreadable']} stored objects open with no key of {keys.source} (altered, or another key): left as they are")
+    if counts["on_old_keys"]:
+        print(f"{counts['on_old_keys']} uploads arrived sealed with an older key meanwhile: run this again; the older keys stay")
+        return 1
+    if isinstance(source, KeyFile):
+        source.keep_only([keys.current])
+        print(f"older storage keys removed from {source.path}")
+    elif len(keys.keys) > 1:
+        print("every upload now opens with the first key of MULTIMSG_STORAGE_KEY: the others can be removed from it")
     return 0
 
 
@@ -452,6 +502,16 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--wait", action="store_true", help="wait for a final state")
     status.set_defaults(run=cmd_status)
 
+    history = commands.add_parser("history", parents=[remote], help="your own messages of the last days, newest first, as a table")
+    history.add_argument("--state", help="only this state (queued, delivered, failed, ...)")
+    history.add_argument("--serv", help="only this service")
+    history.add_argument("--since", metavar="TIME", help="only messages created since TIME (Unix seconds or RFC 3339)")
+    history.add_argument("--limit", type=int, metavar="N", help="messages per page (1-500; default 50)")
+    history.add_argument("--cursor", metavar="CURSOR", help="the page after this cursor (as the previous page printed)")
+    history.add_argument("--all", action="store_true", help="follow the cursor to the last page")
+    history.add_argument("--json", action="store_true", help="print the answer as JSON on stdout (for scripts)")
+    history.set_defaults(run=cmd_history)
+
     commands.add_parser("serve", help="serve the HTTP API on one port (same as local_runner.py; serve --help)", add_help=False)
 
     drain = commands.add_parser("drain", help="run one drain pass on this data folder (for crontab)")
@@ -469,13 +529,15 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("--rebuild", action="store_true", help="recount the stored messages first (after a crash or an upgrade)")
     stats.set_defaults(run=cmd_stats)
 
-    keys = commands.add_parser("keys", help="the server's key pair: show, rotate")
+    keys = commands.add_parser("keys", help="the server's key pair: show, rotate; the storage key: rotate-storage")
     key_actions = keys.add_subparsers(dest="action", required=True)
     show = key_actions.add_parser("show", help="the current key's fingerprint (SHA256:<base64>) and the retired keys still accepted")
     show.add_argument("--server", metavar="URL", help="show the key a server serves at URL/key instead of this data folder's")
     rotate = key_actions.add_parser("rotate", help="make a new key pair; the previous one keeps decrypting for a grace period")
     rotate.add_argument("--grace", type=float, metavar="SECONDS",
                         help="how long the previous key keeps working (default MULTIMSG_KEY_GRACE, 7 days; 0: not at all)")
+    key_actions.add_parser("rotate-storage", help="a new storage key (the key file's; or re-wrap with the first of MULTIMSG_STORAGE_KEY) "
+                                                  "re-wraps every upload's data key, without rewriting content")
     keys.set_defaults(run=cmd_keys)
 
     config = commands.add_parser("config", help="the effective configuration (environment, then multimsg.toml), secrets masked")

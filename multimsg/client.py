@@ -614,6 +614,14 @@ class Client:
             time.sleep(pause)
             interval = min(max_interval, interval * 1.5)
 
+    def history(self, *, state: str | None = None, serv: str | None = None, since: float | str | None = None,
+                limit: int | None = None, cursor: str | None = None) -> dict:
+        """One page of this client's own messages, newest first (``GET /messages``): ``{"messages": [...],
+        "next_cursor": ...}``; pass ``next_cursor`` back as ``cursor`` for the next page (None: the last page)."""
+        params = {k: str(v) for k, v in {"state": state, "serv": serv, "since": since, "limit": limit, "cursor": cursor}.items()
+                  if v is not None}
+        return self._json(self._request("GET", "/messages", params=params))
+
     def health(self) -> dict:
         """``GET /health`` (ServerError when the server says it is unhealthy)."""
         return self._json(self._request("GET", "/health"))

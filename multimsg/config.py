@@ -253,6 +253,11 @@ class Settings:
     sweep_interval: float = setting("MULTIMSG_SWEEP_INTERVAL", 600.0, float)
     result_ttl: float = setting("MULTIMSG_RESULT_TTL", 7 * DAY, float)
     report_grace: float = setting("MULTIMSG_REPORT_GRACE", 3600.0, float, help="seconds a reported final state stays readable by /cons before it is archived")
+    storage_key: str | None = setting("MULTIMSG_STORAGE_KEY", None, secret=True,
+                                      help="base64 of 32 bytes: wraps every upload's data key at rest (comma-separated while rotating, current first)")
+    storage_key_file: Path = setting("MULTIMSG_STORAGE_KEY_FILE", "~/.config/multimsg/storage-keys", Path,
+                                     help="the storage key file when MULTIMSG_STORAGE_KEY is unset (made on first run; never inside the data folder)")
+    history_days: float = setting("MULTIMSG_HISTORY_DAYS", 7.0, float, help="days GET /messages shows a client's messages (archived ones too)")
     archive_months: int = setting("MULTIMSG_ARCHIVE_MONTHS", 12, int, help="monthly archive files kept (0: keep all)")
     connect_timeout: float = setting("MULTIMSG_CONNECT_TIMEOUT", 5.0, float)
     read_timeout: float = setting("MULTIMSG_READ_TIMEOUT", 30.0, float)

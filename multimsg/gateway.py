@@ -35,6 +35,7 @@ from .queue.clock import SteadyClock
 from .queue.drain import Drain, Tuning
 from .queue.receipts import Receipt
 from .queue.retry import RetryPolicy
+from .queue.sealed import seal_name
 from .queue.spool import Spool
 from .queue.store import MessageStore
 from .quota import check_quota
@@ -42,7 +43,7 @@ from .replay import ReplayRecord
 from .schedule import AT_FIELD, parse_at
 from .services import ServiceBase, get_service, service_class
 
-__all__ = ["Gateway", "gateway", "server_keys", "replay_record", "key_records", "redis_client", "MSG_FIELDS", "MSG_OPTIONS", "SEND_FIELDS"]
+__all__ = ["Gateway", "gateway", "sealed", "server_keys", "replay_record", "key_records", "redis_client", "MSG_FIELDS", "MSG_OPTIONS", "SEND_FIELDS"]
 
 MSG_FIELDS = ("id", "serv", "dest", "type")
 SEND_FIELDS = MSG_FIELDS[1:]  # /send: the file comes with the message, so no data id
@@ -137,6 +138,7 @@ class Gateway:
     def from_settings(cls, s: Settings) -> "Gateway":
         layout = Layout(s.home)
         store, spool, archive_folder = _backend(s, layout)
+        store.history_window = s.history_days * 24 * 3600.0  # GET /messages
         clock = SteadyClock()
         shared = redis_client(s)
         pacers = holds = None
@@ -177,8 +179,9 @@ class Gateway:
         data_id = check_id(fields["id"], "data id")
         planned = self._plan(client, fields)
         info = self.spool.get(client, data_id)
-        options = self._check_content(planned, self.spool.content(client, data_id), fields)
-        return self._queue(client, data_id, info.filename, planned, options)
+        content = self.spool.content(client, data_id)
+        options = self._check_content(planned, content, fields)
+        return self._queue(client, data_id, info.filename, planned, options, content)
 
     # -- POST /send --------------------------------------------------------
     def send(self, client: str, data: BinaryIO, filename: str, wrapped_key: bytes | None, fields: dict) -> str:
@@ -200,7 +203,7 @@ class Gateway:
             options = self._check_content(planned, _StreamContent(plain), fields)
             plain.seek(0)
             info = self.spool.put(client, copy_stream(plain), clean_filename(filename))
-        return self._queue(client, info.data_id, info.filename, planned, options)
+        return self._queue(client, info.data_id, info.filename, planned, options, self.spool.content(client, info.data_id))
 
     # -- what /msg and /send share ----------------------------------------
     def _plan(self, client: str, fields: dict) -> "_Planned":
@@ -225,12 +228,12 @@ class Gateway:
         """The service's check of the content and options (or, with ``convert``, of what it will become)."""
         return convert.check(planned.service, planned.type, content, _options(fields), fields.get(MSG_CONVERT))
 
-    def _queue(self, client: str, data_id: str, upload_filename: str, planned: "_Planned", options: dict) -> str:
-        """Queue the checked message durably for the client's upload ``data_id``; returns its id."""
+    def _queue(self, client: str, data_id: str, upload_filename: str, planned: "_Planned", options: dict, content: Content) -> str:
+        """Queue the checked message durably for the client's upload ``data_id`` (its ``content``); returns its id."""
         now = time.time()
         message = Message(
             id=new_id(), client=client, data_id=data_id, serv=planned.service.name, dest=planned.dest, type=planned.type,
-            filename=options.pop("filename", None) or upload_filename, options=options,
+            filename=seal_name(content, options.pop("filename", None) or upload_filename), options=options,  # sealed at rest
             state=State.QUEUED, created_at=now, updated_at=now, next_attempt_at=max(planned.due, now), callback=planned.callback,
             scheduled_for=planned.due if planned.due > now else None,
         )
@@ -304,6 +307,13 @@ class Gateway:
 
         return token_callback(client) if client.startswith("token:") else None
 
+    # -- GET /messages -----------------------------------------------------
+    def history(self, client: str, args: dict[str, str]):
+        """One page of the client's own messages (``multimsg.history``); reading changes nothing."""
+        from .history import page, parse_query
+
+        return page(self.store, client, parse_query(args), self.clock.now())
+
     # -- GET /callback-key --------------------------------------------------
     def callback_key(self) -> tuple[str, str]:
         """The public key that signs callbacks: PEM, and Standard Webhooks' ``whpk_`` form."""
@@ -344,7 +354,7 @@ def _backend(s: Settings, layout: Layout) -> tuple[MessageStore, Spool, "Path | 
         if blobs.startswith("s3://"):
             raise SystemExit("MULTIMSG_BLOBS=s3://... needs a Redis MULTIMSG_BACKEND (it keeps the references to the objects)")
         spool_layout = Layout(Path(blobs).expanduser()) if blobs else layout
-        return TinyStore(layout, fsync=s.fsync), FileSpool(spool_layout, ttl=s.data_ttl, fsync=s.fsync), layout.archive
+        return TinyStore(layout, fsync=s.fsync), sealed(FileSpool(spool_layout, ttl=s.data_ttl, fsync=s.fsync), s), layout.archive
     from .queue.backends.redis import RedisSpool, RedisStore
 
     store = RedisStore(client, s.redis_tag, archive_months=s.archive_months)
@@ -361,7 +371,17 @@ def _backend(s: Settings, layout: Layout) -> tuple[MessageStore, Spool, "Path | 
         spool = FileSpool(Layout(Path(blobs).expanduser()), ttl=s.data_ttl, fsync=s.fsync)  # a folder every gateway mounts
     else:
         spool = RedisSpool(client, s.redis_tag, ttl=s.data_ttl, blob_max=s.redis_blob_max)
-    return store, spool, None
+    return store, sealed(spool, s), None
+
+
+def sealed(spool: Spool, s: Settings) -> Spool:
+    """``spool`` with everything it stores encrypted at rest under the storage key (``queue/sealed.py``)."""
+    from .queue.sealed import SealedSpool
+    from .storage_keys import storage_keys
+
+    keys = storage_keys(s.storage_key, s.storage_key_file, s.home)
+    keys.load()  # on first run the key file is made now, at start, with its warning
+    return SealedSpool(spool, keys)
 
 
 def redis_client(s: Settings):

@@ -5,9 +5,10 @@
     MULTIMSG_HOME/
       keys/private.pem, public.pem     server key pair (private 0600)
       store/<shard>.json               TinyDB files, one per shard of message ids
-      spool/<client>/<data_id>         uploaded content (decrypted), + <data_id>.json meta
+      spool/<client>/<data_id>         uploaded content, sealed at rest (queue/sealed.py), + <data_id>.json meta
       spool/<client>/msg/<message_id>  the message's own link to its content
       archive/messages-YYYY-MM.jsonl   archived records, append-only
+      history/<client digest>/<day>.jsonl  each client's history index (ids, archived copies)
       locks/*.lock, locks/slots.lock    lock files (multimsg/locks.py; folder 0700)
       tokens                           client token hashes, name:sha256hex (0600; MULTIMSG_TOKENS_FILE moves it)
       counters.json                    queue figures for /metrics and `multimsg stats` (queue/counters.py)
@@ -62,6 +63,10 @@ class Layout:
     @property
     def archive(self) -> Path:
         return self.home / "archive"
+
+    @property
+    def history(self) -> Path:
+        return self.home / "history"
 
     @property
     def locks(self) -> Path:

@@ -23,6 +23,7 @@ from .fsutil import copy_stream
 from .layout import Layout
 from .queue.backends.files import FileSpool
 from .queue.backends.tiny import TinyStore
+from .queue.sealed import open_name, seal_name
 
 __all__ = ["migrate", "Report"]
 
@@ -40,10 +41,10 @@ class Report:
 
 
 def migrate(s: Settings, to: str) -> Report:
-    from .gateway import _backend
+    from .gateway import _backend, sealed
 
     layout = Layout(s.home)
-    source, source_spool = TinyStore(layout, fsync=s.fsync), FileSpool(layout, ttl=s.data_ttl, fsync=s.fsync)
+    source, source_spool = TinyStore(layout, fsync=s.fsync), sealed(FileSpool(layout, ttl=s.data_ttl, fsync=s.fsync), s)
     target, target_spool, _ = _backend(dataclasses.replace(s, backend=to), layout)
     report = Report()
     for message in source.messages():
@@ -53,9 +54,11 @@ def migrate(s: Settings, to: str) -> Report:
         target_spool.release(message.client, message.id)  # a reference left by an interrupted run: dropped, not leaked
         try:
             content = source_spool.message_content(message.client, message.id)
+            name = open_name(content, message.filename)
             with content.open() as stream:
-                info = target_spool.put(message.client, copy_stream(stream), message.filename or "data")
+                info = target_spool.put(message.client, copy_stream(stream), name or "data")
             target_spool.attach(message.client, info.data_id, message.id)
+            message = message.with_changes(filename=seal_name(target_spool.content(message.client, info.data_id), name))
         except FileNotFoundError:
             report.without_content += 1
             log.warning("message %s: its content is gone from the spool; copied without it", message.id)

@@ -97,9 +97,10 @@ def whatsapp(whatsapp_server):
 
 
 @pytest.fixture
-def gateway_env(telegram, whatsapp) -> dict[str, str]:
+def gateway_env(telegram, whatsapp, tmp_path_factory) -> dict[str, str]:
     return {
         **emulator_env(telegram, whatsapp),
+        "MULTIMSG_STORAGE_KEY_FILE": str(tmp_path_factory.mktemp("storage-key") / "storage-keys"),  # outside any data folder
         "MULTIMSG_DRAIN_INTERVAL": "0",
         "MULTIMSG_RETRY_BASE": "0.05",
         "MULTIMSG_READ_TIMEOUT": "3",

@@ -109,6 +109,31 @@ class Gateway:
     def __exit__(self, *exc) -> None:
         self.stop()
 
+    def storage_keys(self):
+        """The runner's storage keyring (uploads are sealed at rest with it)."""
+        from multimsg.storage_keys import storage_keys
+
+        return storage_keys(self.env.get("MULTIMSG_STORAGE_KEY"), Path(self.env.get("MULTIMSG_STORAGE_KEY_FILE")
+                            or "~/.config/multimsg/storage-keys"), self.home).load()
+
+    def stored(self, path: Path) -> bytes:
+        """The plaintext of an upload as the spool keeps it at ``path`` (opened with the runner's storage key)."""
+        from multimsg.queue.backends.files import FileContent
+        from multimsg.queue.sealed import SealedContent
+
+        return SealedContent(FileContent(path), self.storage_keys()).read()
+
+    def stored_name(self, client: str, data_id: str) -> str:
+        """An upload's file name as the spool keeps it (sealed at rest), opened."""
+        from multimsg.layout import Layout
+        from multimsg.queue.backends.files import FileSpool
+        from multimsg.queue.sealed import SealedSpool
+
+        class _Keys:
+            load = self.storage_keys
+
+        return SealedSpool(FileSpool(Layout(self.home), ttl=1e9, fsync=False), _Keys()).get(client, data_id).filename
+
     # -- the public API ----------------------------------------------------
     def _session(self, source: str | None) -> requests.Session:
         return self.http if source is None else session_from(source)

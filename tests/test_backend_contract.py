@@ -12,6 +12,7 @@ import itertools
 import json
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -281,6 +282,58 @@ def test_cancel_and_claim_race_each_message_is_either_leased_or_cancelled(store)
     assert all(store.get(i).state == (State.CANCELLED if i in cancelled else State.QUEUED) for i in ids)
 
 
+# -- history -----------------------------------------------------------------------------------------
+OTHER = "ip:127.0.0.10"
+
+
+def test_history_is_the_clients_own_messages_newest_first_archived_ones_included(store):
+    now = time.time()
+    mine = [message(now=now - 30 + i) for i in range(3)]
+    theirs = [message(now=now - 20 + i, client=OTHER) for i in range(4)]
+    for m in mine + theirs:
+        store.add(m)
+    [claim] = [c for c in store.claim_due(now, 60) if c.id == mine[0].id] or [None]
+    store.finish(claim, {"state": State.DELIVERED}, now)
+    store.report(mine[0].id, now)
+    assert store.archive(mine[0].id, now) is not None
+    shown = store.history(CLIENT, now + 1)
+    assert [m.id for m in shown] == [m.id for m in reversed(mine)]
+    assert shown[-1].state == State.DELIVERED  # the archived copy, as it was archived
+    assert sorted(i for _, i in store.history_index(CLIENT, now + 1)) == sorted(m.id for m in mine)  # the client's own index
+    assert [m.id for m in store.history(OTHER, now + 1)] == [m.id for m in reversed(theirs)]
+    assert store.get(mine[1].id).reported_at is None  # reading the history reported nothing
+
+
+def test_history_pages_by_cursor_and_filters_without_repeats(store):
+    now = time.time()
+    added = [message(now=now - 100 + i, serv="counting" if i % 2 else "other") for i in range(11)]
+    for m in added:
+        store.add(m)
+    seen, before = [], None
+    while True:
+        page = store.history(CLIENT, now, before=before, limit=4)
+        seen += [m.id for m in page]
+        if len(page) < 4:
+            break
+        before = (page[-1].created_at, page[-1].id)
+    assert seen == [m.id for m in reversed(added)]
+    counting = store.history(CLIENT, now, accept=lambda m: m.serv == "counting", limit=100)
+    assert [m.id for m in counting] == [m.id for m in reversed(added) if m.serv == "counting"]
+    assert [m.id for m in store.history(CLIENT, now, since=now - 92)] == [m.id for m in reversed(added[8:])]
+
+
+def test_history_prunes_what_is_older_than_the_window(store):
+    now = time.time()
+    store.history_window = 3 * 24 * 3600.0
+    old, recent = message(now=now - 5 * 24 * 3600.0), message(now=now - 60)
+    store.add(old)
+    store.add(recent)
+    assert [m.id for m in store.history(CLIENT, now)] == [recent.id]
+    store.sweep(now, 3600)
+    assert [i for _, i in store.history_index(CLIENT, now)] == [recent.id]
+    assert store.get(old.id) is not None  # the message itself is the drain's business, not the history's
+
+
 # -- content ------------------------------------------------------------------------------------------
 def test_content_is_an_object_not_a_path(any_spool):
     spool = any_spool
@@ -297,6 +350,33 @@ def test_content_is_an_object_not_a_path(any_spool):
     spool.release(CLIENT, "M" * 16)
     with pytest.raises(FileNotFoundError):
         spool.message_content(CLIENT, "M" * 16).read()
+
+
+def test_a_sealed_spool_stores_no_plaintext_and_rotation_rewrites_only_the_heads(any_spool):
+    import base64
+    import os
+
+    from multimsg.queue.sealed import CHUNK, HEADER, SealedSpool, Tampered
+    from multimsg.storage_keys import storage_keys
+
+    first, second = (base64.b64encode(os.urandom(32)).decode() for _ in range(2))
+    home = Path("/nonexistent-data-folder")
+    sealed = SealedSpool(any_spool, storage_keys(first, Path("/k"), home))
+    content = b"confidential payload " * (CHUNK // 10)  # several chunks
+    info = sealed.put(CLIENT, [content[:1000], content[1000:]], "informe-secreto.pdf")
+    sealed.attach(CLIENT, info.data_id, "m" * 16)
+    raw = any_spool.content(CLIENT, info.data_id).read()  # what the backend holds (for S3: the object in the bucket)
+    assert b"confidential" not in raw and b"informe" not in any_spool.get(CLIENT, info.data_id).filename.encode()
+    assert (sealed.get(CLIENT, info.data_id).filename, sealed.get(CLIENT, info.data_id).size) == ("informe-secreto.pdf", len(content))
+    assert sealed.message_content(CLIENT, "m" * 16).read() == content
+
+    counts = sealed.rewrap(storage_keys(f"{second},{first}", Path("/k"), home).load())
+    assert counts["rewrapped"] >= 1 and counts["on_old_keys"] == counts["unreadable"] == 0
+    after = any_spool.content(CLIENT, info.data_id).read()
+    assert after[HEADER:] == raw[HEADER:] and after[:HEADER] != raw[:HEADER]  # the content itself is not rewritten
+    assert SealedSpool(any_spool, storage_keys(second, Path("/k"), home)).message_content(CLIENT, "m" * 16).read() == content
+    with pytest.raises(Tampered):
+        sealed.content(CLIENT, info.data_id).read()  # the old key alone opens nothing any more
 
 
 def test_the_sweep_removes_orphan_message_references(any_spool):

@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from multimsg.crypto import OAEP
+from multimsg.queue.sealed import plain_size
 from tests.gatewayproc import ROOT, Gateway, session_from
 
 MAX_UPLOAD = 200_000
@@ -258,7 +259,7 @@ def test_uploads_over_the_limit_get_413_and_are_not_stored(hard):
     content_type, body = multipart(("data", "small.bin", b"y" * (MAX_UPLOAD // 2)))
     status, data_id = post_chunked(r, "/data", content_type, body)
     assert status == 200, data_id
-    assert (r.home / "spool" / "mac_00_00_00_00_00_00" / data_id).read_bytes() == b"y" * (MAX_UPLOAD // 2)
+    assert r.stored(r.home / "spool" / "mac_00_00_00_00_00_00" / data_id) == b"y" * (MAX_UPLOAD // 2)
     assert len(spooled_uploads(r)) == 1
 
 
@@ -280,7 +281,7 @@ def test_a_plain_upload_streams_to_disk_instead_of_memory(make_gateway):
     before = _peak_rss_kb(worker)
     size = 32 * 1000 * 1000
     data_id = runner.upload_id(os.urandom(size))
-    assert (runner.home / "spool" / "mac_00_00_00_00_00_00" / data_id).stat().st_size == size
+    assert plain_size((runner.home / "spool" / "mac_00_00_00_00_00_00" / data_id).stat().st_size) == size  # sealed at rest
     grown_mb = (_peak_rss_kb(worker) - before) / 1024
     # werkzeug spools file parts over 500 KB to a temporary file and the spool
     # copies it in 1 MB chunks: the worker's peak grows by a few MB, not 32.
@@ -456,9 +457,9 @@ def test_an_upload_name_is_stored_as_a_plain_file_name(make_gateway, telegram):
     stored = {}
     for name in (hostile, "../../etc/passwd", "C:\\Users\\ana\\report.pdf", "\x00\x1b\x7f", "informe.pdf"):
         data_id = r.upload_id(b"%PDF-1.4 named content", filename=name)
-        meta = json.loads(next((r.home / "spool").glob(f"*/{data_id}.json")).read_text())
-        stored[name[:20]] = meta["filename"]
-        assert len(meta["filename"]) <= 255 and not re.search(r"[\x00-\x1f\x7f/\\]", meta["filename"]), meta["filename"][:80]
+        kept = r.stored_name("mac:00:00:00:00:00:00", data_id)  # sealed at rest: opened with the runner's key
+        stored[name[:20]] = kept
+        assert len(kept) <= 255 and not re.search(r"[\x00-\x1f\x7f/\\]", kept), kept[:80]
     assert stored["../../etc/passwd"] == "passwd"
     assert stored["C:\\Users\\ana\\report.pdf"[:20]] == "report.pdf"
     assert stored["\x00\x1b\x7f"] == "data"

@@ -177,7 +177,7 @@ def test_two_hosts_on_a_lan_are_two_clients_told_apart_by_mac(lan, lan_gateway):
 
     # The server knew each host by its interface's MAC, not by its address.
     assert _spool_clients(lan_gateway) == {"mac_" + a.mac.replace(":", "_"), "mac_" + b.mac.replace(":", "_")}
-    assert (lan_gateway.home / "spool" / ("mac_" + a.mac.replace(":", "_")) / data_a).read_bytes() == b"hola from A"
+    assert lan_gateway.stored(lan_gateway.home / "spool" / ("mac_" + a.mac.replace(":", "_")) / data_a) == b"hola from A"
 
     message = {"serv": "telegram", "dest": "12345", "type": "text"}
     status, msg_a = a.call("POST", url + "/msg", form={"id": data_a, **message})

@@ -30,5 +30,5 @@ def test_uploads_live_in_a_folder_per_client(gateway):
     data_a = gateway.upload_id(b"a")
     data_b = gateway.upload_id(b"b", source="127.0.0.2")
     spool = gateway.home / "spool"
-    assert (spool / "mac_00_00_00_00_00_00" / data_a).read_bytes() == b"a"
-    assert (spool / "ip_127.0.0.2" / data_b).read_bytes() == b"b"
+    assert gateway.stored(spool / "mac_00_00_00_00_00_00" / data_a) == b"a"  # sealed at rest: opened with the runner's key
+    assert gateway.stored(spool / "ip_127.0.0.2" / data_b) == b"b"

@@ -12,20 +12,23 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from multimsg.ids import new_id
 from multimsg.layout import Layout
 from multimsg.model import Message, State
 from multimsg.queue.backends.files import FileSpool
 from multimsg.queue.backends.tiny import TinyStore
+from multimsg.queue.sealed import SealedSpool, open_name
+from multimsg.storage_keys import KeyFile
 from tests.gatewayproc import ROOT, Gateway
 from tests.redis_support import redis_server, redis_url  # noqa: F401  (fixtures)
 
 CLIENT = "ip:127.0.0.1"
 
 
-def run_migrate(home, url: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "MULTIMSG_HOME": str(home), "MULTIMSG_FSYNC": "0"}
+def run_migrate(home, url: str, key_file: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "MULTIMSG_HOME": str(home), "MULTIMSG_FSYNC": "0", "MULTIMSG_STORAGE_KEY_FILE": key_file}
     return subprocess.run([sys.executable, "-m", "multimsg", "migrate", "--to", url], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=60)
 
@@ -52,18 +55,20 @@ def test_migrate_copies_queued_and_final_messages_with_their_content_once(tmp_pa
     store.add(gone)
     assert store.archive(gone.id, now) is not None  # in the archive: not migrated
 
-    first = run_migrate(home, redis_url)
+    first = run_migrate(home, redis_url, gateway_env["MULTIMSG_STORAGE_KEY_FILE"])
     assert first.returncode == 0, first.stderr
     assert first.stdout.strip() == "migrate: copied 3, already there 0, without content 0"
-    again = run_migrate(home, redis_url)
+    again = run_migrate(home, redis_url, gateway_env["MULTIMSG_STORAGE_KEY_FILE"])
     assert again.stdout.strip() == "migrate: copied 0, already there 3, without content 0", again.stderr
 
     client = connect(redis_url)
-    target, target_spool = RedisStore(client), RedisSpool(client, ttl=3600)
+    keys = KeyFile(Path(gateway_env["MULTIMSG_STORAGE_KEY_FILE"]))
+    target, target_spool = RedisStore(client), SealedSpool(RedisSpool(client, ttl=3600), keys)  # sealed at rest
     for name, (m, text) in made.items():
         copied = target.get(m.id)
         assert copied is not None and copied.state == m.state and copied.claim is None, name
         assert target_spool.message_content(CLIENT, m.id).read() == text
+        assert open_name(target_spool.message_content(CLIENT, m.id), copied.filename) == "t.txt"
     assert target.get(gone.id) is None
     assert len(client.keys("mm:{mm}:blob:*")) == 3  # one blob per message: the second run added none
     states = target.counters.snapshot()["services"]["telegram"]["states"]

@@ -189,7 +189,7 @@ def test_the_quota_counts_uploads_on_every_process(runners):
     assert a.upload(b"x" * 600).status_code == 200
     over = b.upload(b"y" * 600)
     assert over.status_code == 413 and "quota" in over.text, over.text
-    assert b.upload(b"z" * 300).status_code == 200
+    assert b.upload(b"z" * 200).status_code == 200  # what the spool holds counts: 600 bytes sealed are 776
 
 
 # -- the drain's pacing and holds across workers ------------------------------------------------

@@ -2,13 +2,14 @@
 
 Upload, queue and drain through the runner's HTTP API with ``MULTIMSG_BLOBS=s3://BUCKET/PREFIX``: the
 bytes the Telegram emulator receives are the uploaded ones, byte for byte (a file over one multipart
-part), nothing of them is in Redis, and the object is deleted once the message is reported and archived.
+part), nothing of them is in Redis, the bucket holds them sealed (``queue/sealed.py``), and the object is deleted once the message is reported and archived.
 """
 
 from __future__ import annotations
 
 import hashlib
 
+from multimsg.queue.sealed import plain_size
 from tests.gatewayproc import Gateway
 from tests.redis_support import redis_server, redis_url  # noqa: F401  (fixtures)
 from tests.s3_support import S3_ENV, s3_bucket, s3_server  # noqa: F401  (fixtures)
@@ -24,7 +25,9 @@ def test_upload_msg_drain_with_blobs_on_s3_arrive_byte_for_byte(tmp_path, gatewa
         message_id = runner.send(content, "telegram", "4343", type="document", filename="big.bin")
         s3 = s3_server.client()
         [item] = s3.list_objects_v2(Bucket=s3_bucket)["Contents"]
-        assert item["Key"].startswith("media/mm/") and item["Size"] == len(content)
+        assert item["Key"].startswith("media/mm/") and plain_size(item["Size"]) == len(content)
+        stored = s3.get_object(Bucket=s3_bucket, Key=item["Key"])["Body"].read()  # the bucket holds it sealed
+        assert bytes(range(256)) not in stored and b"big.bin" not in stored
         client = redis.Redis.from_url(redis_url)
         assert sum(client.memory_usage(k) or 0 for k in client.keys("*")) < 1024 * 1024  # the bytes are not in Redis
 

@@ -11,15 +11,15 @@ what it needs, not every handler's dependencies (cold start).
 
 from importlib import import_module
 
-__all__ = ["HANDLERS", "key", "data", "msg", "send", "cons", "drain", "openapi", "health", "metrics", "webhook", "callback_key", "cancel"]
+__all__ = ["HANDLERS", "key", "data", "msg", "send", "cons", "drain", "openapi", "health", "metrics", "webhook", "callback_key", "cancel", "messages"]
 
-NAMES = ("key", "data", "msg", "send", "cons", "drain", "openapi", "health", "metrics", "webhook", "callback_key", "cancel")
+NAMES = ("key", "data", "msg", "send", "cons", "drain", "openapi", "health", "metrics", "webhook", "callback_key", "cancel", "messages")
 # URL path -> handler name; the public contract's endpoint names.
 PATHS = {"/key": "key", "/data": "data", "/msg": "msg", "/send": "send", "/cons": "cons", "/drain": "drain",
          "/openapi.json": "openapi", "/health": "health", "/metrics": "metrics",
          "/webhook/wpp1": "webhook",  # the local runner also routes /webhook/<serv> here (app.py): 404 for others
          "/callback-key": "callback_key",
-         "/cancel": "cancel"}
+         "/cancel": "cancel", "/messages": "messages"}
 
 
 def handler(name: str):

@@ -27,6 +27,7 @@ from ..model import Message, State
 from ..services.base import Held, Outcome, OutcomeKind, ServiceBase
 from .pacing import ServicePacer
 from .retry import throttle_scope, transition
+from .sealed import open_name
 
 if TYPE_CHECKING:
     from .drain import Drain
@@ -357,11 +358,14 @@ class Pass:
             return Outcome.misconfigured(f"{service.name} is not configured (set {', '.join(service.missing_credentials())})")
         try:
             content = self.drain.spool.message_content(record.client, record.id)
-            content, filename = convert.for_send(record, content, service)  # converted when the message asks for it
+            opened = record.with_changes(filename=open_name(content, record.filename))  # sealed at rest (queue/sealed.py)
+            content, filename = convert.for_send(opened, content, service)  # converted when the message asks for it
         except FileNotFoundError:
             return Outcome.failed("the message's content is gone from the spool")
         except convert.ConversionError as exc:
             return exc.outcome
+        except InvalidInput as exc:
+            return Outcome.failed(exc.reason)
         turns = _Turns(pacer, dest, patience=self.tuning.horizon)
         data = {
             "id": record.id,

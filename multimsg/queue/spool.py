@@ -3,7 +3,10 @@
 A ``Spool`` stores an upload (``put``), finds it again for its client
 (``get``), gives a message its own reference to it (``attach``, so that the
 upload may expire while queued messages keep their content), hands out the
-content of a message (``message_content``) and forgets it (``release``).
+content of a message (``message_content``) and forgets it (``release``). ``rewrite_heads`` changes
+the first bytes of every stored object in place, durably (the re-wrap of
+data keys by ``queue/sealed.py``, which wraps any spool so that all of it
+is stored encrypted).
 
 Content is handed out as an object (``multimsg.content``), never as a path
 into the spool, so a spool in a blob store is a peer of the spool folder.
@@ -13,7 +16,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Callable, Iterable
 
 from ..content import BytesContent, Content
 
@@ -65,3 +68,9 @@ class Spool(ABC):
         among them is an orphan (left by a crash between attach and add).
         Returns how many things were removed.
         """
+
+    @abstractmethod
+    def rewrite_heads(self, size: int, change: "Callable[[bytes], bytes | None]") -> int:
+        """Replace the first ``size`` bytes of every stored object (uploads and message copies) by
+        ``change(first bytes)`` where that is not None, in place and durably, one object at a time;
+        the rest of each object is not rewritten. Returns how many objects changed."""

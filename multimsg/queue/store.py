@@ -42,6 +42,14 @@ Cancel: ``cancel`` is one ``update`` (a compare-and-set where the backend has
 one), so it and ``claim_due``/``finish`` never both win: a message is either
 leased for sending or cancelled; its ``message.cancelled`` event is written
 with it.
+
+History (``GET /messages``): every backend keeps a per-client index of
+(created_at, id) of that client's messages, and a copy of each one it
+archives, for ``history_window`` seconds. ``history`` pages through it newest
+first; it reads only the client's own index and records, so its cost grows
+with that client's messages in the window, never with other clients'. It
+changes nothing that ``report``, ``archive`` or a pass sees. Entries older
+than the window are pruned (``history_index``).
 """
 
 from __future__ import annotations
@@ -55,7 +63,11 @@ from .counters import Counters
 from .outbox import FINAL_EVENTS, Event, noted
 from .receipts import Receipt, apply
 
-__all__ = ["MessageStore", "Damaged", "StoreUnwritable"]
+__all__ = ["MessageStore", "Damaged", "StoreUnwritable", "HISTORY_WINDOW", "Cursor"]
+
+HISTORY_WINDOW = 7 * 24 * 3600.0  # MULTIMSG_HISTORY_DAYS, in seconds
+HISTORY_BATCH = 100  # records read at a time while paging
+Cursor = tuple[float, str]  # (created_at, id) of the last message of a page
 
 
 class Damaged(Unavailable):
@@ -70,6 +82,7 @@ class MessageStore(ABC):
     """Message records keyed by id, with leases, a due index and figures."""
 
     counters: Counters
+    history_window: float = HISTORY_WINDOW  # seconds a message stays in its client's history
 
     @abstractmethod
     def add(self, message: Message) -> None:
@@ -182,6 +195,42 @@ class MessageStore(ABC):
     @abstractmethod
     def outbox_figures(self) -> dict[str, int]:
         """``pending`` events, and how many were ``delivered`` and ``given_up`` so far."""
+
+    # -- history -------------------------------------------------------------------
+    @abstractmethod
+    def history_index(self, client: str, now: float) -> list[Cursor]:
+        """(created_at, id) of the client's messages, live or archived, created within ``history_window`` of
+        ``now``, in any order; older entries (and archived copies) are pruned. Reads only the client's own index."""
+
+    @abstractmethod
+    def history_load(self, client: str, message_ids: list[str]) -> dict[str, Message]:
+        """The client's messages among ``message_ids``: the stored record, else the copy kept when it was archived."""
+
+    def history(self, client: str, now: float, since: float = 0.0, before: Cursor | None = None,
+                accept: Callable[[Message], bool] | None = None, limit: int = 50) -> list[Message]:
+        """The client's own messages, newest first ((created_at, id) descending), archived ones included.
+
+        Only those created at or after ``since`` (and within ``history_window``), strictly older than
+        ``before`` (the cursor of the previous page), that ``accept`` takes; at most ``limit``.
+        """
+        start = max(since, now - self.history_window)
+        entries = sorted((e for e in self.history_index(client, now) if e[0] >= start and (before is None or e < before)),
+                         reverse=True)
+        found: list[Message] = []
+        first = 0
+        while first < len(entries):
+            size = min(HISTORY_BATCH, max(1, limit - len(found)))  # no more records read than the page still needs
+            batch = [message_id for _, message_id in entries[first:first + size]]
+            first += size
+            loaded = self.history_load(client, batch)
+            for message_id in batch:
+                message = loaded.get(message_id)
+                if message is None or message.client != client or (accept is not None and not accept(message)):
+                    continue
+                found.append(message)
+                if len(found) >= limit:
+                    return found
+        return found
 
     def add_many(self, messages: Iterable[Message]) -> int:
         """Store many new messages (imports, benchmarks); returns how many."""

@@ -19,7 +19,7 @@ import os
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO, Iterable, Iterator
+from typing import BinaryIO, Callable, Iterable, Iterator
 
 from ...errors import NotFound
 from ...fsutil import copy_stream, ensure_private_dir, fsync_dir, read_file, write_atomic, write_stream_atomic
@@ -117,6 +117,33 @@ class FileSpool(Spool):
 
     def release(self, client: str, message_id: str) -> None:
         (self.layout.client_spool(client) / "msg" / message_id).unlink(missing_ok=True)
+
+    def rewrite_heads(self, size: int, change: Callable[[bytes], bytes | None]) -> int:
+        """In place (``pwrite`` and fsync): a message's hard link is the same file as its upload, changed once."""
+        changed, seen = 0, set()
+        for folder in (p for p in self.layout.spool.iterdir() if p.is_dir()):
+            links = folder / "msg"
+            for path in [*folder.iterdir(), *(links.iterdir() if links.is_dir() else [])]:
+                if not is_id(path.name):
+                    continue
+                try:
+                    fd = os.open(path, os.O_RDWR)
+                except (FileNotFoundError, IsADirectoryError):
+                    continue
+                try:
+                    stat = os.fstat(fd)
+                    if (stat.st_dev, stat.st_ino) in seen:
+                        continue
+                    seen.add((stat.st_dev, stat.st_ino))
+                    head = os.pread(fd, size, 0)
+                    new = change(head) if len(head) == size else None
+                    if new is not None:
+                        os.pwrite(fd, new, 0)
+                        os.fsync(fd)
+                        changed += 1
+                finally:
+                    os.close(fd)
+        return changed
 
     # -- usage: bytes of the client's live uploads, kept in spool/<client>/.usage ---------
     # Counted as uploads come and go (a scan per upload would cost O(uploads)); the

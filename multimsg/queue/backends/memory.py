@@ -52,6 +52,8 @@ class MemoryStore(MessageStore):
         self._lock = self.counters.lock
         self.events: dict[str, dict] = {}  # the outbox: event id -> record
         self.event_counts: dict[str, int] = {"delivered": 0, "given_up": 0}
+        self._history: dict[str, dict[str, float]] = {}  # client -> {id: created_at}
+        self._history_archived: dict[str, dict] = {}  # id -> the record as archived
 
     # -- inside the lock -------------------------------------------------------
     def _put(self, before: Message | None, after: Message, now: float) -> Message:
@@ -74,6 +76,7 @@ class MemoryStore(MessageStore):
     def add(self, message: Message) -> None:
         with self._lock:
             self._put(None, message, message.created_at)
+            self._history.setdefault(message.client, {})[message.id] = message.created_at
 
     def get(self, message_id: str) -> Message | None:
         with self._lock:
@@ -188,11 +191,34 @@ class MemoryStore(MessageStore):
             if message is None or (if_ is not None and not if_(message)):
                 return None
             self.archived.append(self.records.pop(message_id))
+            self._history_archived[message_id] = self.archived[-1]
             figures.count(self.counters.figures, message, None, now)
             return message
 
     def final_messages(self) -> Iterator[Message]:
         return iter([m for m in self.messages() if m.final])
+
+    def history_index(self, client: str, now: float) -> list[tuple[float, str]]:
+        start = now - self.history_window
+        with self._lock:
+            index = self._history.get(client, {})
+            for message_id in [i for i, at in index.items() if at < start]:
+                del index[message_id]
+                self._history_archived.pop(message_id, None)
+            return [(at, message_id) for message_id, at in index.items()]
+
+    def history_load(self, client: str, message_ids: list[str]) -> dict[str, Message]:
+        found = {}
+        with self._lock:
+            for message_id in message_ids:
+                record = self.records.get(message_id) or self._history_archived.get(message_id)
+                try:
+                    message = None if record is None else Message.from_record(record)
+                except BadRecord:
+                    continue
+                if message is not None and message.client == client:
+                    found[message_id] = message
+        return found
 
     def messages(self) -> Iterator[Message]:
         with self._lock:
@@ -258,6 +284,19 @@ class MemorySpool(Spool):
     def release(self, client: str, message_id: str) -> None:
         with self._lock:
             self.messages.pop((client, message_id), None)
+
+    def rewrite_heads(self, size: int, change: Callable[[bytes], bytes | None]) -> int:
+        changed = 0
+        with self._lock:
+            for key, (info, data) in list(self.uploads.items()):
+                new = change(data[:size]) if len(data) >= size else None
+                if new is not None:
+                    self.uploads[key], changed = (info, new + data[size:]), changed + 1
+            for key, data in list(self.messages.items()):
+                new = change(data[:size]) if len(data) >= size else None
+                if new is not None:
+                    self.messages[key], changed = new + data[size:], changed + 1
+        return changed
 
     def usage(self, client: str) -> int:
         with self._lock:

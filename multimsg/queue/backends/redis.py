@@ -229,16 +229,20 @@ class RedisStore(MessageStore):
         raise Unavailable("the shared store is too busy with this message; try again")
 
     # -- the contract ------------------------------------------------------------
+    def _history_ops(self, message: Message) -> list[list[str]]:
+        key = self.keys.history_prefix + message.client
+        return [["ZADD", key, repr(message.created_at), message.id], ["EXPIRE", key, str(int(self.history_window) + 3600)]]
+
     @guarded
     def add(self, message: Message) -> None:
-        if not self._write(None, None, message, message.created_at):
+        if not self._write(None, None, message, message.created_at, extra=self._history_ops(message)):
             raise ValueError(f"message id {message.id} is already stored")
 
     @guarded
     def add_many(self, messages: Iterable[Message]) -> int:
         count, pipe = 0, pipeline(self.r, self.keys.ver)
         for message in messages:
-            keys, args = self._args(None, None, message, message.created_at)
+            keys, args = self._args(None, None, message, message.created_at, extra=self._history_ops(message))
             self._cas(keys=keys, args=args, client=pipe)
             count += 1
             if count % 1000 == 0:
@@ -429,10 +433,33 @@ class RedisStore(MessageStore):
             raw, current = self._read(message_id)
             if current is None or (if_ is not None and not if_(current)):
                 return None
-            extra = [["RPUSH", self.keys.archive(month), raw], ["SADD", self.keys.archives, month]]
+            copy = self.keys.archived_copy_prefix + message_id  # the history's copy, for the rest of the window
+            extra = [["RPUSH", self.keys.archive(month), raw], ["SADD", self.keys.archives, month], ["HSET", copy, "r", raw],
+                     ["EXPIRE", copy, str(max(1, int(current.created_at + self.history_window - now)))]]
             if self._write(raw, current, None, now, extra=extra):
                 return current
         raise Unavailable("the shared store is too busy with this message; try again")
+
+    @guarded
+    def history_index(self, client: str, now: float) -> list[tuple[float, str]]:
+        key, start = self.keys.history_prefix + client, now - self.history_window
+        self.r.zremrangebyscore(key, "-inf", f"({start!r}")
+        found: list[Any] = list(self.r.zrangebyscore(key, repr(start), "+inf", withscores=True))
+        return [(float(score), member.decode()) for member, score in found]
+
+    @guarded
+    def history_load(self, client: str, message_ids: list[str]) -> dict[str, Message]:
+        pipe = pipeline(self.r, self.keys.ver)
+        for message_id in message_ids:
+            pipe.hget(self.keys.record(message_id), "r")
+            pipe.hget(self.keys.archived_copy_prefix + message_id, "r")
+        answers = pipe.execute()
+        found = {}
+        for index, message_id in enumerate(message_ids):
+            message = _parse_quietly(answers[2 * index]) or _parse_quietly(answers[2 * index + 1])
+            if message is not None and message.client == client:
+                found[message_id] = message
+        return found
 
     def _scan(self) -> Iterator[tuple[str, str]]:
         """(id, raw record) of every stored message."""

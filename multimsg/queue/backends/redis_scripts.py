@@ -12,6 +12,8 @@ Cluster too::
     mm:{T}:queued:<serv>     ZSET id -> created_at of the queued messages (oldest age)
     mm:{T}:recent:<serv>:<o>:<minute>   counter, expires after a bit more than an hour
     mm:{T}:archive:<YYYY-MM> list of archived records (JSON)
+    mm:{T}:hist:<client>     ZSET id -> created_at: the client's history index (expires with the window)
+    mm:{T}:ha:<id>           hash, field "r": the record as archived, for the history (expires with the window)
     mm:{T}:drain             hash, field "r": the drain figures (JSON)
     mm:{T}:ver               counter bumped by every record change (rebuild's WATCH)
     mm:{T}:ev:<id>           an outbox event (JSON); mm:{T}:evdue ZSET id -> due time; mm:{T}:evfig hash: delivered, given_up
@@ -50,7 +52,7 @@ elseif current ~= ARGV[1] then
   return 0
 end
 if ARGV[2] == '' then redis.call('DEL', KEYS[1]) else redis.call('HSET', KEYS[1], 'r', ARGV[2]) end
-local allowed = {HINCRBY=1, HINCRBYFLOAT=1, ZADD=1, ZREM=1, SADD=1, INCRBY=1, EXPIRE=1, RPUSH=1, SET=1}
+local allowed = {HINCRBY=1, HINCRBYFLOAT=1, ZADD=1, ZREM=1, SADD=1, INCRBY=1, EXPIRE=1, RPUSH=1, SET=1, HSET=1}
 for _, op in ipairs(cjson.decode(ARGV[3])) do
   if not allowed[op[1]] then return redis.error_reply('CAS: command not allowed: ' .. tostring(op[1])) end
   redis.call(op[1], KEYS[tonumber(op[2])], unpack(op, 3))
@@ -119,6 +121,8 @@ class Keys:
         self.record_prefix = self.base + "m:"
         self.blob_prefix = self.base + "blob:"
         self.refs = self.base + "refs"
+        self.history_prefix = self.base + "hist:"
+        self.archived_copy_prefix = self.base + "ha:"
         self.nothing = self.base + "none"  # never written: a stand-in key where a script needs one that is absent
         self.events_due = self.base + "evdue"
         self.events_figures = self.base + "evfig"

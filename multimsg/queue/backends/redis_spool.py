@@ -20,7 +20,7 @@ from __future__ import annotations
 import io
 import json
 import time
-from typing import BinaryIO, Iterable
+from typing import BinaryIO, Callable, Iterable
 
 from ...errors import NotFound, TooLarge, Unavailable
 from ...ids import new_id
@@ -165,6 +165,22 @@ class RedisSpool(Spool):
             if result != -1:
                 return result.decode() if isinstance(result, bytes) else None
         raise Unavailable("the shared store is too busy with this message; try again")
+
+    @guarded
+    def rewrite_heads(self, size: int, change: Callable[[bytes], bytes | None]) -> int:
+        """Only the first chunk (field ``0``) of each blob is read and written back."""
+        changed = 0
+        for key in self.r.scan_iter(match=self.keys.blob_prefix + "*", count=1000):
+            changed += self._rewrite_head(key, size, change)
+        return changed
+
+    def _rewrite_head(self, key, size: int, change: Callable[[bytes], bytes | None]) -> int:
+        first = self.r.hget(key, "0")
+        new = change(first[:size]) if first is not None and len(first) >= size else None
+        if new is None:
+            return 0
+        self.r.hset(key, "0", new + first[size:])
+        return 1
 
     @guarded
     def usage(self, client: str) -> int:

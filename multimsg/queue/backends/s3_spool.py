@@ -27,6 +27,7 @@ settings (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_REGION``,
 from __future__ import annotations
 
 import functools
+import itertools
 import time
 from typing import BinaryIO, Iterable, cast
 from urllib.parse import urlparse
@@ -187,6 +188,22 @@ class S3Spool(RedisSpool):
         if content is None:
             raise NotFound(EXPIRED)
         return content
+
+    @guarded
+    @s3_guarded
+    def _rewrite_head(self, key, size: int, change) -> int:
+        """An object cannot be changed in place: it is written again (streamed, part by part) with its new head."""
+        blob_id = (key.decode() if isinstance(key, bytes) else key)[len(self.keys.blob_prefix):]
+        content = self._content(blob_id)
+        if content is None or content.size < size:
+            return 0
+        new = change(content.head(size))
+        if new is None:
+            return 0
+        with content.open() as stream:
+            stream.read(size)
+            self._upload(self.object_key(blob_id), itertools.chain([new], iter(lambda: stream.read(PART), b"")))
+        return 1
 
     @guarded
     @s3_guarded

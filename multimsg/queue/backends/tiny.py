@@ -27,6 +27,9 @@ Beside the shards (all derived data, rebuilt by ``rebuild``):
 
 Archived records leave the shards for ``archive/messages-YYYY-MM.jsonl``.
 
+Each client's history (``store.history``) is ``history/<client digest>/<day>.jsonl``
+(``tiny_history.py``).
+
 The outbox of status events is ``outbox/<event id>.json`` (one file per event,
 written atomically, fsynced), changed under one ``outbox`` lock; delivered and
 given-up counts are in ``outbox/counts.json``. A pass lists the folder: it
@@ -66,6 +69,7 @@ from ..counters import Counters, apply_pass
 from ..outbox import Event
 from ..storage import AtomicJSONStorage
 from ..store import Damaged, MessageStore, StoreUnwritable
+from .tiny_history import TinyHistory, day
 
 __all__ = ["TinyStore", "ShardCounters"]
 
@@ -194,7 +198,7 @@ class ShardCounters(Counters):
             log.warning("drain figures not updated for one pass")
 
 
-class TinyStore(MessageStore):
+class TinyStore(TinyHistory, MessageStore):
     counters: ShardCounters
 
     def __init__(self, layout: Layout, *, fsync: bool = True, lock_timeout: float = LOCK_TIMEOUT,
@@ -209,6 +213,7 @@ class TinyStore(MessageStore):
         self.counters = ShardCounters(layout.store / "counts", self._lock)
         self.outbox_dir = ensure_private_dir(layout.home / "outbox")
         self.noted_dir = ensure_private_dir(layout.store / "noted")
+        self.history_dir = ensure_private_dir(layout.history)
 
     # -- shards ------------------------------------------------------------------
     def shard_of(self, message_id: str) -> str:
@@ -259,6 +264,7 @@ class TinyStore(MessageStore):
         self._write_table(storage, txn.table)
         self._set_due(shard, txn.earliest_due(), indexed)
         self._count(shard, txn)
+        self._history_copies(txn)
 
     @staticmethod
     def _write_table(storage: AtomicJSONStorage, table: dict[str, Any]) -> None:
@@ -454,13 +460,18 @@ class TinyStore(MessageStore):
 
     # -- the contract ----------------------------------------------------------------
     def add(self, message: Message) -> None:
+        self._history_append(message.client, message.created_at, [{"id": message.id, "at": message.created_at}])
         with self._txn(self.shard_of(message.id)) as txn:
             txn.put(None, None, message)
 
     def add_many(self, messages: Iterable[Message]) -> int:
         by_shard: dict[str, list[Message]] = {}
+        by_day: dict[tuple[str, str], list[Message]] = {}
         for message in messages:
             by_shard.setdefault(self.shard_of(message.id), []).append(message)
+            by_day.setdefault((message.client, day(message.created_at)), []).append(message)
+        for (client, _), batch in by_day.items():
+            self._history_append(client, batch[0].created_at, [{"id": m.id, "at": m.created_at} for m in batch])
         for shard, batch in by_shard.items():
             with self._txn(shard) as txn:
                 for message in batch:
@@ -689,6 +700,9 @@ class TinyStore(MessageStore):
                 raise Unavailable("the archive is busy; try again") from None
             except OSError as exc:
                 raise StoreUnwritable(f"the archive cannot be written ({os.strerror(exc.errno or 0) or exc})") from exc
+            if isinstance(found[1].get("client"), str):
+                self._history_append(found[1]["client"], float(found[1].get("created_at") or 0.0),
+                                     [{"id": message_id, "at": float(found[1].get("created_at") or 0.0), "r": found[1]}])
             txn.remove(found[0], message)
             return message
 
@@ -707,6 +721,9 @@ class TinyStore(MessageStore):
         for shard in present:
             with self._txn(shard) as txn:
                 messages = self._parsed(txn.table)
+                txn.events += [(None, m) for m in messages]  # the history's copies, written again
+                self._history_copies(txn)
+                txn.events = []
                 document = self.counters.read(shard) or figures.empty()
                 counted += figures.recount(document, messages)
                 self.counters.write(shard, document)
@@ -731,8 +748,8 @@ class TinyStore(MessageStore):
                 + (f" and {len(damaged) - 5} more" if len(damaged) > 5 else "")]
 
     def sweep(self, now: float, older_than: float) -> int:
-        """Temporary files of writes that a crash interrupted."""
-        removed = 0
+        """Temporary files of writes that a crash interrupted; history days past the window."""
+        removed = self._prune_history(now)
         for entry in os.scandir(self.layout.store):
             if entry.name.endswith(".tmp") and now - entry.stat().st_mtime > older_than:
                 Path(entry.path).unlink(missing_ok=True)
