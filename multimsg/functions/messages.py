@@ -7,7 +7,6 @@ Reported and archived messages are included; reading changes nothing ``/cons`` r
 
 import functions_framework
 
-from ..callbacks import report as json_report
 from .http import Reply, client_of, endpoint, gateway
 
 
@@ -15,4 +14,4 @@ from .http import Reply, client_of, endpoint, gateway
 @endpoint("GET", identify=True, rate_limit=True)
 def messages(request):
     page = gateway().history(client_of(request), request.args.to_dict(flat=True))
-    return Reply("", {"messages": [json_report(m) for m in page.messages], "next_cursor": page.next_cursor}, always_json=True)
+    return Reply("", {"messages": [m.report() for m in page.messages], "next_cursor": page.next_cursor}, always_json=True)
