@@ -22,7 +22,9 @@ token hashes it and compares it with every line in constant time.
     python -m multimsg token add NAME [--callback URL]  # prints the new token once
 
 ``--callback`` keeps a per-token default callback URL (status events of the
-client's messages sent without ``callback``) in ``<token file>.callbacks.json``.
+client's messages sent without ``callback``) where the token is kept: in
+``<token file>.callbacks.json``, or with the Redis backend in Redis, so that
+every process of the deployment uses it.
     python -m multimsg token list
     python -m multimsg token remove NAME
 """
@@ -33,6 +35,7 @@ import argparse
 import fcntl
 import hashlib
 import hmac
+import json
 import logging
 import os
 import re
@@ -68,6 +71,14 @@ class TokenLookup:
     """What every token store shares: its ``entries()`` (name, sha256 digest) and the lookup rule."""
 
     def entries(self) -> list[tuple[str, bytes]]:
+        raise NotImplementedError
+
+    def callback(self, name: str) -> str | None:
+        """The default callback URL of token ``name``, if one was set."""
+        raise NotImplementedError
+
+    def set_callback(self, name: str, url: str | None) -> None:
+        """Keep (or with None forget) the default callback URL of token ``name``."""
         raise NotImplementedError
 
     def names(self) -> list[str]:
@@ -164,6 +175,26 @@ class TokenFile(TokenLookup):
             os.close(fd)
         return token
 
+    # -- default callback URLs, beside the file ----------------------------------
+    def _callbacks(self) -> dict:
+        try:
+            found = json.loads(self.path.with_name(self.path.name + ".callbacks.json").read_bytes())
+        except (FileNotFoundError, ValueError):
+            return {}
+        return found if isinstance(found, dict) else {}
+
+    def callback(self, name: str) -> str | None:
+        found = self._callbacks().get(name)
+        return found if isinstance(found, str) and found else None
+
+    def set_callback(self, name: str, url: str | None) -> None:
+        current = self._callbacks()
+        if url:
+            current[check_name(name)] = url
+        else:
+            current.pop(name, None)
+        write_atomic(self.path.with_name(self.path.name + ".callbacks.json"), json.dumps(current, indent=1).encode())
+
     def remove(self, name: str) -> bool:
         """Delete ``name``'s line(s); True if there were any."""
         fd = self._locked()
@@ -230,37 +261,16 @@ def remove_token(name: str, path: Path | None = None) -> bool:
     return token_store(path).remove(name)
 
 
-def _callbacks_path(path: Path) -> Path:
-    return path.with_name(path.name + ".callbacks.json")
-
-
 def set_token_callback(name: str, url: str | None, path: Path | None = None) -> None:
-    """Keep (or with None forget) the default callback URL of token ``name``."""
-    import json
-
-    target = _callbacks_path(Path(path) if path else tokens_path())
-    try:
-        current = json.loads(target.read_bytes())
-    except (FileNotFoundError, ValueError):
-        current = {}
-    if url:
-        current[check_name(name)] = url
-    else:
-        current.pop(name, None)
-    write_atomic(target, json.dumps(current, indent=1).encode())
+    """Keep (or with None forget) the default callback URL of token ``name``, where its token is kept."""
+    token_store(path).set_callback(name, url)
 
 
 def token_callback(client: str, path: Path | None = None) -> str | None:
     """The default callback URL of a ``token:NAME`` client, if one was set."""
-    import json
-
     if not client.startswith("token:"):
         return None
-    try:
-        found = json.loads(_callbacks_path(Path(path) if path else tokens_path()).read_bytes()).get(client[len("token:"):])
-    except (FileNotFoundError, ValueError, AttributeError):
-        return None
-    return found if isinstance(found, str) and found else None
+    return token_store(path).callback(client[len("token:"):])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -287,15 +297,15 @@ def main(argv: list[str] | None = None) -> int:
 
                 check_syntax(args.callback)
             token = store.add(args.name)
-            if args.callback:  # kept beside the token file (with the Redis backend: this host's, not shared yet)
-                set_token_callback(args.name, args.callback, path if isinstance(path, Path) else None)
+            if args.callback:
+                store.set_callback(args.name, args.callback)
             print(token)
             print(f"token for {args.name!r} added to {path}; it is shown only now", file=sys.stderr)
         elif args.action == "list":
             for name in store.names():
                 print(name)
         elif store.remove(args.name):
-            set_token_callback(args.name, None, path if isinstance(path, Path) else None)
+            store.set_callback(args.name, None)
         else:
             print(f"multimsg token: no token named {args.name!r} in {path}", file=sys.stderr)
             return 1

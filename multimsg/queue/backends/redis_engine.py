@@ -8,6 +8,7 @@ deployment's hash tag (``mm:{T}:``)::
     mm:{T}:keys:retired      ZSET of retired private keys (same form) -> the end of their grace
     mm:{T}:keys:ver          counter bumped by every creation and rotation (the processes' cache stamp)
     mm:{T}:tokens            hash: token name -> SHA-256 hex of the token (never the token)
+    mm:{T}:tokencb           hash: token name -> its default callback URL (``multimsg token add NAME --callback URL``)
     mm:{T}:replay:<fp>       SET of wrapped-key digests accepted while key <fp> was current
     mm:{T}:rate:<client>     the client's GCRA "theoretical arrival time" (ms, Redis clock), with expiry
 
@@ -157,6 +158,7 @@ class RedisTokens(TokenLookup):
     def __init__(self, client, tag: str):
         self.r = client
         self.key = Keys(tag).base + "tokens"
+        self.callbacks_key = Keys(tag).base + "tokencb"  # name -> default callback URL
         self.path = f"the shared store (Redis, {self.key})"  # where, for messages
 
     @guarded
@@ -174,6 +176,18 @@ class RedisTokens(TokenLookup):
     @guarded
     def remove(self, name: str) -> bool:
         return bool(self.r.hdel(self.key, name))
+
+    @guarded
+    def callback(self, name: str) -> str | None:
+        found = self.r.hget(self.callbacks_key, name)
+        return found.decode() if found else None
+
+    @guarded
+    def set_callback(self, name: str, url: str | None) -> None:
+        if url:
+            self.r.hset(self.callbacks_key, check_name(name), url)
+        else:
+            self.r.hdel(self.callbacks_key, name)
 
 
 # KEYS: the replay sets of the accepted key pairs, the current one first. ARGV[1]: the digest.
