@@ -1,8 +1,5 @@
 """The shared engine on Redis, with real processes: handlers, drain workers and redis-server itself.
 
-- Each handler (/key, /data, /msg, /cons, /drain) served by its own ``functions-framework`` process
-  with its own empty data folder and the same ``MULTIMSG_BACKEND``: one gateway (``tests/test_redis_e2e.py``
-  runs the seed's whole flow so, plain and encrypted, on both platforms, with blobs in Redis and on S3).
 - Four drain workers (``python -m multimsg drain`` in a loop, ``MULTIMSG_DRAIN_LOCK=off``) on 5,000
   messages: none lost, none sent twice, all final; and again with one worker ``kill -9``ed mid-drain:
   none lost, duplicates at most that worker's sends in flight, all final; the dead worker's leases are
@@ -33,7 +30,6 @@ import requests
 
 from tests.gatewayproc import ROOT, Gateway, free_port
 from tests.redis_support import RedisServer, missing_redis, redis_server, redis_url  # noqa: F401  (fixtures)
-from tests.test_functions_framework import serve
 
 pytestmark = pytest.mark.slow
 
@@ -187,30 +183,6 @@ def test_a_drain_worker_killed_mid_drain_loses_nothing_and_doubles_at_most_its_s
     assert killed_at is not None
     assert duplicates <= CONCURRENCY  # what the killed worker had on the wire
     print(f"duplicates after kill -9: {duplicates}; all sent {finished - killed_at:.1f} s after the kill")
-
-
-def test_each_handler_in_its_own_functions_framework_process_shares_one_queue(tmp_path, redis_url, fast_telegram, gateway_env):
-    env = {**gateway_env, **NO_PACING, "MULTIMSG_BACKEND": redis_url}
-    procs = {}
-    try:
-        for target in ("key", "data", "msg", "cons", "drain"):
-            procs[target] = serve(target, tmp_path / target, env)  # each its own, empty data folder
-        url = {target: u for target, (_, u) in procs.items()}
-        assert requests.get(url["key"], timeout=10).text.startswith("-----BEGIN PUBLIC KEY-----")
-        data_id = requests.post(url["data"], files={"data": ("t.txt", b"cada uno en su proceso")}, timeout=10).text
-        queued = requests.post(url["msg"], data={"id": data_id, "serv": "telegram", "dest": "4545", "type": "text"}, timeout=10)
-        assert queued.status_code == 200, queued.text
-        message_id = queued.text
-        assert requests.post(url["cons"], data={"id": message_id}, timeout=10).text == "queued"
-        summary = requests.post(url["drain"], timeout=30).json()
-        assert summary["delivered"] == 1, summary
-        [sent] = fast_telegram.wait_for(lambda r: str(r["dest"]) == "4545")
-        assert sent["fields"]["text"] == "cada uno en su proceso"
-        assert requests.post(url["cons"], data={"id": message_id}, timeout=10).text == "delivered"
-    finally:
-        for proc, _ in procs.values():
-            proc.kill()
-            proc.wait()
 
 
 def test_a_200_from_msg_survives_kill_9_of_redis_with_appendfsync_always(tmp_path, fast_telegram, gateway_env):
