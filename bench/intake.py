@@ -12,6 +12,12 @@ older commit, for the before/after comparison):
     git archive c65e90e | tar -x -C /tmp/multimsg-before
     python3 -m bench.intake --tree /tmp/multimsg-before --label gunicorn-gthread
     python3 -m bench.intake --label waitress
+
+``--backends`` runs the same clients on the embedded backend and on Redis
+(a real redis-server, append-only with ``appendfsync everysec`` and
+``always``) and prints a table of /msg (and /data) throughput:
+
+    python3 -m bench.intake --backends
 """
 
 from __future__ import annotations
@@ -61,48 +67,94 @@ def figures(latencies: list[float], seconds: float) -> dict:
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--clients", type=int, default=8)
-    parser.add_argument("--seconds", type=float, default=20.0)
-    parser.add_argument("--tree", type=Path, default=ROOT, help="the checkout whose local_runner.py runs (default: this one)")
-    parser.add_argument("--label", required=True, help="the key these figures go under in results.json's 'intake'")
-    args = parser.parse_args()
-
+def measure(env: dict[str, str], clients: int, seconds: float, tree: Path = ROOT) -> dict:
+    """Run the clients against a fresh runner with ``env`` (plus an emulator and no rate limit); the figures."""
     with TelegramEmulator().start() as emulator:
         home = Path(tempfile.mkdtemp(prefix="multimsg-bench-")) / "home"
-        env = {**emulator_env(emulator), "MULTIMSG_DRAIN_INTERVAL": "0", "MULTIMSG_RATE_LIMIT": "0"}
-        runner = Gateway(home, env, root=args.tree).start(timeout=120)
+        env = {**emulator_env(emulator), "MULTIMSG_DRAIN_INTERVAL": "0", "MULTIMSG_RATE_LIMIT": "0", **env}
+        runner = Gateway(home, env, root=tree).start(timeout=120)
         try:
             runner.send(b"warm-up", "telegram", "1")
             timings: dict[str, list[float]] = {"/data": [], "/msg": []}
             errors: list[str] = []
-            barrier = threading.Barrier(args.clients + 1)
-            threads = [threading.Thread(target=client, args=(runner, args.seconds, timings, errors, barrier), daemon=True)
-                       for _ in range(args.clients)]
+            barrier = threading.Barrier(clients + 1)
+            threads = [threading.Thread(target=client, args=(runner, seconds, timings, errors, barrier), daemon=True)
+                       for _ in range(clients)]
             for thread in threads:
                 thread.start()
             barrier.wait(30)
             started = time.monotonic()
             for thread in threads:
-                thread.join(args.seconds + 120)
-            seconds = time.monotonic() - started
+                thread.join(seconds + 120)
+            elapsed = time.monotonic() - started
         finally:
             runner.stop()
-
-    result = {
-        "machine": machine(),
-        "clients": args.clients,
-        "seconds": round(seconds, 1),
-        "errors": len(errors),
-        "/data": figures(timings["/data"], seconds),
-        "/msg": figures(timings["/msg"], seconds),
-    }
-    print(json.dumps({args.label: result}, indent=2))
     if errors:
         print("first errors:", errors[:5])
+    return {
+        "machine": machine(),
+        "clients": clients,
+        "seconds": round(elapsed, 1),
+        "errors": len(errors),
+        "/data": figures(timings["/data"], elapsed),
+        "/msg": figures(timings["/msg"], elapsed),
+    }
+
+
+# --backends: the same clients on each backend; Redis with each append-only fsync policy (what a 200 means: README)
+BACKENDS = {
+    "embedded": (),
+    "redis appendfsync everysec": ("--appendonly", "yes", "--appendfsync", "everysec"),
+    "redis appendfsync always": ("--appendonly", "yes", "--appendfsync", "always"),
+}
+
+
+def compare_backends(clients: int, seconds: float) -> dict:
+    import shutil
+
+    from tests.redis_support import RedisServer
+
+    results = {}
+    for label, redis_args in BACKENDS.items():
+        if not redis_args:
+            results[label] = measure({}, clients, seconds)  # TinyDB + spool folder, MULTIMSG_FSYNC on
+            continue
+        with tempfile.TemporaryDirectory(prefix="multimsg-bench-redis-") as folder:
+            server = RedisServer(shutil.which("redis-server") or "redis-server", Path(folder), extra=redis_args).start()
+            try:
+                results[label] = measure({"MULTIMSG_BACKEND": server.url + "/0", "MULTIMSG_KEY_SEAL": SEAL}, clients, seconds)
+            finally:
+                server.stop()
+    print(f"\n/data + /msg pairs from {clients} clients for {seconds:g} s each\n")
+    print("| backend | /msg per s | /msg p50 ms | /msg p99 ms | /data per s | /data p50 ms | errors |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for label, r in results.items():
+        m, d = r["/msg"], r["/data"]
+        print(f"| {label} | {m['requests_per_s']} | {m['p50_ms']} | {m['p99_ms']} | {d['requests_per_s']} | {d['p50_ms']} | {r['errors']} |")
+    return results
+
+
+SEAL = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="  # a throwaway MULTIMSG_KEY_SEAL (32 bytes, base64)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--tree", type=Path, default=ROOT, help="the checkout whose local_runner.py runs (default: this one)")
+    parser.add_argument("--label", help="the key these figures go under in results.json's 'intake'")
+    parser.add_argument("--backends", action="store_true",
+                        help="the embedded backend vs Redis (appendfsync everysec and always): a table, and results.json's 'intake_backends'")
+    args = parser.parse_args()
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    results.setdefault("intake", {})[args.label] = result
+    if args.backends:
+        results["intake_backends"] = compare_backends(args.clients, args.seconds)
+    else:
+        if not args.label:
+            parser.error("--label is required (or --backends)")
+        result = measure({}, args.clients, args.seconds, args.tree)
+        print(json.dumps({args.label: result}, indent=2))
+        results.setdefault("intake", {})[args.label] = result
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")
 
 
