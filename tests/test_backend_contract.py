@@ -154,6 +154,30 @@ def test_a_lapsed_lease_is_taken_back_by_any_pass_and_fences_the_first(store):
     assert store.get(m.id).state == State.DELIVERED
 
 
+def test_lapsed_only_leases_the_lapsed_leases_and_leaves_the_rest_due(store):
+    now = time.time()
+    orphan, queued, live = message(now=now), message(now=now), message(now=now)
+    store.add(orphan)
+    [dead] = store.claim_due(now, 5)  # its pass stops extending: the lease lapses at now + 5
+    store.add(live)
+    [held] = store.claim_due(now, 60)
+    store.add(queued)
+    assert list(store.claim_due(now + 4, 60, lapsed_only=True)) == []  # not lapsed yet
+    assert [c.id for c in store.claim_due(now + 6, 60, lapsed_only=True)] == [orphan.id]
+    assert store.finish(dead, {"state": State.DELIVERED}, now + 6) is None  # the dead pass is fenced
+    assert store.get(queued.id).claim is None and held.id == live.id
+    assert [c.id for c in store.claim_due(now + 6, 60)] == [queued.id]
+
+
+def test_a_lease_runs_from_when_its_batch_is_leased_not_from_the_scans_start(store):
+    now = time.time()
+    m = message(now=now)
+    store.add(m)
+    [claim] = store.claim_due(now, 10, clock=lambda: now + 100)  # a long scan: its last batch is leased late
+    assert claim.claim_until == pytest.approx(now + 110)
+    assert list(store.claim_due(now + 105, 10, lapsed_only=True)) == []
+
+
 def test_a_retry_is_not_due_before_its_time(store):
     now = time.time()
     store.add(message(now=now))
@@ -459,6 +483,29 @@ def test_passes_run_together_without_the_lock_deliver_each_message_exactly_once(
         t.join(120)
     assert sorted(service.sent) == sorted(ids)  # every message once: none lost, none twice
     assert all(store.get(i).state == State.DELIVERED for i in ids)
+
+
+def test_a_running_pass_takes_back_a_lease_that_lapses_while_it_runs(store, spool):
+    """A crashed pass's messages need no new pass: a running one takes them once their lease lapses."""
+    orphan = threading.Event()
+
+    class Waiting(Counting):
+        def send(self, data: dict) -> Outcome:
+            if data["id"] != orphan_id:
+                orphan.wait(10)  # keeps the pass running until the orphan is sent (or gives up)
+            outcome = super().send(data)
+            if data["id"] == orphan_id:
+                orphan.set()
+            return outcome
+
+    orphan_id, *ids = queue_texts(store, spool, 4)  # each to its own destination
+    [dead] = store.claim_due(time.time(), 1.0, accept=lambda m: m.id == orphan_id)  # a pass that crashed right after leasing it
+    service = Waiting()
+    drain = Drain(store, spool, lambda serv: service, RetryPolicy(base=0.01), tuning=Tuning(horizon=5.0, lease=1.5))
+    summary = drain.run_pass()
+    assert orphan.is_set(), "the lapsed lease was left to a later pass"
+    assert summary["delivered"] == 4 and sorted(service.sent) == sorted(ids + [orphan_id])
+    assert store.get(orphan_id).state == State.DELIVERED and store.finish(dead, {}, time.time()) is None
 
 
 def test_a_forward_clock_jump_does_not_expire_messages_in_bulk(store, spool):

@@ -141,15 +141,23 @@ def test_creators_racing_for_the_first_key_end_with_one_key_pair(redis_url, tmp_
 # -- tokens, rate limit, quota --------------------------------------------------------
 
 
-def test_a_token_added_on_one_host_is_accepted_by_another_and_removal_takes_effect(runners, tmp_path, shared_env):
+def test_a_token_added_on_one_host_is_accepted_by_another_and_removal_takes_effect(runners, tmp_path, shared_env, redis_url):
+    from multimsg.queue.backends.redis import RedisStore, connect
+
     env = {**shared_env, "MULTIMSG_IDENTITY": "token"}
-    added = cli(tmp_path, env, "token", "add", "alice")
+    hook = "http://127.0.0.1:9/alice"  # resolves (a /msg checks that), never called here
+    added = cli(tmp_path, env, "token", "add", "alice", "--callback", hook)
     assert added.returncode == 0, added.stderr
     token = added.stdout.strip()
-    b = runners("b", MULTIMSG_IDENTITY="token")
+    b = runners("b", MULTIMSG_IDENTITY="token", MULTIMSG_CALLBACK_ALLOW_PRIVATE="1")
     auth = {"Authorization": f"Bearer {token}"}
     ok = b.http.post(b.url + "/data", files={"data": ("t.txt", b"hola")}, headers=auth, timeout=10)
     assert ok.status_code == 200, ok.text
+    queued = b.http.post(b.url + "/msg", data={"id": ok.text, "serv": "telegram", "dest": "77", "type": "text"}, headers=auth, timeout=10)
+    assert queued.status_code == 200, queued.text
+    client = connect(redis_url)
+    assert RedisStore(client).get(queued.text).callback == hook  # the token's default, set on another host
+    client.close()
     assert cli(tmp_path, env, "token", "list").stdout.split() == ["alice"]
     assert cli(tmp_path, env, "token", "remove", "alice").returncode == 0
     refused = b.http.post(b.url + "/data", files={"data": ("t.txt", b"hola")}, headers=auth, timeout=10)

@@ -1,14 +1,10 @@
 """The shared engine on Redis, with real processes: handlers, drain workers and redis-server itself.
 
-- Each handler (/key, /data, /msg, /cons, /drain) served by its own ``functions-framework`` process
-  with its own empty data folder and the same ``MULTIMSG_BACKEND``: one gateway. Plain uploads only:
-  an encrypted upload needs the server key pair shared through Redis, which is not built yet (each
-  process makes its own keys).
 - Four drain workers (``python -m multimsg drain`` in a loop, ``MULTIMSG_DRAIN_LOCK=off``) on 5,000
   messages: none lost, none sent twice, all final; and again with one worker ``kill -9``ed mid-drain:
   none lost, duplicates at most that worker's sends in flight, all final; the dead worker's leases are
-  taken back when they lapse, by the next pass of a live worker (timed and printed; with a backlog a pass
-  runs long, so that is more than the lease and a few seconds).
+  taken back by the running passes of the live workers once they lapse, so its messages are final within
+  the lease and a few seconds (timed and printed).
 - Durability: redis-server with ``--appendonly yes --appendfsync always`` ``kill -9``ed right after a
   200 from /msg, restarted on the same folder: the message is there and is delivered.
 - Redis restarted while messages are queued and drained: no 5xx but 503, nothing acknowledged lost,
@@ -34,7 +30,6 @@ import requests
 
 from tests.gatewayproc import ROOT, Gateway, free_port
 from tests.redis_support import RedisServer, missing_redis, redis_server, redis_url  # noqa: F401  (fixtures)
-from tests.test_functions_framework import serve
 
 pytestmark = pytest.mark.slow
 
@@ -43,6 +38,7 @@ NO_PACING = {"MULTIMSG_TELEGRAM_RATE": "0", "MULTIMSG_TELEGRAM_DEST_INTERVAL": "
 CLIENT = "ip:127.0.0.1"
 MESSAGES = int(os.environ.get("MULTIMSG_TEST_DRAIN_MESSAGES", "5000"))  # the drain workers' backlog
 CONCURRENCY = 8  # sends in flight per worker
+RECOVERY = 12.0  # seconds after its lease lapses by which a dead worker's messages are final (generous: a loaded 2-core machine)
 
 
 @pytest.fixture
@@ -90,10 +86,11 @@ def final_states(url: str, ids: list[str]) -> collections.Counter:
     return counts
 
 
-def dead_leases(url: str, settle: float = 2.0) -> list[str]:
-    """The leases nobody extends any more (the killed worker's): in flight now, and their expiry unchanged ``settle`` s later.
+def dead_leases(url: str, settle: float) -> list[str]:
+    """The leases nobody extends any more (the frozen worker's): in flight now, and their expiry unchanged ``settle`` s later.
 
-    Live passes extend theirs every third of MULTIMSG_LEASE (1 s here), so after 2 s only the dead one's are unchanged.
+    Live passes extend theirs every third of MULTIMSG_LEASE, and a dead one's lapse a whole lease after its last
+    extension, so with ``settle`` between the two only the dead one's are unchanged.
     """
     import redis
 
@@ -126,6 +123,9 @@ class Worker:
         self.proc = subprocess.Popen(["sh", "-c", loop], cwd=ROOT, env={**os.environ, **env, "MULTIMSG_HOME": str(home)},
                                      stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
 
+    def freeze(self) -> None:
+        os.killpg(self.proc.pid, signal.SIGSTOP)  # dead to the others from now on; its leases can still be told apart
+
     def kill9(self) -> None:
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGKILL)  # the loop and its pass at once
@@ -139,16 +139,17 @@ def drain_with_workers(tmp_path, redis_url, telegram, gateway_env, n: int, kill_
     ids = enqueue(redis_url, n, first)
     workers = [Worker(tmp_path / f"w{i}", env) for i in range(4)]
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 90
         killed_at = None
         while time.monotonic() < deadline:
-            sent = telegram.received(ok_only=True)
-            if kill_one and killed_at is None and len(sent) >= n // 5:
-                workers[0].kill9()  # mid-drain: it holds leases and has sends in flight
+            accepted = telegram.stats()["accepted"]  # a count: the whole list of thousands would load the emulator the workers wait on
+            if kill_one and killed_at is None and accepted >= n // 5:
+                workers[0].freeze()  # mid-drain: it holds leases and has sends in flight
                 killed_at = time.monotonic()
-                orphans = dead_leases(redis_url)
+                orphans = dead_leases(redis_url, settle=lease / 2)
+                workers[0].kill9()
                 orphans_final = wait_final(redis_url, orphans, lease + 45)
-            if len({r["dest"] for r in sent}) >= n:
+            if accepted >= n and len({r["dest"] for r in telegram.received(ok_only=True)}) >= n:
                 break
             time.sleep(0.5)
         finished = time.monotonic()
@@ -156,9 +157,8 @@ def drain_with_workers(tmp_path, redis_url, telegram, gateway_env, n: int, kill_
             assert killed_at is not None
             print(f"kill -9 of a worker holding {len(orphans)} leases: all of them final {orphans_final - killed_at:.1f} s after the kill"
                   f" (MULTIMSG_LEASE={lease:g})")
-            # Not "within the lease and a few seconds" under a backlog: a pass claims what is due at its own start time,
-            # so a lapsed lease waits for the next pass of a live worker (measured: 18 to 25 s with 5,000 queued, lease 3 s, on a loaded machine).
-            assert orphans and orphans_final < killed_at + lease + 45, (len(orphans), orphans_final - killed_at)
+            # A running pass of a live worker takes a lapsed lease within a third of a lease (scheduler.Pass._next_lapsed)
+            assert orphans and orphans_final < killed_at + lease + RECOVERY, (len(orphans), orphans_final - killed_at)
         while time.monotonic() < finished + 15 and final_states(redis_url, ids)["delivered"] < n:
             time.sleep(0.5)  # the last passes record what they sent
     finally:
@@ -183,30 +183,6 @@ def test_a_drain_worker_killed_mid_drain_loses_nothing_and_doubles_at_most_its_s
     assert killed_at is not None
     assert duplicates <= CONCURRENCY  # what the killed worker had on the wire
     print(f"duplicates after kill -9: {duplicates}; all sent {finished - killed_at:.1f} s after the kill")
-
-
-def test_each_handler_in_its_own_functions_framework_process_shares_one_queue(tmp_path, redis_url, fast_telegram, gateway_env):
-    env = {**gateway_env, **NO_PACING, "MULTIMSG_BACKEND": redis_url}
-    procs = {}
-    try:
-        for target in ("key", "data", "msg", "cons", "drain"):
-            procs[target] = serve(target, tmp_path / target, env)  # each its own, empty data folder
-        url = {target: u for target, (_, u) in procs.items()}
-        assert requests.get(url["key"], timeout=10).text.startswith("-----BEGIN PUBLIC KEY-----")
-        data_id = requests.post(url["data"], files={"data": ("t.txt", b"cada uno en su proceso")}, timeout=10).text
-        queued = requests.post(url["msg"], data={"id": data_id, "serv": "telegram", "dest": "4545", "type": "text"}, timeout=10)
-        assert queued.status_code == 200, queued.text
-        message_id = queued.text
-        assert requests.post(url["cons"], data={"id": message_id}, timeout=10).text == "queued"
-        summary = requests.post(url["drain"], timeout=30).json()
-        assert summary["delivered"] == 1, summary
-        [sent] = fast_telegram.wait_for(lambda r: str(r["dest"]) == "4545")
-        assert sent["fields"]["text"] == "cada uno en su proceso"
-        assert requests.post(url["cons"], data={"id": message_id}, timeout=10).text == "delivered"
-    finally:
-        for proc, _ in procs.values():
-            proc.kill()
-            proc.wait()
 
 
 def test_a_200_from_msg_survives_kill_9_of_redis_with_appendfsync_always(tmp_path, fast_telegram, gateway_env):

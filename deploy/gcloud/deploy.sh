@@ -11,7 +11,8 @@
 # READ deploy/gcloud/README.md FIRST: without MULTIMSG_BACKEND (the embedded store under
 # MULTIMSG_HOME) these functions do NOT share their data, so they do not make one working
 # gateway. With it (Memorystore) they share the queue and, with MULTIMSG_BLOBS on Cloud
-# Storage or in Redis, the uploads; the server key pair is not shared yet (plain uploads only).
+# Storage or in Redis, the uploads, and, sealed with MULTIMSG_KEY_SEAL (a Secret Manager secret,
+# KEY_SEAL_SECRET, default multimsg-key-seal), the server key pairs and client tokens.
 set -euo pipefail
 
 : "${PROJECT:?set PROJECT}" "${REGION:?set REGION}" "${MULTIMSG_DRAIN_TOKEN:?set MULTIMSG_DRAIN_TOKEN}"
@@ -50,6 +51,8 @@ MULTIMSG_S3_ENDPOINT_URL: "${MULTIMSG_S3_ENDPOINT_URL:-https://storage.googleapi
 AWS_REGION: "auto"
 YAML
   sed -i 's/^MULTIMSG_IDENTITY: token$/MULTIMSG_IDENTITY: ip\nMULTIMSG_TRUST_PROXY: "1"/' "$STAGE/env.yaml"
+  # Every function must open the same sealed key pairs: the seal comes from Secret Manager
+  SECRET_FLAGS="--set-secrets=MULTIMSG_KEY_SEAL=${KEY_SEAL_SECRET:-multimsg-key-seal}:latest"
 else
   echo "deploy.sh: MULTIMSG_BACKEND is not set: these functions will not share a queue (see deploy/gcloud/README.md)" >&2
 fi
@@ -60,7 +63,7 @@ for handler in "${HANDLERS[@]}"; do
   gcloud functions deploy "multimsg-${handler}" \
     --project="$PROJECT" --region="$REGION" --gen2 --runtime=python311 \
     --source="$STAGE" --entry-point="$handler" --trigger-http --allow-unauthenticated \
-    --env-vars-file="$STAGE/env.yaml" --memory=512Mi --timeout=540s ${VPC_FLAGS:-}
+    --env-vars-file="$STAGE/env.yaml" --memory=512Mi --timeout=540s ${VPC_FLAGS:-} ${SECRET_FLAGS:-}
 done
 
 # The drain, every minute. The function is public (multimsg checks the bearer

@@ -9,7 +9,8 @@ policy, tuning, holds, pacers, clock), so it runs alone in-process in tests.
 Correctness rests on leases, not on running alone: every message a pass holds
 is leased to it (``MessageStore.claim_due``), the lease is extended while the
 pass holds it, and an outcome is written only while the lease is still the
-pass's own (``finish``). Any pass may take back a lapsed lease at any time, so
+pass's own (``finish``). Any pass may take back a lapsed lease at any time (a
+running pass looks for lapsed ones every third of a lease), so
 several passes in several processes deliver every message once when nothing
 crashes. A non-blocking file lock still lets only one pass run at a time per
 data folder (``MULTIMSG_DRAIN_LOCK``, on by default) because one pass already

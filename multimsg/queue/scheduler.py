@@ -5,9 +5,10 @@
 service (a bounded thread pool and a heap of destinations ordered by when each
 may next receive), hands ready messages to the pools, and finishes what the
 pools send back. It extends the leases of everything it holds every third of
-a lease, and drops what it no longer holds. The sending threads pace
-themselves (``_Turns``, through ``data["pace"]``) and write each outcome to
-the store right after the answer, fenced by the lease. What lasts across
+a lease, and drops what it no longer holds; as often, it takes the messages
+whose lease lapsed meanwhile (a crashed pass's: ``_next_lapsed``). The
+sending threads pace themselves (``_Turns``, through ``data["pace"]``) and
+write each outcome to the store right after the answer, fenced by the lease. What lasts across
 passes (pacers, holds, unwritten outcomes, the sweep) lives in ``drain.Drain``.
 """
 
@@ -19,7 +20,7 @@ import queue
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterator
 
 from .. import convert
 from ..errors import InvalidInput
@@ -91,7 +92,7 @@ class _Lane:
         self.pool: ThreadPoolExecutor | None = None
         self.inflight = 0
         self.waiting: dict[str, list[tuple[float, str, Message]]] = {}  # dest -> heap of (created_at, id, message)
-        self.ready: list[tuple[float, int, str]] = []  # heap of (ready_at, seq, dest)
+        self.ready: list[tuple[float, int, int, str]] = []  # heap of (ready_at, rank, seq, dest); rank 0: taken back
         self.scheduled: set[str] = set()  # dests in ``ready``
         self.busy: set[str] = set()  # dests with a message in flight
         self.expired: list[Message] = []  # to be failed without sending
@@ -124,35 +125,41 @@ class Pass:
         self.pending = 0  # claimed and not yet finished
         self.seq = 0
         self.pruned_at = time.monotonic()
+        self.lapsed: Iterator[Message] | None = None  # the current scan for lapsed leases (``_next_lapsed``)
+        self.rescan_at = time.monotonic() + self.tuning.lease / 3
         self.summary.misconfigured.update(self.holds.held())  # reported by every pass until it works again
 
     # -- the loop ---------------------------------------------------------------
     def run(self) -> Summary:
-        stream = self.store.claim_due(self.clock.now(), self.tuning.lease, self._accept)
-        exhausted = False
+        stream = self.store.claim_due(self.clock.now(), self.tuning.lease, self._accept, clock=self.clock.now)
+        exhausted = stopped = False
         try:
             while True:
                 self._collect(0)
+                self._extend()  # first: after a stall, what another pass took over meanwhile is not sent again
                 self._dispatch()
-                self._extend()
                 if self.drain.unwritten and not self.drain.write_pending():
                     # The store refuses writes: take no new work until it takes them again.
                     self.summary.unwritable = f"{len(self.drain.unwritten)} outcome(s) not yet written to the store"
-                    exhausted = True
-                if not exhausted and self.pending < self.tuning.window:
-                    try:
-                        record = next(stream)
-                    except StopIteration:
-                        exhausted = True
-                    else:
-                        self._take(record)
+                    stopped = True
+                if not stopped and self.pending < self.tuning.window:
+                    record, taken_back = self._next_lapsed(), True
+                    if record is None and not exhausted:
+                        taken_back = False
+                        try:
+                            record = next(stream)
+                        except StopIteration:
+                            exhausted = True
+                    if record is not None:
+                        self._take(record, taken_back)
                         continue
-                if exhausted and self.pending == 0:
+                if (exhausted or stopped) and self.pending == 0:
                     break
                 self._collect(self._next_wake())
                 self._prune()
         finally:
-            getattr(stream, "close", lambda: None)()  # a generator's close ends the scan; the contract is any Iterator
+            for scan in (stream, self.lapsed):
+                getattr(scan, "close", lambda: None)()  # a generator's close ends the scan; the contract is any Iterator
             for lane in self.lanes.values():
                 if lane.pool is not None:
                     lane.pool.shutdown(wait=True)  # in-flight sends finish and write their outcomes
@@ -160,6 +167,28 @@ class Pass:
             if self.drain.unwritten and not self.drain.write_pending():
                 self.summary.unwritable = f"{len(self.drain.unwritten)} outcome(s) not yet written to the store"
         return self.summary
+
+    def _next_lapsed(self) -> Message | None:
+        """A message whose lease lapsed while this pass runs (its pass crashed), leased to this one; or None.
+
+        The main scan leases what was due when the pass began, so without
+        this a crashed pass's messages would wait for a pass begun after their
+        lease lapsed: behind a backlog, a long wait. Every third of a lease
+        the pass looks for lapsed leases (``claim_due(lapsed_only=True)``,
+        which skips the rest of the backlog where the backend can) and takes
+        them before anything else, and sends them first (they waited a lease already).
+        """
+        if self.lapsed is None:
+            if time.monotonic() < self.rescan_at:
+                return None
+            self.rescan_at = time.monotonic() + self.tuning.lease / 3
+            self.lapsed = self.store.claim_due(self.clock.now(), self.tuning.lease, self._accept_lapsed, lapsed_only=True,
+                                              clock=self.clock.now)
+        try:
+            return next(self.lapsed)
+        except StopIteration:
+            self.lapsed = None
+            return None
 
     def _extend(self, force: bool = False) -> None:
         """Extend the lease of every message the pass holds; forget those it no longer holds."""
@@ -234,6 +263,9 @@ class Pass:
             return False
         return True
 
+    def _accept_lapsed(self, record: Message) -> bool:
+        return record.id not in self.held and self._accept(record)  # never one of our own, whose lease we extend
+
     def _dest_cap(self, lane: _Lane, dest: str) -> int | None:
         interval = lane.pacer.dest_interval(dest) if lane.pacer else 0.0
         return max(1, int(self.tuning.horizon / interval)) if interval > 0 else None
@@ -260,7 +292,13 @@ class Pass:
             self.summary.misconfigured[serv] = hold
         return lane
 
-    def _take(self, record: Message) -> None:
+    def _take(self, record: Message, taken_back: bool = False) -> None:
+        if record.id in self.held:
+            return  # leased again by the look for lapsed leases, the newer lease, which is the one held
+        if not self._still_leased(record):
+            return
+        if taken_back:
+            log.info("message %s: taken back, its lease lapsed (the pass that held it stopped)", record.id)
         self.summary.claimed += 1
         self.pending += 1
         self.held[record.id] = record
@@ -271,7 +309,22 @@ class Pass:
             self._defer(record)
         else:
             heapq.heappush(lane.waiting.setdefault(record.dest, []), (record.created_at, record.id, record))
-            self._schedule(lane, record.dest)
+            self._schedule(lane, record.dest, first=taken_back)
+
+    def _still_leased(self, record: Message) -> bool:
+        """Whether a lease the scan took a while ago is still ours, extended now; a store leases a batch at once,
+        and the pass takes them one by one, so the last of a batch may have waited longer than a lease."""
+        until = self.clock.now() + self.tuning.lease
+        if record.claim_until is None or until - record.claim_until < self.tuning.lease / 3:
+            return True  # fresh
+        try:
+            [held] = self.store.extend([record], until)
+        except Exception:
+            return True  # extended with the others, or found lost, at the next round
+        if not held:
+            self.summary.lost += 1
+            log.info("message %s: its lease lapsed before the pass took it, and another pass has it", record.id)
+        return held
 
     def _defer(self, record: Message) -> None:
         """Give a leased message back to the queue as it is, for a later pass."""
@@ -283,11 +336,12 @@ class Pass:
         except Exception:
             log.warning("message %s: could not give its lease back; it is taken again when the lease lapses", record.id)
 
-    def _schedule(self, lane: _Lane, dest: str) -> None:
+    def _schedule(self, lane: _Lane, dest: str, first: bool = False) -> None:
+        """Put ``dest`` among the ready ones, at the time its pacer allows; ``first``: before others ready then."""
         if dest in lane.busy or dest in lane.scheduled or not lane.waiting.get(dest):
             return
         self.seq += 1
-        heapq.heappush(lane.ready, (lane.pacer.ready_at(dest), self.seq, dest))
+        heapq.heappush(lane.ready, (lane.pacer.ready_at(dest), 0 if first else 1, self.seq, dest))
         lane.scheduled.add(dest)
 
     # -- dispatch ---------------------------------------------------------------
@@ -300,11 +354,13 @@ class Pass:
                     continue
                 if lane.hold or not lane.ready or lane.ready[0][0] > now:
                     break
-                _, _, dest = heapq.heappop(lane.ready)
+                dest = heapq.heappop(lane.ready)[-1]
                 lane.scheduled.discard(dest)
                 if lane.pacer.held_for(dest) > self.tuning.horizon:
                     self._set_aside(lane, lane.waiting.pop(dest))  # held by the platform beyond this pass
                     continue
+                if not lane.waiting.get(dest):
+                    continue  # its messages were taken over by another pass (``_extend``)
                 _, _, record = heapq.heappop(lane.waiting[dest])
                 if not lane.waiting[dest]:
                     del lane.waiting[dest]

@@ -94,13 +94,21 @@ class MessageStore(ABC):
 
     @abstractmethod
     def claim_due(self, now: float, lease: float, accept: Callable[[Message], bool] | None = None,
-                  limit: int | None = None) -> Iterator[Message]:
+                  limit: int | None = None, lapsed_only: bool = False,
+                  clock: Callable[[], float] | None = None) -> Iterator[Message]:
         """Lease the messages due at ``now`` and yield them, each with a fresh token, lazily.
 
         A batch is leased only when the previous one has been consumed.
         ``accept``, when given, is asked once per due message whether the pass
         wants it now; a refused one is left untouched. A stored record that is
         not a valid message is failed with the reason, not yielded.
+        ``lapsed_only``: only messages whose lease lapsed by ``now`` (their
+        pass stopped extending it: it crashed), looked up without scanning the
+        rest of the due messages where the backend can; a running pass asks
+        for these every so often (``scheduler.Pass``).
+        ``clock``: the caller's clock; each batch is leased until ``clock() +
+        lease`` (``now + lease`` without it), so that the last batches of a
+        scan that outlasts a lease are not leased already lapsed.
         """
 
     @abstractmethod

@@ -83,7 +83,8 @@ class MemoryStore(MessageStore):
             return self._load(message_id)
 
     def claim_due(self, now: float, lease: float, accept: Callable[[Message], bool] | None = None,
-                  limit: int | None = None) -> Iterator[Message]:
+                  limit: int | None = None, lapsed_only: bool = False,
+                  clock: Callable[[], float] | None = None) -> Iterator[Message]:
         taken = 0
         refused: list[tuple[float, str]] = []
         try:
@@ -99,11 +100,12 @@ class MemoryStore(MessageStore):
                         continue
                     if message is None or message.due_at() != due or not message.is_due(now):
                         continue  # stale entry: the message moved on
-                    if accept is not None and not accept(message):
+                    if (lapsed_only and message.claim is None) or (accept is not None and not accept(message)):
                         refused.append((due, message_id))
                         continue
-                    claimed = message.with_changes(claim=new_id(), claim_until=now + lease)
-                    self._put(message, claimed, now)
+                    at = clock() if clock else now
+                    claimed = message.with_changes(claim=new_id(), claim_until=at + lease)
+                    self._put(message, claimed, at)
                 taken += 1
                 yield claimed
         finally:

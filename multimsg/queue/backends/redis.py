@@ -50,7 +50,8 @@ __all__ = ["RedisStore", "RedisCounters", "RedisSpool", "connect", "shared_clien
 log = logging.getLogger("multimsg.redis")
 
 UNREACHABLE = "the shared store is unreachable; try again"
-BATCH = 200  # candidates read (and claimed) per round of claim_due
+BATCH = 200  # candidates read per round of claim_due
+CLAIM = 16  # of which leased at once, when the caller takes the first of them
 SKEW = 600.0  # seconds another gateway's clock may run ahead of this one's, for the last hour's figures
 TRIES = 20  # compare-and-set attempts before a write gives up (only under heavy contention on one record)
 
@@ -255,23 +256,32 @@ class RedisStore(MessageStore):
         return self._read(message_id)[1]
 
     def claim_due(self, now: float, lease: float, accept: Callable[[Message], bool] | None = None,
-                  limit: int | None = None) -> Iterator[Message]:
-        taken, skipped = 0, {self.keys.due: 0, self.keys.inflight: 0}
+                  limit: int | None = None, lapsed_only: bool = False,
+                  clock: Callable[[], float] | None = None) -> Iterator[Message]:
+        taken = 0
+        # A lapsed lease is an entry of the in-flight index scored before now: only that index when those alone are asked for
+        skipped = {self.keys.inflight: 0} if lapsed_only else {self.keys.due: 0, self.keys.inflight: 0}
         while limit is None or taken < limit:
             try:
-                batch = self._claim_batch(now, lease, accept, BATCH if limit is None else min(BATCH, limit - taken), skipped)
+                batch = self._candidates(now, accept, BATCH if limit is None else min(BATCH, limit - taken), skipped)
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 raise Unavailable(UNREACHABLE) from exc
             if batch is None:
                 return
-            for claimed in batch:
-                taken += 1
-                yield claimed
+            # Leased a few at a time, as they are taken: a lease must not run out while its claim waits to be yielded
+            for start in range(0, len(batch), CLAIM):
+                try:
+                    claimed = self._claim(batch[start:start + CLAIM], clock() if clock else now, lease)
+                except (redis.ConnectionError, redis.TimeoutError) as exc:
+                    raise Unavailable(UNREACHABLE) from exc
+                for claim in claimed:
+                    taken += 1
+                    yield claim
 
-    def _claim_batch(self, now: float, lease: float, accept, n: int, skipped: dict[str, int]) -> list[Message] | None:
-        """Claim up to ``n`` due messages; None when nothing is due any more."""
+    def _candidates(self, now: float, accept, n: int, skipped: dict[str, int]) -> list[tuple[str, Message]] | None:
+        """Up to ``n`` messages due at ``now`` (per index) that ``accept`` wants, with their records; None when nothing is due any more."""
         candidates: list[tuple[str, str]] = []  # (index, id)
-        for index in (self.keys.due, self.keys.inflight):
+        for index in skipped:
             ids = self.r.zrangebyscore(index, "-inf", repr(now), start=skipped[index], num=n)
             candidates += [(index, i.decode()) for i in ids]
         if not candidates:
@@ -280,7 +290,7 @@ class RedisStore(MessageStore):
         for _, message_id in candidates:
             pipe.hget(self.keys.record(message_id), "r")
         raws = pipe.execute()
-        claims: list[tuple[str, Message, Message]] = []
+        wanted: list[tuple[str, Message]] = []
         for (index, message_id), raw in zip(candidates, raws):
             if raw is None:  # archived meanwhile, index entry left behind: drop it
                 self.r.zrem(index, message_id)
@@ -294,10 +304,15 @@ class RedisStore(MessageStore):
             if not message.is_due(now) or (accept is not None and not accept(message)):
                 skipped[index] += 1  # refused (or not due after all): left untouched, skipped by the next rounds
                 continue
-            claims.append((raw, message, message.with_changes(claim=new_id(), claim_until=now + lease)))
+            wanted.append((raw, message))
+        return wanted
+
+    def _claim(self, wanted: list[tuple[str, Message]], at: float, lease: float) -> list[Message]:
+        """Lease these (as read) for ``lease`` seconds from ``at``; those another pass changed meanwhile are left to it."""
+        claims = [(raw, message, message.with_changes(claim=new_id(), claim_until=at + lease)) for raw, message in wanted]
         pipe = pipeline(self.r, self.keys.ver)
         for raw, before, after in claims:
-            keys, args = self._args(raw, before, after, now)
+            keys, args = self._args(raw, before, after, at)
             self._cas(keys=keys, args=args, client=pipe)
         won = pipe.execute() if claims else []
         return [after for (_, _, after), ok in zip(claims, won) if ok]  # a lost one was taken by another pass

@@ -508,18 +508,20 @@ class TinyStore(TinyHistory, MessageStore):
         return None
 
     def claim_due(self, now: float, lease: float, accept: Callable[[Message], bool] | None = None,
-                  limit: int | None = None) -> Iterator[Message]:
+                  limit: int | None = None, lapsed_only: bool = False,
+                  clock: Callable[[], float] | None = None) -> Iterator[Message]:
         taken = 0
         for shard in self.due_shards(now):
             if limit is not None and taken >= limit:
                 return
             batch: list[Message] = []
+            at = clock() if clock else now
             with self._txn(shard) as txn:
                 for doc_id, record in list(txn.table.items()):
                     if limit is not None and taken + len(batch) >= limit:
                         break
                     due = _raw_due(record) if isinstance(record, dict) else 0.0
-                    if due is None or due > now:
+                    if due is None or due > now or (lapsed_only and not (isinstance(record, dict) and record.get("claim"))):
                         continue
                     try:
                         message = Message.from_record(record)
@@ -528,7 +530,7 @@ class TinyStore(TinyHistory, MessageStore):
                         continue
                     if accept is not None and not accept(message):
                         continue
-                    claimed = message.with_changes(claim=new_id(), claim_until=now + lease)
+                    claimed = message.with_changes(claim=new_id(), claim_until=at + lease)
                     txn.put(doc_id, message, claimed)
                     batch.append(claimed)
             taken += len(batch)
