@@ -179,8 +179,8 @@ class Matrix(ServiceBase):
             if cached and cached[0] > time.monotonic():
                 return cached[1]
         with content.open() as stream:
-            response = self._request("POST", self._url("/_matrix/media/v3/upload"), params={"filename": name}, data=stream,
-                                     headers={"Content-Type": mime, "Content-Length": str(content.size)})
+            response = self._request("POST", self._url("/_matrix/media/v3/upload"), params={"filename": name}, data=_Sized(stream, content.size),
+                                     headers={"Content-Type": mime})
         if isinstance(response, Outcome):
             return response
         outcome = classify(response)
@@ -243,3 +243,14 @@ def _seconds(value) -> float | None:
         return max(0.0, float(value))
     except (TypeError, ValueError):
         return None
+
+
+class _Sized:
+    """A body stream whose length requests takes from ``len()``: a stream that cannot tell its own size
+    (content sealed at rest, a conversion's output) would otherwise go chunked, which the media API refuses."""
+
+    def __init__(self, stream, size: int):
+        self.read, self.size = stream.read, size
+
+    def __len__(self) -> int:
+        return self.size
