@@ -240,7 +240,12 @@ def test_four_drain_workers_share_the_platform_limit(runners, tmp_path, shared_e
     a = runners("a")
     _backlog(a, serv, count, (lambda i: f"3460{i:07d}") if serv == "wpp1" else (lambda i: str(100000 + i)))
     started = time.monotonic()
-    _wait(_drain_workers(tmp_path, shared_env), timeout=60)
+    # The suite runs on two busy cores (two test workers): a worker that stalls between its slot and the
+    # wire bunches with the next, so this test keeps a wider margin than the default 0.92. The default's
+    # rate and its zero rate-limit answers are measured on a quiet machine with PACE_MARGIN=0.92
+    # (bench/README.md, section 6).
+    margin = os.environ.get("PACE_MARGIN", "0.85")
+    _wait(_drain_workers(tmp_path, {**shared_env, "MULTIMSG_PACE_MARGIN": margin}), timeout=60)
     stats = emulator.stats()
     times = sorted(r["t"] for r in emulator.received() if r["outcome"] == "delivered")
     if os.environ.get("DUMP"):
