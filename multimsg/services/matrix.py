@@ -57,7 +57,7 @@ from urllib.parse import quote
 import requests
 
 from ..errors import MultimsgError
-from .base import MB, THROTTLE_SERVICE, Outcome, ServiceBase, file_name, json_or_none
+from .base import MB, THROTTLE_SERVICE, Outcome, ServiceBase, file_name, json_or_none, seconds_or_none
 from .datatypes import Datatypes
 from .sniff import OCTET_STREAM, OGG_OPUS, sniff
 
@@ -229,20 +229,13 @@ def classify(response: requests.Response) -> Outcome | None:
     reason = f"matrix: {errcode + ': ' if errcode else ''}{error}"
     if errcode == "M_LIMIT_EXCEEDED" or status == 429:
         after = body.get("retry_after_ms")
-        seconds = after / 1000 if isinstance(after, (int, float)) else _seconds(response.headers.get("Retry-After"))
+        seconds = after / 1000 if isinstance(after, (int, float)) else seconds_or_none(response.headers.get("Retry-After"))
         return Outcome.retry(reason, seconds, throttle=THROTTLE_SERVICE)
     if status >= 500:
         return Outcome.retry(reason)
     if errcode in CONFIG_ERRORS or (status in (401, 404, 405) and not errcode):
         return Outcome.misconfigured(reason)
     return Outcome.failed(reason)
-
-
-def _seconds(value) -> float | None:
-    try:
-        return max(0.0, float(value))
-    except (TypeError, ValueError):
-        return None
 
 
 class _Sized:

@@ -38,7 +38,7 @@ import requests
 
 from ..errors import MultimsgError
 from ..multipart import MultipartBody
-from .base import MB, Outcome, ServiceBase, file_name, json_or_none
+from .base import MB, Outcome, ServiceBase, file_name, json_or_none, seconds_or_none
 from .datatypes import Datatypes
 from .sniff import OCTET_STREAM, OGG_OPUS, sniff
 
@@ -128,7 +128,7 @@ class Telegram(ServiceBase):
         if status == 429:
             parameters = (body or {}).get("parameters") or {}
             after = parameters.get("retry_after") or response.headers.get("Retry-After")
-            return Outcome.retry(f"{self.name}: {description}", _seconds(after))
+            return Outcome.retry(f"{self.name}: {description}", seconds_or_none(after))
         if status >= 500:
             return Outcome.retry(f"{self.name}: {description}")
         if status == 401:
@@ -137,10 +137,3 @@ class Telegram(ServiceBase):
             return Outcome.misconfigured(f"{self.name}: the bot token or the API URL was refused ({description})")
         return Outcome.failed(f"{self.name}: {description}")
 
-
-
-def _seconds(value) -> float | None:
-    try:
-        return max(0.0, float(value))
-    except (TypeError, ValueError):
-        return None

@@ -47,7 +47,7 @@ import requests
 
 from ..content import Content
 from ..errors import InvalidInput, MultimsgError
-from .base import MB, THROTTLE_SERVICE, Outcome, ServiceBase, file_name, json_or_none
+from .base import MB, THROTTLE_SERVICE, Outcome, ServiceBase, file_name, json_or_none, seconds_or_none
 from .datatypes import Datatypes
 from .sniff import OGG_OPUS, sniff
 
@@ -139,16 +139,9 @@ class Twilio(ServiceBase):
                 return Outcome.delivered([str(body["sid"])])
             return Outcome.retry("twilio: an answer that is not a created message")
         if code in THROTTLE_CODES or status == 429:
-            return Outcome.retry(reason, _seconds(response.headers.get("Retry-After")), throttle=THROTTLE_SERVICE)
+            return Outcome.retry(reason, seconds_or_none(response.headers.get("Retry-After")), throttle=THROTTLE_SERVICE)
         if status >= 500:
             return Outcome.retry(reason)
         if code in CONFIG_CODES or status in (401, 404):
             return Outcome.misconfigured(reason)
         return Outcome.failed(reason)
-
-
-def _seconds(value) -> float | None:
-    try:
-        return max(0.0, float(value))
-    except (TypeError, ValueError):
-        return None
