@@ -36,11 +36,11 @@ import boto3
 import botocore.exceptions
 from botocore.config import Config
 
-from ...errors import NotFound, Unavailable
+from ...errors import Unavailable
 from ...ids import new_id
 from ..spool import Content, DataInfo
 from .redis import guarded, pipeline
-from .redis_spool import EXPIRED, RedisSpool
+from .redis_spool import RedisSpool
 
 __all__ = ["S3Spool", "S3Content", "s3_client", "parse_s3_url", "PART"]
 
@@ -181,13 +181,6 @@ class S3Spool(RedisSpool):
     @s3_guarded
     def _delete(self, blob_id: str) -> None:
         self.s3.delete_object(Bucket=self.bucket, Key=self.object_key(blob_id))
-
-    @guarded
-    def content(self, client: str, data_id: str) -> Content:
-        content = self._content(self._meta(client, data_id)["blob"])
-        if content is None:
-            raise NotFound(EXPIRED)
-        return content
 
     @guarded
     @s3_guarded
