@@ -284,7 +284,7 @@ class EmulatorApp:
             else:
                 reply, outcome = self._admit(send, t)
             self.records.append({
-                "t": t, "method": send.method, "dest": send.dest, "type": send.type,
+                "t": t, "wall": time.time(), "method": send.method, "dest": send.dest, "type": send.type,
                 "fields": send.fields, "json": send.json, "files": send.files, "media": send.media,
                 "status": 0 if reply.drop else reply.status, "schema_errors": send.problems,
                 "outcome": outcome, "script": script and self._script_name(script),
