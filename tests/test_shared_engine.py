@@ -1,6 +1,6 @@
 """The shared engine on Redis, with real processes: handlers, drain workers and redis-server itself.
 
-- Four drain workers (``python -m multimsg drain`` in a loop, ``MULTIMSG_DRAIN_LOCK=off``) on 5,000
+- Four drain workers (``python -m multimsg drain`` in a loop, ``MULTIMSG_DRAIN_LOCK=off``) on 2,000
   messages: none lost, none sent twice, all final; and again with one worker ``kill -9``ed mid-drain:
   none lost, duplicates at most that worker's sends in flight, all final; the dead worker's leases are
   taken back by the running passes of the live workers once they lapse, so its messages are final within
@@ -36,7 +36,7 @@ pytestmark = pytest.mark.slow
 NO_PACING = {"MULTIMSG_TELEGRAM_RATE": "0", "MULTIMSG_TELEGRAM_DEST_INTERVAL": "0", "MULTIMSG_WPP1_RATE": "0",
              "MULTIMSG_WPP1_DEST_INTERVAL": "0", "MULTIMSG_FSYNC": "0", "MULTIMSG_DRAIN_LOCK": "off"}
 CLIENT = "ip:127.0.0.1"
-MESSAGES = int(os.environ.get("MULTIMSG_TEST_DRAIN_MESSAGES", "5000"))  # the drain workers' backlog
+MESSAGES = int(os.environ.get("MULTIMSG_TEST_DRAIN_MESSAGES", "2000"))  # the drain workers' backlog
 CONCURRENCY = 8  # sends in flight per worker
 RECOVERY = 12.0  # seconds after its lease lapses by which a dead worker's messages are final (generous: a loaded 2-core machine)
 

@@ -96,7 +96,7 @@ def test_the_drain_runs_in_one_child_and_sends_each_message_once(runner, backend
     count = 30
     with ThreadPoolExecutor(8) as pool:
         sent = list(pool.map(lambda n: fresh(gw.url + "/send", "POST", files={
-            "data": ("t.txt", f"mensaje {n}".encode()), "serv": (None, "telegram"), "dest": (None, "42"), "type": (None, "text")}),
+            "data": ("t.txt", f"mensaje {n}".encode()), "serv": (None, "telegram"), "dest": (None, str(4200 + n)), "type": (None, "text")}),
             range(count)))
     assert all(answer.status_code == 200 for answer in sent), [a.text for a in sent if a.status_code != 200]
     pending = {answer.text for answer in sent}
