@@ -1,11 +1,15 @@
-"""A bare Flask hello, served the way the local runner serves the gateway (its waitress set-up), for bench.intake.
+"""A bare Flask hello, served the way the local runner serves the gateway, for bench.intake.
 
-Run: ``python -m bench.hello --port N``.
+Run: ``python -m bench.hello --port N [--workers W]``: the runner's waitress
+set-up, in ``W`` worker processes sharing one listening socket (the runner's
+``MULTIMSG_WORKERS``; default: one per core, as the runner's default).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 
 import flask
 
@@ -15,10 +19,18 @@ from multimsg import runner
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     args = parser.parse_args()
     app = flask.Flask("hello")
     app.add_url_rule("/", "hello", lambda: "hello", methods=["GET", "POST"])
-    runner._serve_waitress(app, "127.0.0.1", args.port)
+    if args.workers <= 1:
+        runner._serve_waitress(app, "127.0.0.1", args.port)
+        return
+    from multimsg.supervisor import Child, Supervisor, bind
+
+    sockets = bind("127.0.0.1", args.port)
+    children = [Child(f"hello {n}", lambda: runner._serve_waitress(app, "", 0, sockets)) for n in range(args.workers)]
+    sys.exit(Supervisor(children).run())
 
 
 if __name__ == "__main__":

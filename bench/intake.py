@@ -3,7 +3,8 @@
 wrk (``--connections`` 8, ``--threads`` 2, ``--seconds`` per run) drives, in
 alternating rounds (``--rounds``):
 
-- ``hello``: a bare Flask hello served like the runner (``bench/hello.py``);
+- ``hello``: a bare Flask hello served like the runner (``bench/hello.py``), in as many
+  worker processes as the gateway (``--workers``, default one per core: the runner's default);
 - ``/data``: a 1 KB multipart upload; ``/msg``: queueing one upload (the same
   data id every time); ``/send``: both in one request, if the server has it
   (else the column is skipped with the reason);
@@ -109,9 +110,9 @@ def wrk(url: str, script: Path, args, server_pid: int) -> dict:
     }
 
 
-def start_hello(folder: Path) -> tuple[subprocess.Popen, str]:
+def start_hello(folder: Path, workers: int) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "bench.hello", "--port", str(port)], cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, "-m", "bench.hello", "--port", str(port), "--workers", str(workers)], cwd=ROOT,
                             stdout=open(folder / "hello.log", "wb"), stderr=subprocess.STDOUT)
     wait_port(port, proc)
     return proc, f"http://127.0.0.1:{port}/"
@@ -203,11 +204,12 @@ def run(args) -> dict:
     if shutil.which("wrk") is None:
         raise SystemExit("bench.intake needs wrk (apt-get install -y wrk)")
     folder = Path(tempfile.mkdtemp(prefix="multimsg-intake-"))
-    result: dict = {"machine": machine(), "connections": args.connections, "threads": args.threads, "seconds": args.seconds,
+    result: dict = {"machine": machine(), "workers": args.workers, "connections": args.connections, "threads": args.threads, "seconds": args.seconds,
                     "rounds": args.rounds, "skipped": {}, "empty": {}, "backlog": {}}
     with TelegramEmulator(rate=0, chat_rate=0).start() as emulator:  # no limits: Apprise API sends every message at once
-        env = {**emulator_env(emulator), "MULTIMSG_DRAIN_INTERVAL": "0", "MULTIMSG_RATE_LIMIT": "0"}
-        hello, hello_url = start_hello(folder)
+        env = {**emulator_env(emulator), "MULTIMSG_DRAIN_INTERVAL": "0", "MULTIMSG_RATE_LIMIT": "0",
+               "MULTIMSG_WORKERS": str(args.workers)}
+        hello, hello_url = start_hello(folder, args.workers)
         apprise, apprise_url, apprise_note = start_apprise(args, folder, emulator)
         runner = Gateway(folder / "home", env).start(timeout=120)
         try:
@@ -306,6 +308,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                        help="worker processes of the gateway and of the hello (MULTIMSG_WORKERS; default: one per core, the runner's default)")
     parser.add_argument("--backlog", type=int, default=100_000)
     parser.add_argument("--apprise", help="a checkout of caronc/apprise-api (outside this repository)")
     parser.add_argument("--apprise-python", help="the python of a virtualenv with its requirements.txt installed")
