@@ -6,6 +6,10 @@ instant leaves either the old file or the new one, never a torn one.
 Folder fsyncs are a group commit: the threads that ask for one folder's
 fsync at the same time share one ``fsync`` call, and each returns only after
 an fsync that began after it asked (so it covers that thread's renames).
+Appends are one too (``append_grouped``): the lines that threads append to
+one file while a write of it is running go out together in the next write,
+with one ``fsync``, and each thread returns once the write holding its line
+is done (or raises what that write raised).
 """
 
 from __future__ import annotations
@@ -14,11 +18,12 @@ import logging
 import os
 import stat
 import threading
+import weakref
 from pathlib import Path
-from typing import BinaryIO, Iterable
+from typing import BinaryIO, Callable, ContextManager, Iterable
 
-__all__ = ["write_atomic", "write_stream_atomic", "copy_stream", "append_durable", "ensure_private_dir", "fsync_dir",
-           "read_file", "write_file"]
+__all__ = ["write_atomic", "write_stream_atomic", "copy_stream", "append_durable", "append_grouped", "ensure_private_dir",
+           "fsync_dir", "read_file", "write_file"]
 
 _CHUNK = 1 << 20
 log = logging.getLogger("multimsg.fsutil")
@@ -87,6 +92,70 @@ def fsync_dir(path: Path) -> None:
         if folder is None:
             folder = _folders[key] = _FolderSync(Path(key))
     folder.sync()
+
+
+class _Batch:
+    __slots__ = ("lines", "fsync", "done", "error")
+
+    def __init__(self) -> None:
+        self.lines: list[bytes] = []
+        self.fsync = False
+        self.done = False
+        self.error: BaseException | None = None
+
+
+class _Appends:
+    """One file's group commit of appends within this process (``append_grouped``)."""
+
+    def __init__(self) -> None:
+        self.changed = threading.Condition()
+        self.batch: _Batch | None = None  # the batch still taking lines
+        self.writing = False
+
+    def append(self, path: Path, line: bytes, fsync: bool, lock: Callable[[], ContextManager[object]]) -> None:
+        with self.changed:
+            batch = self.batch
+            if batch is None:
+                batch = self.batch = _Batch()
+            batch.lines.append(line)
+            batch.fsync = batch.fsync or fsync
+            while not batch.done:
+                if not self.writing:  # lead: this batch is written now; later lines start the next one
+                    self.writing, self.batch = True, None
+                    break
+                self.changed.wait()
+            else:
+                if batch.error is not None:
+                    raise batch.error
+                return
+        try:
+            with lock():
+                append_durable(path, b"".join(batch.lines), fsync=batch.fsync)
+        except BaseException as exc:
+            batch.error = exc
+            raise
+        finally:
+            with self.changed:
+                batch.done, self.writing = True, False
+                self.changed.notify_all()
+
+
+_appends: "weakref.WeakValueDictionary[str, _Appends]" = weakref.WeakValueDictionary()
+
+
+def append_grouped(path: Path, line: bytes, *, fsync: bool = True, lock: Callable[[], ContextManager[object]]) -> None:
+    """``append_durable`` shared with the threads appending to ``path`` at the same time (one write, one fsync).
+
+    ``lock()`` is held around each write (the file's lock between processes);
+    a batch is fsynced if any of its lines asked for it. All of a batch or
+    none of it is written, and every thread of a failed batch gets its error.
+    """
+    key = os.fspath(path)
+    with _folders_guard:
+        appends = _appends.get(key)
+        if appends is None:
+            appends = _appends[key] = _Appends()
+    appends.append(path, line, fsync, lock)
 
 
 def read_file(path: Path) -> bytes:

@@ -178,8 +178,7 @@ class Gateway:
         _require(fields, MSG_FIELDS)
         data_id = check_id(fields["id"], "data id")
         planned = self._plan(client, fields)
-        info = self.spool.get(client, data_id)
-        content = self.spool.content(client, data_id)
+        info, content = self.spool.lookup(client, data_id)
         options = self._check_content(planned, content, fields)
         return self._queue(client, data_id, info.filename, planned, options, content)
 

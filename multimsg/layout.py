@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import cached_property, lru_cache
 from pathlib import Path
 
 from .fsutil import ensure_private_dir
@@ -40,6 +41,11 @@ def client_dir_name(client: str) -> str:
     return client.replace(":", "_").replace("%", "+")
 
 
+@lru_cache(maxsize=4096)
+def _client_spool(spool: Path, client: str) -> Path:
+    return spool / client_dir_name(client)
+
+
 @dataclass(frozen=True)
 class Layout:
     home: Path
@@ -48,39 +54,39 @@ class Layout:
         for folder in (self.home, self.keys, self.store, self.spool, self.archive, self.locks):
             ensure_private_dir(folder)
 
-    @property
+    @cached_property
     def keys(self) -> Path:
         return self.home / "keys"
 
-    @property
+    @cached_property
     def store(self) -> Path:
         return self.home / "store"
 
-    @property
+    @cached_property
     def spool(self) -> Path:
         return self.home / "spool"
 
-    @property
+    @cached_property
     def archive(self) -> Path:
         return self.home / "archive"
 
-    @property
+    @cached_property
     def history(self) -> Path:
         return self.home / "history"
 
-    @property
+    @cached_property
     def locks(self) -> Path:
         return self.home / "locks"
 
-    @property
+    @cached_property
     def tokens(self) -> Path:
         return self.home / "tokens"
 
-    @property
+    @cached_property
     def counters(self) -> Path:
         return self.home / "counters.json"
 
-    @property
+    @cached_property
     def metrics(self) -> Path:
         return self.home / "metrics"
 
@@ -91,4 +97,5 @@ class Layout:
         return self.store / f"{shard}.json"
 
     def client_spool(self, client: str) -> Path:
-        return self.spool / client_dir_name(client)
+        # Asked several times per request: a Path is costly to build, and the clients of one server are few.
+        return _client_spool(self.spool, client)

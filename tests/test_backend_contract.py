@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from multimsg.config import ServiceConfig
+from multimsg.errors import NotFound
 from multimsg.layout import Layout
 from multimsg.model import Message, State
 from multimsg.queue.backends.files import FileSpool
@@ -366,6 +367,10 @@ def test_content_is_an_object_not_a_path(any_spool):
     assert spool.get(CLIENT, info.data_id) == info
     content = spool.content(CLIENT, info.data_id)
     assert (content.size, content.head(4), content.read()) == (10, b"hola", b"hola mundo")
+    looked_up, its_content = spool.lookup(CLIENT, info.data_id)  # both in one read of the upload's record
+    assert (looked_up, its_content.read()) == (info, b"hola mundo")
+    with pytest.raises(NotFound):
+        spool.lookup(CLIENT, "Z" * 16)
     with content.local_path() as path:
         assert path.read_bytes() == b"hola mundo"
     spool.attach(CLIENT, info.data_id, "M" * 16)
@@ -392,6 +397,8 @@ def test_a_sealed_spool_stores_no_plaintext_and_rotation_rewrites_only_the_heads
     raw = any_spool.content(CLIENT, info.data_id).read()  # what the backend holds (for S3: the object in the bucket)
     assert b"confidential" not in raw and b"informe" not in any_spool.get(CLIENT, info.data_id).filename.encode()
     assert (sealed.get(CLIENT, info.data_id).filename, sealed.get(CLIENT, info.data_id).size) == ("informe-secreto.pdf", len(content))
+    looked_up, opened = sealed.lookup(CLIENT, info.data_id)
+    assert (looked_up.filename, looked_up.size, opened.read()) == ("informe-secreto.pdf", len(content), content)
     assert sealed.message_content(CLIENT, "m" * 16).read() == content
 
     counts = sealed.rewrap(storage_keys(f"{second},{first}", Path("/k"), home).load())

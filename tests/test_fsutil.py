@@ -10,6 +10,7 @@ import errno
 import json
 import os
 import time
+from pathlib import Path
 
 import pytest
 
@@ -75,3 +76,51 @@ def test_counters_on_a_full_disk_are_never_torn(tmp_path, monkeypatch):
     store.add(same_shard[2])  # an empty figures file is recounted from the shard's records
     figures = store.counters.snapshot(time.time())["services"]["telegram"]
     assert figures["states"]["queued"] == 3
+
+
+# -- appends from many threads: a group commit -----------------------------------------------------
+GROUPED = """
+import sys, threading, contextlib
+from pathlib import Path
+from multimsg.fsutil import append_grouped
+path, threads, each = Path(sys.argv[1]), 16, 25
+start = threading.Barrier(threads)
+def work(t):
+    start.wait()
+    for n in range(each):
+        append_grouped(path, b"\\n%d-%d" % (t, n), fsync=True, lock=contextlib.nullcontext)
+workers = [threading.Thread(target=work, args=(t,)) for t in range(threads)]
+[w.start() for w in workers]
+[w.join() for w in workers]
+"""
+
+
+def test_appends_from_many_threads_share_writes_and_fsyncs_and_keep_every_line(tmp_path):
+    import re
+    import subprocess
+    import sys
+
+    from tests.conftest import require_tool
+
+    strace = require_tool("strace", "apt-get install -y strace")
+    path, counts = tmp_path / "history.jsonl", tmp_path / "counts"
+    subprocess.run([strace, "-f", "-c", "-e", "trace=fsync", "-o", str(counts), sys.executable, "-c", GROUPED, str(path)],
+                   check=True, timeout=120, cwd=Path(__file__).resolve().parents[1])
+    lines = path.read_bytes().split(b"\n")[1:]
+    assert sorted(lines) == sorted(b"%d-%d" % (t, n) for t in range(16) for n in range(25))  # each line once, none torn
+    fsyncs = int(re.search(r"^\s*[\d.]+\s+[\d.]+\s+\d+\s+(\d+)\s+(?:\d+\s+)?fsync\s*$", counts.read_text(), re.M)[1])
+    assert 1 <= fsyncs < 400  # 400 lines, each made durable by a shared fsync
+    print(f"400 durable appends from 16 threads: {fsyncs} fsyncs")
+
+
+def test_a_failed_grouped_write_fails_every_line_in_it_and_the_next_write_goes_on(tmp_path):
+    import contextlib
+
+    from multimsg.fsutil import append_grouped
+
+    path = tmp_path / "missing-folder" / "history.jsonl"
+    with pytest.raises(FileNotFoundError):
+        append_grouped(path, b"\nlost", lock=contextlib.nullcontext)
+    path.parent.mkdir()
+    append_grouped(path, b"\nkept", lock=contextlib.nullcontext)
+    assert path.read_bytes() == b"\nkept"

@@ -197,10 +197,13 @@ class SealedContent(Content):
         self.inner, self.keys = inner, keys
         self.header = Header.parse(inner.head(HEADER)) if inner.size >= HEADER else None
         self.size = inner.size if self.header is None else plain_size(inner.size, self.header.chunk)
+        self._data_key: bytes | None = None  # opened once, when first needed
 
     def data_key(self) -> bytes:
         assert self.header is not None
-        return self.header.open_key(self.keys)[0]
+        if self._data_key is None:
+            self._data_key = self.header.open_key(self.keys)[0]
+        return self._data_key
 
     def open(self) -> BinaryIO:
         if self.header is None:
@@ -256,16 +259,19 @@ class SealedSpool(Spool):
         return DataInfo(info.data_id, plain_size(info.size, header.chunk), filename, info.created_at)
 
     def get(self, client: str, data_id: str) -> DataInfo:
-        info = self.inner.get(client, data_id)
-        if not info.filename.startswith(NAME_MARK):
-            return info  # stored before encryption was on
-        content = self.content(client, data_id)
-        if not isinstance(content, SealedContent) or content.header is None:
-            raise Tampered("the upload's stored content has lost its header")
-        return DataInfo(data_id, content.size, _open_name(content.data_key(), info.filename), info.created_at)
+        return self.lookup(client, data_id)[0]
 
     def content(self, client: str, data_id: str) -> Content:
         return SealedContent(self.inner.content(client, data_id), self.keys.load())
+
+    def lookup(self, client: str, data_id: str) -> tuple[DataInfo, Content]:
+        info, inner = self.inner.lookup(client, data_id)
+        content = SealedContent(inner, self.keys.load())
+        if not info.filename.startswith(NAME_MARK):
+            return info, content  # stored before encryption was on
+        if content.header is None:
+            raise Tampered("the upload's stored content has lost its header")
+        return DataInfo(data_id, content.size, _open_name(content.data_key(), info.filename), info.created_at), content
 
     def attach(self, client: str, data_id: str, message_id: str) -> None:
         self.inner.attach(client, data_id, message_id)

@@ -44,6 +44,10 @@ class Spool(ABC):
     def content(self, client: str, data_id: str) -> Content:
         """The content of the client's upload; NotFound if unknown, foreign or expired."""
 
+    def lookup(self, client: str, data_id: str) -> "tuple[DataInfo, Content]":
+        """``get`` and ``content`` in one (a backend that can reads the upload's record once)."""
+        return self.get(client, data_id), self.content(client, data_id)
+
     @abstractmethod
     def attach(self, client: str, data_id: str, message_id: str) -> None:
         """Give a message its own reference to the upload's content."""

@@ -89,11 +89,15 @@ class FileSpool(Spool):
         return DataInfo(data_id, meta["size"], meta["filename"], meta["created_at"])
 
     def content(self, client: str, data_id: str) -> Content:
-        self._meta(client, data_id)
+        return self.lookup(client, data_id)[1]
+
+    def lookup(self, client: str, data_id: str) -> tuple[DataInfo, Content]:
+        meta = self._meta(client, data_id)
         try:
-            return FileContent(self.layout.client_spool(client) / data_id)
+            content = FileContent(self.layout.client_spool(client) / data_id)
         except FileNotFoundError:
             raise NotFound("data id has expired; upload the file again") from None
+        return DataInfo(data_id, meta["size"], meta["filename"], meta["created_at"]), content
 
     def attach(self, client: str, data_id: str, message_id: str) -> None:
         self._meta(client, data_id)

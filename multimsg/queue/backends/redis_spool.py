@@ -128,10 +128,15 @@ class RedisSpool(Spool):
 
     @guarded
     def content(self, client: str, data_id: str) -> Content:
-        content = self._content(self._meta(client, data_id)["blob"])
+        return self.lookup(client, data_id)[1]
+
+    @guarded
+    def lookup(self, client: str, data_id: str) -> tuple[DataInfo, Content]:
+        meta = self._meta(client, data_id)
+        content = self._content(meta["blob"])
         if content is None:
             raise NotFound(EXPIRED)
-        return content
+        return DataInfo(data_id, int(meta["size"]), meta["filename"], float(meta["created_at"])), content
 
     @guarded
     def attach(self, client: str, data_id: str, message_id: str) -> None:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, ContextManager, Iterator
 
 from ...errors import StorageFull, Unavailable
-from ...fsutil import append_durable, ensure_private_dir
+from ...fsutil import append_grouped, ensure_private_dir
 from ...locks import LockTimeout
 from ...model import BadRecord, Message
 from ..store import Damaged, StoreUnwritable
@@ -62,10 +62,13 @@ class TinyHistory:
         folder = self._history_folder(client)
         # Each line starts with a newline: a line torn by a crash never swallows the next one.
         lines = b"".join(b"\n" + json.dumps(e, separators=(",", ":")).encode() for e in entries)
+        path, name = folder / f"{day(at)}.jsonl", f"history-{folder.name}"
         try:
-            ensure_private_dir(folder)
-            with self._lock(f"history-{folder.name}"):
-                append_durable(folder / f"{day(at)}.jsonl", lines, fsync=self.fsync and durable)
+            try:  # with the other threads appending to the file now: one write and one fsync (fsutil)
+                append_grouped(path, lines, fsync=self.fsync and durable, lock=lambda: self._lock(name))
+            except FileNotFoundError:  # the client's first message
+                ensure_private_dir(folder)
+                append_grouped(path, lines, fsync=self.fsync and durable, lock=lambda: self._lock(name))
         except LockTimeout:
             raise Unavailable("the history index is busy; try again") from None
         except OSError as exc:
