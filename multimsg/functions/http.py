@@ -44,6 +44,9 @@ from ..logs import Redactor
 from ..metrics import count_request
 from ..ratelimit import check_rate
 from ..tokens import token_store
+from . import formparser
+
+formparser.install()  # uploads' boundaries found with bytes.find, not a regex compiled per request
 
 
 def gateway():

@@ -1,0 +1,125 @@
+"""The multipart decoder that finds boundaries with ``bytes.find`` (``multimsg/functions/formparser.py``).
+
+It must answer exactly what werkzeug's own decoder answers: generated bodies
+(random boundaries, CRLF, LF and CR line breaks, preambles, epilogues, a
+boundary's text inside a part, trailing spaces, bodies cut short) are fed to
+both in the same random chunks and their events compared one by one. Then a
+real runner takes uploads with a fresh random boundary each, as every client
+sends them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from werkzeug.sansio.multipart import Epilogue, MultipartDecoder, NeedData
+
+from multimsg.functions.formparser import BoundarySearch, Decoder
+from tests.gatewayproc import ROOT
+
+BOUNDARY_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789'()+_,-./:=?"
+LINE_BREAKS = st.sampled_from([b"\r\n", b"\n", b"\r"])
+
+
+@st.composite
+def bodies(draw) -> tuple[bytes, bytes]:
+    boundary = draw(st.text(BOUNDARY_CHARS, min_size=1, max_size=70)).encode()
+    lb = draw(LINE_BREAKS)
+    out = draw(st.sampled_from([b"", b"preamble" + lb, lb]))
+    for n in range(draw(st.integers(0, 3))):
+        out += b"--" + boundary + draw(st.sampled_from([b"", b" ", b"\t "])) + lb
+        name = f"f{n}".encode()
+        if draw(st.booleans()):
+            out += b'Content-Disposition: form-data; name="' + name + b'"; filename="x.bin"' + lb + b"Content-Type: application/octet-stream" + lb
+        else:
+            out += b'Content-Disposition: form-data; name="' + name + b'"' + lb
+        out += lb
+        # Content that looks like a boundary without being one, and bytes around line breaks.
+        out += draw(st.lists(st.sampled_from([b"x", b"\r", b"\n", b"\r\n", b"-", b"--", b"--" + boundary[:-1], b"--" + boundary + b"x",
+                                              b"\r\n--" + boundary[: len(boundary) // 2], os.urandom(3)]), max_size=12).map(b"".join))
+        out += lb
+    out += b"--" + boundary + draw(st.sampled_from([b"--", b"-- ", b"--" + lb, b"--\t" + lb, b"--" + lb + b"epilogue"]))
+    cut = draw(st.sampled_from([None, None, None, -1, -3, -len(boundary) - 2]))
+    return boundary, out if cut is None else out[:cut]
+
+
+def events(decoder: MultipartDecoder, body: bytes, cuts: list[int]) -> list:
+    """Every event the decoder gives, fed the body in the pieces ``cuts`` make (or the error it raised)."""
+    seen: list = []
+    pieces, start = [], 0
+    for cut in sorted(set(c % (len(body) + 1) for c in cuts)) + [len(body)]:
+        pieces.append(body[start:cut])
+        start = cut
+    try:
+        for piece in pieces + [None]:
+            decoder.receive_data(piece)
+            event = decoder.next_event()
+            while not isinstance(event, (NeedData, Epilogue)):
+                seen.append(event)
+                event = decoder.next_event()
+            seen.append(event)
+            if isinstance(event, Epilogue):
+                break
+    except ValueError as exc:
+        seen.append(("error", str(exc)))
+    return seen
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(bodies(), st.lists(st.integers(0, 10_000), max_size=6))
+def test_the_decoder_gives_werkzeugs_events_for_any_body_in_any_pieces(sample, cuts):
+    boundary, body = sample
+    assert events(Decoder(boundary), body, cuts) == events(MultipartDecoder(boundary), body, cuts)
+
+
+@pytest.mark.parametrize("required", [False, True])
+@settings(max_examples=300, deadline=None)
+@given(boundary=st.text(BOUNDARY_CHARS, min_size=1, max_size=20).map(str.encode),
+       parts=st.lists(st.sampled_from([b"\r\n", b"\n", b"\r", b"--", b"-", b" ", b"\t", b"x", b"BOUNDARY"]), max_size=14),
+       pos=st.integers(0, 6))
+def test_a_search_finds_what_werkzeugs_expression_finds(required, boundary, parts, pos):
+    data = b"".join(boundary if p == b"BOUNDARY" else p for p in parts)
+    line_break = rb"(?:\r\n|\n|\r)"
+    expression = re.compile(rb"%s%s--%s(--[^\S\n\r]*%s?|[^\S\n\r]*%s)"
+                            % (line_break, b"" if required else b"?", re.escape(boundary), line_break, line_break), re.MULTILINE)
+    theirs, ours = expression.search(data, pos), BoundarySearch(boundary, required).search(data, pos)
+    assert (ours and (ours.start(), ours.end(), ours.group(1))) == (theirs and (theirs.start(), theirs.end(), theirs.group(1)))
+
+
+def test_werkzeugs_form_parser_uses_it():
+    import werkzeug.formparser
+
+    import multimsg.functions.http  # noqa: F401  (installs it)
+
+    assert werkzeug.formparser.MultipartDecoder is Decoder
+
+
+UPLOADS = """
+import sys, time, requests
+url, n = sys.argv[1], int(sys.argv[2])
+with requests.Session() as s:
+    for i in range(n):  # requests makes a fresh random boundary for every body
+        r = s.post(url + "/data", files={"data": ("t.txt", b"contenido %d" % i)}, timeout=30)
+        assert r.status_code == 200 and len(r.text) == 16, (r.status_code, r.text)
+print("ok")
+"""
+
+
+def test_uploads_with_a_fresh_boundary_each_are_stored_and_read_back(make_gateway, telegram):
+    runner = make_gateway()
+    done = subprocess.run([sys.executable, "-c", UPLOADS, runner.url, "20"], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert done.stdout.strip() == "ok", done.stderr[-2000:]
+    data_id = runner.upload_id(b"hola, multipart", filename="t.txt")
+    assert runner.msg(id=data_id, serv="telegram", dest="4242", type="text").status_code == 200
+    runner.drain()
+    deadline = time.monotonic() + 30
+    while not telegram.received() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert telegram.received()[0]["fields"]["text"] == "hola, multipart"
