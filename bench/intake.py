@@ -5,8 +5,9 @@ alternating rounds (``--rounds``):
 
 - ``hello``: a bare Flask hello served like the runner (``bench/hello.py``), in as many
   worker processes as the gateway (``--workers``, default one per core: the runner's default);
-- ``/data``: a 1 KB multipart upload; ``/msg``: queueing one upload (the same
-  data id every time); ``/send``: both in one request, if the server has it
+- ``/data``: a 1 KB multipart upload (a fresh random boundary each, as every real
+  client sends); ``/msg``: queueing one upload (the same data id every time);
+  ``/send``: both in one request (random boundaries too), if the server has it
   (else the column is skipped with the reason);
 - ``apprise /notify/``: Apprise API (caronc/apprise-api, its own gunicorn and
   gevent settings, its own requirements in a virtualenv) sending each message to
@@ -59,6 +60,20 @@ def multipart(fields: dict[str, str], files: dict[str, bytes]) -> bytes:
 
 def lua_string(data: bytes) -> str:
     return '"' + "".join(chr(b) if 32 <= b < 127 and chr(b) not in '"\\' else f"\\{b:03d}" for b in data) + '"'
+
+
+def multipart_script(folder: Path, name: str, fields: dict[str, str], files: dict[str, bytes]) -> Path:
+    """A wrk script POSTing ``multipart(fields, files)`` with a fresh random boundary each time, as real clients do."""
+    template = multipart(fields, files).replace(BOUNDARY.encode(), b"@@B@@")
+    path = folder / f"{name}.lua"
+    path.write_text(f"""local template = {lua_string(template)}
+init = function(args) math.randomseed(math.floor(os.clock() * 1000000) + os.time()) end
+request = function()
+  local b = string.format("{BOUNDARY}%08x%08x", math.random(0, 0x7fffffff), math.random(0, 0x7fffffff))
+  return wrk.format("POST", nil, {{["Content-Type"] = "multipart/form-data; boundary=" .. b}}, (template:gsub("@@B@@", b)))
+end
+""")
+    return path
 
 
 def wrk_script(folder: Path, name: str, method: str, body: bytes | None, content_type: str | None) -> Path:
@@ -193,10 +208,9 @@ def median_of(runs: list[dict]) -> dict:
 def gateway_scripts(folder: Path, data_id: str) -> dict[str, tuple[str, Path]]:
     form = f"id={data_id}&serv=telegram&dest={CHAT}&type=text".encode()
     return {
-        "/data": ("/data", wrk_script(folder, "data", "POST", multipart({}, {"data": b"x" * 1024}), f"multipart/form-data; boundary={BOUNDARY}")),
+        "/data": ("/data", multipart_script(folder, "data", {}, {"data": b"x" * 1024})),
         "/msg": ("/msg", wrk_script(folder, "msg", "POST", form, "application/x-www-form-urlencoded")),
-        "/send": ("/send", wrk_script(folder, "send", "POST", multipart({"serv": "telegram", "dest": CHAT, "type": "text"},
-                                                                      {"data": b"x" * 1024}), f"multipart/form-data; boundary={BOUNDARY}")),
+        "/send": ("/send", multipart_script(folder, "send", {"serv": "telegram", "dest": CHAT, "type": "text"}, {"data": b"x" * 1024})),
     }
 
 
