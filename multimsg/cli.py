@@ -18,7 +18,7 @@ import threading
 import time
 from pathlib import Path
 
-from .client import EXIT_CODES, Client, ClientError, ConnectionFailed, Status, default_known_keys, infer_type
+from .client import CANCELLED_EXIT, EXIT_CODES, Client, ClientError, ConnectionFailed, Status, default_known_keys, infer_type
 from .errors import Unavailable
 
 __all__ = ["main", "build_parser", "Bar"]
@@ -130,7 +130,7 @@ def _wait(client: Client, message_id: str, args) -> int:
     status = client.wait(message_id, timeout=args.timeout, on_poll=line)
     if args.json:
         print(json.dumps(status.raw))
-    return 0 if status.delivered else 1
+    return 0 if status.delivered else CANCELLED_EXIT if status.state == "cancelled" else 1
 
 
 def cmd_send(args) -> int:
@@ -482,7 +482,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="voice/audio the platform refuses is transcoded by the server (ffmpeg): voice to OGG/Opus, audio to MP3 "
                            "(--no-convert: never; default: the service's setting)")
     send.add_argument("--plain", action="store_true", help="upload without encryption (over plain HTTP, anyone on the network path can read it)")
-    send.add_argument("--wait", action="store_true", help="wait for delivered (exit 0) or failed (exit 1), showing the state")
+    send.add_argument("--wait", action="store_true", help="wait for delivered (exit 0), failed (exit 1) or cancelled (exit 11), showing the state")
     send.add_argument("--key-fingerprint", metavar="FP",
                       help="refuse any server key but this one: SHA256:<base64> as 'multimsg keys show' prints it, or 64 hex digits "
                            "(default: MULTIMSG_KEY_FINGERPRINT; without one the first key seen per server URL is pinned in "

@@ -53,7 +53,7 @@ DELIVERED, FAILED = State.DELIVERED, State.FAILED
 __all__ = [
     "Client", "Status", "infer_type", "DEFAULT_URL", "FINAL_STATES",
     "ClientError", "ConnectionFailed", "RequestRejected", "TooLarge", "Unauthorized",
-    "NotFound", "RateLimited", "ServerError", "WaitTimeout", "KeyMismatch", "EXIT_CODES", "default_known_keys",
+    "NotFound", "RateLimited", "ServerError", "WaitTimeout", "KeyMismatch", "EXIT_CODES", "CANCELLED_EXIT", "default_known_keys",
 ]
 
 DEFAULT_URL = "http://127.0.0.1:8080"
@@ -136,6 +136,8 @@ class KeyMismatch(ClientError):
     exit_code = 9
 
 
+CANCELLED_EXIT = 11  # --wait saw the final state 'cancelled' (POST /cancel)
+
 EXIT_CODES = {
     0: "success (with --wait: delivered)",
     1: "the message failed (final state 'failed')",
@@ -148,6 +150,7 @@ EXIT_CODES = {
     WaitTimeout.exit_code: "--wait timed out before a final state",
     KeyMismatch.exit_code: "the server's key is not the pinned one (--key-fingerprint, or known_keys)",
     ClientError.exit_code: "unexpected answer from the server",
+    CANCELLED_EXIT: "with --wait: the message was cancelled (final state 'cancelled')",
     130: "interrupted (Ctrl-C)",
 }
 

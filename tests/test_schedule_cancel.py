@@ -125,6 +125,9 @@ def test_cli_cancel_and_client_cancel(backend_gateway, telegram):
     again = subprocess.run([sys.executable, "-m", "multimsg", "cancel", first, "--server", gw.url],
                            cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert again.returncode != 0 and "cancelled" in again.stderr
+    waited = subprocess.run([sys.executable, "-m", "multimsg", "status", first, "--wait", "--server", gw.url],
+                            cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert waited.returncode == 11, (waited.returncode, waited.stderr)  # cancelled: neither delivered (0) nor failed (1)
     with Client(gw.url) as client:
         assert client.cancel(second).state == "cancelled"
         with pytest.raises(RequestRejected):
