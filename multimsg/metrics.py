@@ -222,7 +222,7 @@ class QueueCollector:
             labels=["service", "state"],
         )
         oldest = GaugeMetricFamily(
-            "multimsg_queue_oldest_age_seconds", "Age of the oldest queued message (0 when none; to the minute)",
+            "multimsg_queue_oldest_age_seconds", "Age of the oldest queued message (0 when none; to the minute; a scheduled one from its at)",
             labels=["service"],
         )
         outcomes = CounterMetricFamily(

@@ -77,6 +77,11 @@ class Message:
     scheduled_for: float | None = None  # /msg's ``at``: not sent before then (its first next_attempt_at)
 
     @property
+    def queued_since(self) -> float:
+        """Since when it has been waiting to be sent: its ``at`` for a scheduled message, else when it was queued."""
+        return self.created_at if self.scheduled_for is None else max(self.created_at, self.scheduled_for)
+
+    @property
     def final(self) -> bool:
         return self.state in FINAL_STATES
 

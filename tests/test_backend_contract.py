@@ -359,6 +359,14 @@ def test_history_prunes_what_is_older_than_the_window(store):
     assert store.get(old.id) is not None  # the message itself is the drain's business, not the history's
 
 
+def test_a_scheduled_message_is_not_the_oldest_queued_while_it_waits(store):
+    now = time.time()
+    store.add(message(now=now - 7200, scheduled_for=now + 3600, next_attempt_at=now + 3600))  # queued 2 h ago, for in 1 h
+    assert (store.counters.snapshot(now)["services"]["counting"]["oldest_queued_age"] or 0.0) == 0.0
+    store.add(message(now=now - 600))
+    assert 540 <= store.counters.snapshot(now)["services"]["counting"]["oldest_queued_age"] <= 660
+
+
 # -- content ------------------------------------------------------------------------------------------
 def test_content_is_an_object_not_a_path(any_spool):
     spool = any_spool

@@ -8,7 +8,7 @@ record change it counts, so figures cannot land out of order or drift.
 
     {"services": {"<serv>": {
         "states":   {"queued": n, "delivered": n, "failed": n},   # records stored now
-        "queued":   {"<minute>": [count, earliest created_at]},    # queued records by creation minute
+        "queued":   {"<minute>": [count, earliest queued_since]},  # queued records by the minute they became sendable
         "outcomes": {"delivered": n, "failed": n, "retried": n},   # totals
         "recent":   {"delivered": {"<minute>": n}, ...},           # the same per minute, last hour only
         "latency":  {"delivered": histogram, "failed": histogram}}}}  # /msg accepted -> final state
@@ -69,10 +69,11 @@ def _service(figures: Figures, serv: str) -> dict:
 
 def _enter(entry: dict, message: Message) -> None:
     entry["states"][message.state] = entry["states"].get(message.state, 0) + 1
-    if message.state == State.QUEUED:
-        bucket = entry["queued"].setdefault(_minute(message.created_at), [0, message.created_at])
+    if message.state == State.QUEUED:  # by ``queued_since``: a message scheduled for later is not "old" while it waits
+        since = message.queued_since
+        bucket = entry["queued"].setdefault(_minute(since), [0, since])
         bucket[0] += 1
-        bucket[1] = min(bucket[1], message.created_at)
+        bucket[1] = min(bucket[1], since)
 
 
 def _leave(entry: dict, message: Message) -> None:
@@ -81,7 +82,7 @@ def _leave(entry: dict, message: Message) -> None:
     if not states[message.state]:
         del states[message.state]
     if message.state == State.QUEUED:
-        minute = _minute(message.created_at)
+        minute = _minute(message.queued_since)
         bucket = entry["queued"].get(minute)
         if bucket:
             bucket[0] -= 1

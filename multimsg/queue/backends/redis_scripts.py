@@ -183,7 +183,7 @@ def event_ops(keys: Keys, events: list[dict[str, Any]]) -> list[list[str]]:
 def _enter(keys: Keys, m: Message) -> list[list[str]]:
     ops = [["SADD", keys.servs, m.serv], ["HINCRBY", keys.fig(m.serv), f"state:{m.state}", "1"]]
     if m.state == State.QUEUED:
-        ops.append(["ZADD", keys.queued(m.serv), _num(m.created_at), m.id])
+        ops.append(["ZADD", keys.queued(m.serv), _num(m.queued_since), m.id])  # figures.py: the oldest queued's age
     return ops
 
 
