@@ -571,6 +571,26 @@ def test_tiny_due_index_still_reads_the_flat_layout_and_the_rebuild_refiles_it(t
     assert not legacy.exists() and [p.name for p in at.rglob("*") if p.is_file()] == [shard]
 
 
+def test_tiny_rebuild_keeps_in_the_index_a_message_queued_into_a_new_shard_meanwhile(tmp_path):
+    now = time.time()
+    late = message(now=now, next_attempt_at=now - 5)
+
+    class QueuedDuringTheRebuild(TinyStore):
+        added = False
+
+        def shards(self) -> list[str]:
+            listed = super().shards()  # the rebuild's list of shards is taken...
+            if not self.added:
+                self.added = True
+                self.add(late)  # ...and then a /msg lands in a shard that list does not have
+            return listed
+
+    store = QueuedDuringTheRebuild(Layout(tmp_path / "home"), fsync=False)
+    store.rebuild()
+    assert store.shard_of(late.id) in store.due_shards(now)  # it was dropped from the index until the next sweep
+    assert [c.id for c in store.claim_due(now, 60)] == [late.id]
+
+
 # -- the Redis backend's own promises -------------------------------------------------------------------
 @pytest.fixture
 def redis_backend(redis_url):

@@ -96,6 +96,14 @@ def _raw_due(record: dict) -> float | None:
         return 0.0  # due now, so that the claim fails it with the reason
 
 
+def _shard_number(name: str) -> int | None:
+    """A shard's lock number from its name (hex digits); None for a name that is not a shard's."""
+    try:
+        return int(name, 16)
+    except ValueError:
+        return None
+
+
 class _Txn:
     """The records of one shard, read under its lock; the changes to write back at the end."""
 
@@ -730,15 +738,22 @@ class TinyStore(TinyHistory, MessageStore):
                 counted += figures.recount(document, messages)
                 self.counters.write(shard, document)
                 self._set_due(shard, txn.earliest_due())
+        # What is filed for a shard that has no file goes, and bucket entries left by a crash (their shard is
+        # filed under another minute, or none). Each is judged under its shard's lock, as writers file theirs:
+        # a message queued meanwhile into a new shard (not in ``present``) keeps its place in the index.
         for entry in os.scandir(self.due_dir):
-            if entry.is_file() and entry.name not in present:
-                Path(entry.path).unlink(missing_ok=True)
-        # Bucket entries left by a crash (their shard is filed under another minute, or none) go.
+            if entry.is_file() and entry.name not in present and (number := _shard_number(entry.name)) is not None:
+                with self.locks.slot(number):
+                    if not self.layout.shard(entry.name).exists():
+                        Path(entry.path).unlink(missing_ok=True)
         for bucket in self._buckets():
             for entry in list(os.scandir(bucket)):
-                due = self._indexed_due(entry.name)
-                if due is None or self._bucket_path(entry.name, due) != Path(entry.path):
-                    Path(entry.path).unlink(missing_ok=True)
+                if (number := _shard_number(entry.name)) is None:
+                    continue
+                with self.locks.slot(number):
+                    due = self._indexed_due(entry.name)
+                    if due is None or self._bucket_path(entry.name, due) != Path(entry.path):
+                        Path(entry.path).unlink(missing_ok=True)
             self._drop_empty(Path(bucket))
         return counted
 
