@@ -205,13 +205,19 @@ def assert_gave_up_retrying(gateway: Gateway, emulator, message_id: str, dest: s
     return emulator.wait_for(_to(dest), count=2)
 
 
-def assert_throttled(gateway: Gateway, emulator, serv: str, message_id: str, dests: tuple[str, str], words: str, hold: float) -> list[dict]:
+def assert_throttled(gateway: Gateway, emulator, serv: str, message_id: str, dests: tuple[str, str], words: str,
+                     retry_after: float | None) -> list[dict]:
     """The message to ``dests[0]`` met a rate limit (the caller scripted it): it waits queued, with the platform's
-    words in /cons and no attempt used up; the whole service waits ``hold`` seconds (a message to ``dests[1]``
-    queued meanwhile waits too); then both are delivered. Returns the records: the limited one, its resend, the other."""
+    words in /cons and no attempt used up, until the platform's ``retry_after``; the whole service waits that long
+    (or the engine's own short hold when the platform said none), so a message to ``dests[1]`` queued meanwhile
+    waits too; then both are delivered. Returns the records: the limited one, its resend, the other."""
+    from multimsg.queue.pacing import DEFAULT_HOLD
+
     limited_dest, other_dest = dests
     report, _ = wait_attempted(gateway, message_id)
     assert report["state"] == "queued" and report["attempts"] == 0 and words in (report["last_error"] or ""), report
+    if retry_after is not None:
+        assert _epoch(report["next_attempt_at"]) - _epoch(report["updated_at"]) >= retry_after - 0.001, report
     other_id = gateway.send(b"meanwhile", serv, other_dest)
     for waited in (message_id, other_id):
         final = gateway.wait_state(waited)
@@ -219,8 +225,15 @@ def assert_throttled(gateway: Gateway, emulator, serv: str, message_id: str, des
     limited, resent = emulator.wait_for(_to(limited_dest), count=2)
     [other] = emulator.wait_for(_to(other_dest))
     assert limited["status"] == 429 and 200 <= resent["status"] < 300 and 200 <= other["status"] < 300, (limited, resent, other)
+    hold = DEFAULT_HOLD if retry_after is None else retry_after
     assert min(resent["t"], other["t"]) - limited["t"] >= hold * 0.95, (limited["t"], resent["t"], other["t"])
     return [limited, resent, other]
+
+
+def _epoch(iso_time: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(iso_time.replace("Z", "+00:00")).timestamp()
 
 
 def assert_held(gateway: Gateway, emulator, serv: str, message_id: str, words: str, other_dest: str) -> dict:

@@ -21,7 +21,6 @@ import pytest
 from multimsg.config import ServiceConfig
 from multimsg.content import BytesContent
 from multimsg.errors import InvalidInput
-from multimsg.queue.pacing import DEFAULT_HOLD
 from multimsg.services import KINDS
 from multimsg.services.apprise_bridge import AppriseBridge, _secret_pieces, classify
 from tests.conftest import require
@@ -244,7 +243,7 @@ PLUGINS = {"json": "ops", "form": "forms"}
 def test_429_slows_the_whole_service_down_without_a_retry_after(apprise_gateway, receiver, plugin):
     serv, dests = PLUGINS[plugin], (new_dest(), new_dest())
     message_id = scripted(apprise_gateway, receiver, serv, dests[0], "too_many")
-    assert_throttled(apprise_gateway, receiver, serv, message_id, dests, "error=429", hold=DEFAULT_HOLD)  # Apprise passes on no retry_after
+    assert_throttled(apprise_gateway, receiver, serv, message_id, dests, "error=429", retry_after=None)  # Apprise passes on none
 
 
 @pytest.mark.parametrize("answer, words", [("server_error", "error=500"), ("drop", "onnection")])

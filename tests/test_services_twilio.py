@@ -15,7 +15,6 @@ import pytest
 from multimsg.config import ServiceConfig
 from multimsg.content import BytesContent
 from multimsg.errors import InvalidInput
-from multimsg.queue.pacing import DEFAULT_HOLD
 from multimsg.services import KINDS
 from multimsg.services.twilio import Twilio
 from tests.emulators import TwilioEmulator
@@ -133,14 +132,14 @@ def test_media_are_refused_at_msg_by_an_instance_without_a_media_base_url(twilio
 
 # -- outcome table, through the runner -----------------------------------------------------------
 
-@pytest.mark.parametrize("answer, words, hold", [
-    ("too_many", "Too Many Requests (error 20429)", DEFAULT_HOLD),  # no Retry-After: the service's own short hold
-    ({"status": 429, "body": {"message": "slow down"}, "headers": {"Retry-After": "1"}}, "slow down", 1.0),
+@pytest.mark.parametrize("answer, words, retry_after", [
+    ("too_many", "Too Many Requests (error 20429)", None),  # without a Retry-After
+    ({"status": 429, "body": {"message": "slow down"}, "headers": {"Retry-After": "1"}}, "slow down", 1),
 ], ids=["20429", "429-retry-after"])
-def test_rate_limits_slow_the_whole_service_down(twilio_gateway, twilio, answer, words, hold):
+def test_rate_limits_slow_the_whole_service_down(twilio_gateway, twilio, answer, words, retry_after):
     dests = (new_number(), new_number())
     message_id = scripted(twilio_gateway, twilio, "tw", dests[0], answer)
-    assert_throttled(twilio_gateway, twilio, "tw", message_id, dests, words, hold)
+    assert_throttled(twilio_gateway, twilio, "tw", message_id, dests, words, retry_after)
 
 
 @pytest.mark.parametrize("answer, code", [("invalid_to", 21211), ("not_mobile", 21614), ("unsubscribed", 21610),
