@@ -1,8 +1,10 @@
 """The Apprise bridge: Apprise's json:// and form:// plugins against a local receiver, byte for byte,
 and one test per outcome row (multimsg/services/apprise_bridge.py).
 
-Most tests build the bridge in-process; every datatype the json:// plugin takes also goes end
-to end through a real runner configured by environment, by HTTP and by the CLI.
+The dest checks, the plugin's limits and the bytes sent are checked in-process (the bridge
+built with a ``ServiceConfig``); every datatype the json:// plugin takes goes end to end
+through a real runner configured by environment, by HTTP and by the CLI, and so does every
+row of the outcome table, through json:// and form:// (upload, /msg, the drain, /cons, /drain).
 
 Apprise (``apprise>=2.2``) is in the test extra, so under CI=true these tests must run.
 """
@@ -12,7 +14,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import importlib.util
-import time
+import itertools
 
 import pytest
 
@@ -23,8 +25,22 @@ from multimsg.services import KINDS
 from multimsg.services.apprise_bridge import AppriseBridge, _secret_pieces, classify
 from tests.conftest import require
 from tests.emulators import Receiver
+from tests.gatewayproc import Gateway
 from tests.media import pdf, png
-from tests.native_support import VIA, arrivals, instance_env, send_every, serve
+from tests.native_support import (
+    FAST,
+    RETRIES,
+    VIA,
+    arrivals,
+    assert_gave_up_retrying,
+    assert_throttled,
+    instance_env,
+    scripted,
+    send_every,
+    settled_drain,
+    start_gateway,
+    swept,
+)
 
 PATTERN = r"[a-z][a-z0-9-]{0,31}"
 
@@ -82,15 +98,10 @@ def test_a_permissive_pattern_still_refuses_traversal(receiver):
     assert loose.check_dest("fine-dest") == "fine-dest"
 
 
-def test_a_dest_the_pattern_no_longer_matches_fails_at_send(receiver):
-    outcome = json_bridge(receiver).send(message(b"hola", "../admin"))
-    assert outcome.kind == "failed" and not receiver.received()
-
-
 @pytest.mark.parametrize("url, why", [
     ("json://127.0.0.1/hooks", "exactly once"),
     ("json://127.0.0.1/${dest}/${dest}", "exactly once"),
-    ("nosuchplugin://host/${dest}", "no Apprise plugin"),
+    ("nosuchplugin://host/${dest}", "names a plugin this server has"),
 ])
 def test_bad_templates_leave_the_instance_unconfigured(url, why):
     instance = bridge(url)
@@ -133,10 +144,36 @@ def test_json_attachment_arrives_byte_for_byte(receiver):
     assert sent["json"]["message"] == "mirá"
 
 
+# Instances whose settings change between the queueing of a message and its sending: the module's
+# runner is the second start of one data folder, the first (without a drain) queued a message to each.
+CHANGED = {"noplugin": {"url": "nosuchplugin://host/${dest}"}, "noslot": {"url": "json://127.0.0.1:9/hooks"},
+           "badpattern": {"dest_pattern": "[unclosed"}, "narrowed": {"dest_pattern": "[a-z]{1,3}"}}
+
+
+def instances_env(instances: dict[str, dict[str, str]]) -> dict[str, str]:
+    return {key: value for serv, settings in instances.items() for key, value in instance_env(serv, "apprise", **settings).items()}
+
+
 @pytest.fixture(scope="module")
-def apprise_gateway(tmp_path_factory, server_keys, receiver_server):
-    env = instance_env("ops", "apprise", url=f"json://127.0.0.1:{receiver_server.port}/hooks/${{dest}}", dest_pattern=PATTERN)
-    yield from serve(tmp_path_factory, server_keys, env, "apprise")
+def restarted(tmp_path_factory, server_keys, receiver_server):
+    """(the module's runner, the id of the message queued to each instance of ``CHANGED`` before they changed)."""
+    hooks = f"127.0.0.1:{receiver_server.port}/hooks/${{dest}}"
+    good = {"url": f"json://{hooks}", "dest_pattern": PATTERN}
+    env = {**RETRIES, **instances_env({"ops": good, "forms": {**good, "url": f"form://{hooks}"},
+                                       "nobody": {**good, "url": "json://127.0.0.1:9/hooks/${dest}"}})}
+    first = start_gateway(tmp_path_factory, server_keys, {**env, **instances_env(dict.fromkeys(CHANGED, good)), "MULTIMSG_DRAIN_INTERVAL": "0"}, "apprise")
+    try:
+        queued = {serv: first.send(b"hola", serv, "ops-queued") for serv in CHANGED}
+    finally:
+        first.stop()
+    runner = swept(Gateway(first.home, {**FAST, **env, **instances_env({serv: {**good, **change} for serv, change in CHANGED.items()})}).start())
+    yield runner, queued
+    runner.stop()
+
+
+@pytest.fixture(scope="module")
+def apprise_gateway(restarted):
+    return restarted[0]
 
 
 @pytest.mark.parametrize("via", VIA)
@@ -173,35 +210,6 @@ def test_a_long_text_goes_as_parts_within_the_plugin_limit(receiver):
     assert "".join(parts) == text and all(len(part) <= 32768 - 64 for part in parts)
 
 
-# -- outcome table ----------------------------------------------------------------------------
-
-@pytest.mark.parametrize("answer, kind, throttle", [
-    ("too_many", "retry", "service"),
-    ("server_error", "retry", None),
-    ("bad_request", "failed", None),
-    ("unauthorized", "failed", None),
-    ("not_found", "failed", None),
-])
-@pytest.mark.parametrize("plugin", ["json", "form"])
-def test_answers(receiver, plugin, answer, kind, throttle):
-    receiver.script(answer, dest="ops")
-    instance = json_bridge(receiver) if plugin == "json" else form_bridge(receiver)
-    outcome = instance.send(message(b"hola", "ops"))
-    assert outcome.kind == kind and outcome.throttle == throttle, outcome
-    assert outcome.retry_after is None  # Apprise gives none
-
-
-def test_connection_dropped_is_retried(receiver):
-    receiver.script("drop", dest="ops")
-    outcome = json_bridge(receiver).send(message(b"hola", "ops"))
-    assert outcome.kind == "retry", outcome
-
-
-def test_nobody_listening_is_retried(receiver):
-    outcome = bridge("json://127.0.0.1:9/hooks/${dest}").send(message(b"hola", "ops"))
-    assert outcome.kind == "retry" and "onnection" in outcome.reason, outcome
-
-
 def test_a_plugin_without_attachments_sends_text_only():
     instance = bridge("gotify://gotify.example.org/${dest}")  # Apprise's gotify plugin takes no attachments
     assert instance.datatypes == {"text"}
@@ -220,8 +228,70 @@ def test_credentials_of_the_url_are_hidden_in_reasons():
     assert "s3cr3t-pa55word" not in outcome.reason and "T0KENabcdef123" not in outcome.reason and "error=400" in outcome.reason
 
 
-def test_the_service_timeouts_reach_the_plugin(receiver):
-    receiver.script("timeout", dest="ops", seconds=6)
-    started = time.monotonic()
-    outcome = json_bridge(receiver).send(message(b"hola", "ops"))  # read timeout 2 s (Apprise's own default is 4)
-    assert outcome.kind == "retry" and time.monotonic() - started < 3.5, outcome
+# -- outcome table, through the runner -----------------------------------------------------------
+
+_dests = itertools.count(1)
+
+
+def new_dest() -> str:
+    return f"row-{next(_dests)}"
+
+
+PLUGINS = {"json": "ops", "form": "forms"}
+
+
+@pytest.mark.parametrize("plugin", PLUGINS)
+def test_429_slows_the_whole_service_down_without_a_retry_after(apprise_gateway, receiver, plugin):
+    serv, dests = PLUGINS[plugin], (new_dest(), new_dest())
+    message_id = scripted(apprise_gateway, receiver, serv, dests[0], "too_many")
+    assert_throttled(apprise_gateway, receiver, serv, message_id, dests, "error=429", retry_after=None)  # Apprise passes on none
+
+
+@pytest.mark.parametrize("answer, words", [("server_error", "error=500"), ("drop", "onnection")])
+@pytest.mark.parametrize("plugin", PLUGINS)
+def test_5xx_and_connection_errors_are_retried(apprise_gateway, receiver, plugin, answer, words):
+    dest = new_dest()
+    message_id = scripted(apprise_gateway, receiver, PLUGINS[plugin], dest, answer, times=2)
+    assert_gave_up_retrying(apprise_gateway, receiver, message_id, dest, words)
+
+
+def test_the_service_timeouts_reach_the_plugin(apprise_gateway, receiver):
+    dest = new_dest()  # 3 s late: past this runner's read timeout (2 s), within Apprise's own default (4 s)
+    report = apprise_gateway.wait_state(scripted(apprise_gateway, receiver, "ops", dest, "timeout", seconds=3))
+    assert report["state"] == "delivered" and report["attempts"] == 1, report  # the late answer was given up, the message sent again
+    late, again = receiver.wait_for(lambda r: r["dest"] == dest, count=2)
+    assert late["status"] == again["status"] == 200 and late["json"]["message"] == again["json"]["message"] == "scripted"
+
+
+def test_nobody_listening_is_retried(apprise_gateway):
+    report = apprise_gateway.wait_state(apprise_gateway.send(b"hola", "nobody", new_dest()))
+    assert report["state"] == "failed" and report["attempts"] == 2, report
+    assert report["last_error"].startswith("gave up after 2 attempts: apprise: ") and "onnection" in report["last_error"], report
+
+
+@pytest.mark.parametrize("answer, status", [("bad_request", 400), ("unauthorized", 401), ("not_found", 404)])
+@pytest.mark.parametrize("plugin", PLUGINS)
+def test_other_4xx_fail_with_the_apprise_log_line(apprise_gateway, receiver, plugin, answer, status):
+    dest = new_dest()
+    report = apprise_gateway.wait_state(scripted(apprise_gateway, receiver, PLUGINS[plugin], dest, answer))
+    assert report["state"] == "failed" and report["attempts"] == 1 and f"error={status}" in report["last_error"], report
+    assert report["last_error"].startswith("apprise: ") and str(receiver.port) not in report["last_error"]  # the URL is hidden
+    assert len(receiver.wait_for(lambda r: r["dest"] == dest)) == 1
+
+
+def test_an_instance_changed_after_msg_holds_or_fails_its_queued_messages(restarted, receiver):
+    """A template Apprise cannot load, one without ``${dest}`` and a pattern that is no regular expression
+    hold the instance (its message stays queued, /drain says why); a pattern the dest no longer matches fails it."""
+    gateway, queued = restarted
+    summary = settled_drain(gateway)
+    failed = gateway.state(queued["narrowed"])
+    assert failed["state"] == "failed" and failed["last_error"] == "apprise: 'dest' for narrowed must be a destination matching [a-z]{1,3}", failed
+    for serv, words in (("noplugin", "an Apprise URL in MULTIMSG_NOPLUGIN_URL whose schema names a plugin this server has"),
+                        ("noslot", "an Apprise URL holding ${dest} exactly once in MULTIMSG_NOSLOT_URL"),
+                        ("badpattern", "a regular expression in MULTIMSG_BADPATTERN_DEST_PATTERN (unterminated character set")):
+        assert summary["misconfigured"].get(serv, "").startswith(f"{serv} is not configured (set {words}"), (serv, summary)
+        report = gateway.state(queued[serv])
+        assert report["state"] == "queued" and report["attempts"] == 0, report
+    assert not [record for record in receiver.received() if record["dest"] == "ops-queued"]
+    refused = gateway.msg(id=gateway.upload_id(b"hola"), serv="noslot", dest="ops", type="text")  # and /msg says what to set
+    assert refused.status_code == 400 and "(missing an Apprise URL holding ${dest} exactly once in MULTIMSG_NOSLOT_URL)" in refused.text, refused.text

@@ -5,10 +5,12 @@ free loopback port, SQLite), register users through the shared-secret admin API,
 send through ``multimsg.services.matrix.Matrix`` and read the events back. Synapse
 (``matrix-synapse``) is in the test extra, so under CI=true these tests must run.
 M_LIMIT_EXCEEDED comes from the real Synapse too (a user whose rate limit the admin API
-lowered). The outcome rows a real homeserver will not produce on demand (5xx, timeouts,
-dropped connections, M_TOO_LARGE, idempotency seen from the server side) run against
-tests/emulators/matrix.py. Every datatype also goes end to end through a real runner
-configured by environment to the real Synapse, by HTTP and by the CLI.
+lowered). Every datatype also goes end to end through a real runner configured by
+environment to the real Synapse, by HTTP and by the CLI. Every row of the outcome table goes
+through a runner of its own to tests/emulators/matrix.py, which produces on demand what a real
+homeserver will not (M_LIMIT_EXCEEDED with a chosen retry_after_ms, 5xx, timeouts, dropped
+connections, M_TOO_LARGE, idempotency seen from the server side): upload, /msg, the drain,
+then /cons and /drain.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from multimsg.services.matrix import Matrix
 from tests.conftest import require
 from tests.emulators import MatrixEmulator
 from tests.media import ogg_opus, png
-from tests.native_support import VIA, instance_env, send_every, serve
+from tests.native_support import RETRIES, VIA, assert_gave_up_retrying, assert_held, assert_throttled, instance_env, scripted, send_every, serve
 
 _ids = itertools.count(1)
 
@@ -198,7 +200,7 @@ def test_every_datatype_arrives_in_synapse_end_to_end(matrix_gateway, synapse, r
         assert download.status_code == 200 and download.content == item.content, item.datatype
 
 
-# -- fault rows, against the emulator ---------------------------------------------------------
+# -- fault rows, against the emulator, through a runner ----------------------------------------------
 
 @pytest.fixture(scope="module")
 def matrix_server():
@@ -212,70 +214,111 @@ def matrix(matrix_server):
     return matrix_server
 
 
-def test_emulator_limit_exceeded_honours_retry_after_ms(matrix):
-    matrix.script("limit", dest="!r:localhost", retry_after_ms=2500)
-    outcome = service(matrix.url, matrix.token).send(message(b"hola", "!r:localhost"))
-    assert outcome.kind == "retry" and outcome.retry_after == 2.5 and outcome.throttle == "service"
-    assert "M_LIMIT_EXCEEDED" in outcome.reason
+@pytest.fixture(scope="module")
+def emulated_gateway(tmp_path_factory, server_keys, matrix_server):
+    """A runner of its own for the emulator's rows, so that they do not wait for (or skip with) Synapse."""
+    account = {"homeserver": matrix_server.url, "access_token": matrix_server.token}
+    env = {**RETRIES, **instance_env("mxe", "matrix", **account),
+           # a held instance waits a minute for its next probe: one instance per misconfigured row
+           **instance_env("mxtoken", "matrix", **{**account, "access_token": "syt_not_the_token"}),
+           **instance_env("mxnope", "matrix", **{**account, "homeserver": matrix_server.url + "/nope"}),
+           **instance_env("mxmissing", "matrix", **account), **instance_env("mx404", "matrix", **account)}
+    yield from serve(tmp_path_factory, server_keys, env, "matrix-emulated")
 
 
-@pytest.mark.parametrize("answer, extra, reason", [
-    ("server_error", {}, "M_UNKNOWN"),
+def new_room() -> str:
+    return f"!{new_id().lower()}:localhost"
+
+
+def sends_to(emulator, room: str, count: int = 1) -> list[dict]:
+    return emulator.wait_for(lambda r: r["method"] == "send" and r["dest"] == room, count=count)
+
+
+@pytest.mark.parametrize("answer, extra, retry_after", [
+    ("limit", {"retry_after_ms": 1200}, 1.2),
+    ({"status": 429, "body": {"errcode": "M_LIMIT_EXCEEDED", "error": "Too Many Requests"}, "headers": {"Retry-After": "1"}}, {}, 1),
+], ids=["retry_after_ms", "Retry-After"])
+def test_limit_exceeded_waits_for_retry_after_and_slows_the_whole_service_down(emulated_gateway, matrix, answer, extra, retry_after):
+    rooms = (new_room(), new_room())
+    message_id = scripted(emulated_gateway, matrix, "mxe", rooms[0], answer, **extra)
+    limited, resent, _ = assert_throttled(emulated_gateway, matrix, "mxe", message_id, rooms, "M_LIMIT_EXCEEDED", retry_after)
+    assert limited["fields"]["txn"] == resent["fields"]["txn"] and resent["fields"]["repeat"] is False  # refused, so not made
+
+
+@pytest.mark.parametrize("answer, extra, words", [
+    ("server_error", {}, "M_UNKNOWN: Internal server error"),
     ("bad_gateway", {}, "HTTP 502"),
     ("timeout", {"seconds": 3}, "did not answer in time"),
     ("drop", {}, "could not reach the homeserver"),
     ({"status": 200, "body": {}}, {}, "not a sent event"),
 ], ids=["500", "502-html", "timeout", "dropped", "200-without-event_id"])
-def test_emulator_transient_answers_are_retried_with_the_same_transaction(matrix, answer, extra, reason):
-    matrix.script(answer, dest="!r:localhost", **extra)
-    data = message(b"hola", "!r:localhost")
-    outcome = service(matrix.url, matrix.token).send(data)
-    assert outcome.kind == "retry" and reason in outcome.reason, outcome
-    assert service(matrix.url, matrix.token).send(data).kind == "delivered"
-    transactions = {r["fields"]["txn"] for r in matrix.received() if r["method"] == "send"}
-    assert transactions == {f"multimsg.{data['id']}.0"}
+def test_transient_answers_are_retried_with_the_same_transaction(emulated_gateway, matrix, answer, extra, words):
+    room = new_room()
+    message_id = scripted(emulated_gateway, matrix, "mxe", room, answer, times=2, **extra)
+    first, second = assert_gave_up_retrying(emulated_gateway, matrix, message_id, room, words)
+    assert first["fields"]["txn"] == second["fields"]["txn"] == f"multimsg.{message_id}.0"
 
 
-def test_emulator_a_timed_out_send_retried_is_the_same_event(matrix):
-    matrix.script("timeout", dest="!r:localhost", seconds=3)
-    data = message(b"hola", "!r:localhost")
-    assert service(matrix.url, matrix.token).send(data).kind == "retry"
-    assert service(matrix.url, matrix.token).send(data).kind == "delivered"
-    first, second = [r for r in matrix.received() if r["method"] == "send"]
-    assert first["status"] == second["status"] == 200 and second["fields"]["repeat"] is True
-    assert first["response"]["event_id"] == second["response"]["event_id"]
+def test_a_timed_out_event_sent_again_is_the_same_event(emulated_gateway, matrix):
+    room = new_room()
+    report = emulated_gateway.wait_state(scripted(emulated_gateway, matrix, "mxe", room, "timeout", seconds=3))
+    assert report["state"] == "delivered" and report["attempts"] == 1, report
+    late, again = sends_to(matrix, room, count=2)
+    assert late["status"] == again["status"] == 200 and (late["fields"]["repeat"], again["fields"]["repeat"]) == (False, True)
+    assert report["platform_ids"] == [late["response"]["event_id"]] == [again["response"]["event_id"]]
 
 
-@pytest.mark.parametrize("answer, kind, errcode", [
-    ("unknown_token", "misconfigured", "M_UNKNOWN_TOKEN"),
-    ("forbidden", "failed", "M_FORBIDDEN"),
-    ("not_found", "failed", "M_NOT_FOUND"),
-    ("too_large", "failed", "M_TOO_LARGE"),
-])
-def test_emulator_refusals(matrix, answer, kind, errcode):
-    matrix.script(answer, dest="!r:localhost")
-    outcome = service(matrix.url, matrix.token).send(message(b"hola", "!r:localhost"))
-    assert outcome.kind == kind and errcode in outcome.reason
+def test_an_upload_answer_without_content_uri_is_retried_before_any_event(emulated_gateway, matrix):
+    room = new_room()
+    matrix.script({"status": 200, "body": {}}, method="upload", times=2)
+    report = emulated_gateway.wait_state(emulated_gateway.send(png(), "mxe", room, "image"))
+    assert report["state"] == "failed" and report["last_error"] == "gave up after 2 attempts: matrix: an upload answer without a content_uri", report
+    assert [r["method"] for r in matrix.received()] == ["upload", "upload"]
 
 
-def test_emulator_a_homeserver_url_that_is_not_matrix_is_misconfigured(matrix):
-    outcome = service(matrix.url + "/nope", matrix.token).send(message(b"hola", "!r:localhost"))
-    assert outcome.kind == "misconfigured" and "M_UNRECOGNIZED" in outcome.reason
-
-
-def test_emulator_an_upload_is_not_repeated_by_a_retry(matrix):
+def test_an_upload_is_not_repeated_by_a_retry(emulated_gateway, matrix):
+    alias = f"#fotos-{new_id().lower()}:localhost"
     matrix.script("server_error", method="send")
-    svc, data = service(matrix.url, matrix.token), message(png(), "#fotos:localhost", "image")
-    assert svc.send(data).kind == "retry"
-    assert svc.send(data).kind == "delivered"
-    uploads = [r for r in matrix.received() if r["method"] == "upload"]
-    assert len(uploads) == 1 and uploads[0]["files"]["file"]["sha256"] == hashlib.sha256(png()).hexdigest()
-    assert len([r for r in matrix.received() if r["method"] == "directory"]) == 1  # the alias is remembered too
-    assert {r["dest"] for r in matrix.received() if r["method"] == "send"} == {"!fotos:localhost"}
+    report = emulated_gateway.wait_state(emulated_gateway.send(png(), "mxe", alias, "image"))
+    assert report["state"] == "delivered" and report["attempts"] == 1, report
+    assert [r["method"] for r in matrix.received()] == ["directory", "upload", "send", "send"]  # the alias and the file remembered
+    upload, failed, sent = (r for r in matrix.received() if r["method"] != "directory")
+    assert upload["files"]["file"]["sha256"] == hashlib.sha256(png()).hexdigest()
+    assert failed["json"]["url"] == sent["json"]["url"] == upload["response"]["content_uri"] and sent["dest"] == f"!{alias[1:]}"
 
 
-def test_emulator_a_refused_upload_fails_before_any_event(matrix):
-    matrix.script("too_large", method="upload")
-    outcome = service(matrix.url, matrix.token).send(message(png(), "!r:localhost", "image"))
-    assert outcome.kind == "failed" and "M_TOO_LARGE" in outcome.reason
-    assert not [r for r in matrix.received() if r["method"] == "send"]
+@pytest.mark.parametrize("serv, answer, errcode", [
+    ("mxtoken", None, "M_UNKNOWN_TOKEN"),  # the instance's token is not the account's
+    ("mxnope", None, "M_UNRECOGNIZED"),  # its homeserver URL is not the client-server API
+    ("mxmissing", {"status": 401, "body": {"errcode": "M_MISSING_TOKEN", "error": "Missing access token"}}, "M_MISSING_TOKEN"),
+    ("mx404", {"status": 404, "raw": "404 page not found"}, "HTTP 404"),  # a 404 without an errcode: not a homeserver
+])
+def test_refused_credentials_or_homeserver_hold_the_instance(emulated_gateway, matrix, serv, answer, errcode):
+    room = new_room()
+    message_id = scripted(emulated_gateway, matrix, serv, room, answer) if answer else emulated_gateway.send(b"hola", serv, room)
+    report = assert_held(emulated_gateway, matrix, serv, message_id, errcode, new_room())
+    assert "syt_" not in report["last_error"]
+
+
+@pytest.mark.parametrize("answer, method, errcode", [
+    ("forbidden", "send", "M_FORBIDDEN: User @bot:localhost not in room"),
+    ("not_found", "send", "M_NOT_FOUND: Unknown room"),
+    ("too_large", "send", "M_TOO_LARGE"),
+    ({"status": 400, "body": {"errcode": "M_BAD_JSON", "error": "Content not JSON."}}, "send", "M_BAD_JSON: Content not JSON."),
+    ("too_large", "upload", "M_TOO_LARGE: Uploaded content is too large"),
+])
+def test_refusals_fail_with_the_homeserver_error(emulated_gateway, matrix, answer, method, errcode):
+    room = new_room()
+    datatype, content = ("image", png()) if method == "upload" else ("text", b"hola")
+    matrix.script(answer, dest=None if method == "upload" else room, method=method)
+    report = emulated_gateway.wait_state(emulated_gateway.send(content, "mxe", room, datatype))
+    assert report["state"] == "failed" and report["attempts"] == 1 and errcode in report["last_error"], report
+    assert len([r for r in matrix.received() if r["method"] == method]) == 1
+    if method == "upload":
+        assert not [r for r in matrix.received() if r["method"] == "send"]  # no event for a file that did not go up
+
+
+def test_an_alias_the_homeserver_does_not_know_fails(emulated_gateway, matrix):
+    report = emulated_gateway.wait_state(emulated_gateway.send(b"hola", "mxe", "#missing-room:localhost"))
+    assert report["state"] == "failed" and "M_NOT_FOUND: Room alias #missing-room:localhost not found" in report["last_error"], report
+    assert [r["method"] for r in matrix.received()] == ["directory"]

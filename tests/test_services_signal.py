@@ -1,8 +1,9 @@
 """Signal through signal-cli-rest-api: the wire format and one test per outcome row (multimsg/services/signal.py).
 
-The outcome rows build the service in-process with a ``ServiceConfig`` pointing at the
-emulator (tests/emulators/signal.py) and call ``send`` directly; every datatype Signal takes
-also goes end to end through a real runner configured by environment, by HTTP and by the CLI.
+The wire format is checked in-process (the service built with a ``ServiceConfig`` pointing at
+the emulator, tests/emulators/signal.py, and ``send`` called directly). Every datatype Signal
+takes goes end to end through a real runner configured by environment, by HTTP and by the CLI,
+and so does every row of the outcome table: upload, /msg, the drain, then /cons and /drain.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from multimsg.services import KINDS
 from multimsg.services.signal import Signal
 from tests.emulators import SignalEmulator
 from tests.media import ogg_opus, png
-from tests.native_support import VIA, arrivals, instance_env, send_every, serve
+from tests.native_support import RETRIES, VIA, arrivals, assert_gave_up_retrying, assert_held, assert_throttled, instance_env, scripted, send_every, serve
 from tests.services_support import sha256
 
 _numbers = itertools.count(4917000000001)
@@ -106,7 +107,12 @@ def test_a_large_document_is_streamed_byte_for_byte(signal):
 
 @pytest.fixture(scope="module")
 def signal_gateway(tmp_path_factory, server_keys, signal_server):
-    env = instance_env("sig", "signal", api_url=signal_server.url, number=signal_server.number)
+    account = {"api_url": signal_server.url, "number": signal_server.number}
+    env = {**RETRIES, **instance_env("sig", "signal", **account),
+           # a held instance waits a minute for its next probe: one instance per misconfigured row
+           **instance_env("sigcaptcha", "signal", **account),
+           **instance_env("signoacct", "signal", api_url=signal_server.url, number="+4915199999999"),
+           **instance_env("sigurl", "signal", api_url=signal_server.url + "/nope", number=signal_server.number)}
     yield from serve(tmp_path_factory, server_keys, env, "signal")
 
 
@@ -129,56 +135,45 @@ def test_voice_is_refused_at_msg_with_the_reason(signal_gateway):
     assert response.status_code == 400 and "voice" in response.text, response.text
 
 
-# -- outcome table ---------------------------------------------------------------------------
+# -- outcome table, through the runner -----------------------------------------------------------
 
-def test_captcha_challenge_is_misconfigured(signal):
+def test_captcha_challenge_holds_the_instance_as_misconfigured(signal_gateway, signal):
     dest = new_number()
-    signal.script("captcha", dest=dest)
-    outcome = service(signal).send(message(b"hola", dest))
-    assert outcome.kind == "misconfigured" and "needs a captcha" in outcome.reason
+    message_id = scripted(signal_gateway, signal, "sigcaptcha", dest, "captcha")
+    assert_held(signal_gateway, signal, "sigcaptcha", message_id, "needs a captcha", new_number())
+    [challenged] = signal.wait_for(lambda r: r["dest"] == dest)
+    assert challenged["status"] == 429 and challenged["response"]["challenge_tokens"]
 
 
-def test_429_without_challenge_is_a_service_throttle(signal):
-    dest = new_number()
-    signal.script("rate_limited", dest=dest)
-    outcome = service(signal).send(message(b"hola", dest))
-    assert outcome.kind == "retry" and outcome.throttle == "service"
+def test_429_without_challenge_slows_the_whole_service_down(signal_gateway, signal):
+    dests = (new_number(), new_number())
+    message_id = scripted(signal_gateway, signal, "sig", dests[0], "rate_limited")
+    assert_throttled(signal_gateway, signal, "sig", message_id, dests, "rate limiting", retry_after=None)  # Signal says none
 
 
-def test_unknown_recipient_fails(signal):
-    dest = new_number()
-    signal.script("unregistered", dest=dest, who=dest)
-    outcome = service(signal).send(message(b"hola", dest))
-    assert outcome.kind == "failed" and "Unregistered user" in outcome.reason
+@pytest.mark.parametrize("serv, words", [("signoacct", "not an account of this signal-cli-rest-api"), ("sigurl", "API URL was refused")])
+def test_an_account_or_api_url_the_api_refuses_holds_the_instance(signal_gateway, signal, serv, words):
+    assert_held(signal_gateway, signal, serv, signal_gateway.send(b"hola", serv, new_number()), words, new_number())
 
 
-def test_an_account_the_api_does_not_have_is_misconfigured(signal):
-    outcome = service(signal, number="+4915199999999").send(message(b"hola", new_number()))
-    assert outcome.kind == "misconfigured" and "not an account" in outcome.reason
+@pytest.mark.parametrize("answer, extra, words", [
+    ("unregistered", {"who": "+4917000000009"}, 'Failed to send message: Unregistered user "+4917000000009"'),
+    ({"status": 400, "body": {"error": "Invalid group id"}}, {}, "Invalid group id"),
+    ({"status": 413, "body": {"error": "Request Entity Too Large"}}, {}, "Request Entity Too Large"),
+], ids=["unregistered", "other-400", "413"])
+def test_refusals_of_the_message_fail_with_the_api_error(signal_gateway, signal, answer, extra, words):
+    report = signal_gateway.wait_state(scripted(signal_gateway, signal, "sig", new_number(), answer, **extra))
+    assert report["state"] == "failed" and report["last_error"] == f"signal: {words}", report
 
 
-def test_a_wrong_api_url_is_misconfigured(signal):
-    outcome = service(signal, api_url=signal.url + "/nope").send(message(b"hola", new_number()))
-    assert outcome.kind == "misconfigured" and "API URL" in outcome.reason
-
-
-@pytest.mark.parametrize("answer, extra, reason", [
+@pytest.mark.parametrize("answer, extra, words", [
     ("server_error", {}, "Internal Server Error"),
     ("bad_gateway", {}, "HTTP 502"),
     ("timeout", {"seconds": 3}, "did not answer in time"),
     ("drop", {}, "could not reach the platform"),
     ({"status": 201, "body": {}}, {}, "not a sent message"),
 ], ids=["500", "502-html", "timeout", "dropped", "201-without-timestamp"])
-def test_transient_answers_are_retried(signal, answer, extra, reason):
+def test_transient_answers_are_retried(signal_gateway, signal, answer, extra, words):
     dest = new_number()
-    signal.script(answer, dest=dest, **extra)
-    outcome = service(signal).send(message(b"hola", dest))
-    assert outcome.kind == "retry" and reason in outcome.reason, outcome
-    assert service(signal).send(message(b"hola", dest)).kind == "delivered"
-
-
-def test_other_4xx_fail_with_the_error(signal):
-    dest = new_number()
-    signal.script({"status": 400, "body": {"error": "Invalid group id"}}, dest=dest)
-    outcome = service(signal).send(message(b"hola", dest))
-    assert outcome.kind == "failed" and outcome.reason == "signal: Invalid group id"
+    message_id = scripted(signal_gateway, signal, "sig", dest, answer, times=2, **extra)
+    assert_gave_up_retrying(signal_gateway, signal, message_id, dest, words)

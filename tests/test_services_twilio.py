@@ -1,8 +1,9 @@
 """SMS/MMS through Twilio: the wire format and one test per outcome row (multimsg/services/twilio.py).
 
-The outcome rows build the service in-process with a ``ServiceConfig`` pointing at the
-emulator (tests/emulators/twilio.py); every datatype Twilio takes also goes end to end
-through a real runner configured by environment, by HTTP and by the CLI.
+The wire format is checked in-process (the service built with a ``ServiceConfig`` pointing at
+the emulator, tests/emulators/twilio.py). Every datatype Twilio takes goes end to end through
+a real runner configured by environment, by HTTP and by the CLI, and so does every row of the
+outcome table: upload, /msg, the drain, then /cons and /drain.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from multimsg.services import KINDS
 from multimsg.services.twilio import Twilio
 from tests.emulators import TwilioEmulator
 from tests.media import png
-from tests.native_support import VIA, arrivals, instance_env, send_every, serve
+from tests.native_support import RETRIES, VIA, arrivals, assert_gave_up_retrying, assert_held, assert_throttled, instance_env, scripted, send_every, serve
 
 _numbers = itertools.count(14155550001)
 
@@ -102,7 +103,12 @@ MEDIA_BASE = "https://media.example.org/mm"
 @pytest.fixture(scope="module")
 def twilio_gateway(tmp_path_factory, server_keys, twilio_server):
     account = {"account_sid": twilio_server.sid, "auth_token": twilio_server.token, "from": "+15005550006", "api_url": twilio_server.url}
-    env = {**instance_env("tw", "twilio", **account, media_base_url=MEDIA_BASE), **instance_env("twsms", "twilio", **account)}
+    env = {**RETRIES, **instance_env("tw", "twilio", **account, media_base_url=MEDIA_BASE), **instance_env("twsms", "twilio", **account),
+           # a held instance waits a minute for its next probe: one instance per misconfigured row
+           **instance_env("twauth", "twilio", **{**account, "auth_token": "wrong-token"}),
+           **instance_env("twsid", "twilio", **{**account, "api_url": twilio_server.url + "/elsewhere"}),
+           **instance_env("twfrom", "twilio", **{**account, "from": "+15005550009"}),
+           **instance_env("tw21212", "twilio", **account), **instance_env("tw21659", "twilio", **account)}
     yield from serve(tmp_path_factory, server_keys, env, "twilio")
 
 
@@ -124,54 +130,49 @@ def test_media_are_refused_at_msg_by_an_instance_without_a_media_base_url(twilio
     assert twilio_gateway.wait_state(twilio_gateway.send(b"solo texto", "twsms", new_number()))["state"] == "delivered"
 
 
-# -- outcome table ---------------------------------------------------------------------------
+# -- outcome table, through the runner -----------------------------------------------------------
 
-@pytest.mark.parametrize("answer", ["too_many", {"status": 429, "body": {"message": "slow down"}, "headers": {"Retry-After": "2"}}], ids=["20429", "429-header"])
-def test_rate_limits_are_a_service_throttle(twilio, answer):
+@pytest.mark.parametrize("answer, words, retry_after", [
+    ("too_many", "Too Many Requests (error 20429)", None),  # without a Retry-After
+    ({"status": 429, "body": {"message": "slow down"}, "headers": {"Retry-After": "1"}}, "slow down", 1),
+], ids=["20429", "429-retry-after"])
+def test_rate_limits_slow_the_whole_service_down(twilio_gateway, twilio, answer, words, retry_after):
+    dests = (new_number(), new_number())
+    message_id = scripted(twilio_gateway, twilio, "tw", dests[0], answer)
+    assert_throttled(twilio_gateway, twilio, "tw", message_id, dests, words, retry_after)
+
+
+@pytest.mark.parametrize("answer, code", [("invalid_to", 21211), ("not_mobile", 21614), ("unsubscribed", 21610),
+                                          ({"status": 400, "body": {"code": 21408, "message": "Permission to send an SMS has not been enabled"}}, 21408)],
+                         ids=["21211", "21614", "21610", "other"])
+def test_refused_numbers_and_other_errors_fail_with_twilio_message_and_code(twilio_gateway, twilio, answer, code):
+    report = twilio_gateway.wait_state(scripted(twilio_gateway, twilio, "tw", new_number(), answer))
+    assert report["state"] == "failed" and report["last_error"].endswith(f"(error {code})"), report
+    assert len(report["last_error"]) > len(f"twilio:  (error {code})")  # Twilio's message too
+
+
+@pytest.mark.parametrize("serv, answer, code", [
+    ("twauth", None, 20003),  # the instance's auth token is wrong
+    ("twsid", None, 20404),  # its api_url leads to no account's Messages
+    ("twfrom", None, 21606),  # its from is not a number of the account
+    ("tw21212", {"status": 400, "body": {"code": 21212, "message": "The 'From' number +1500 is not a valid phone number"}}, 21212),
+    ("tw21659", {"status": 400, "body": {"code": 21659, "message": "Source number is not a Twilio number"}}, 21659),
+])
+def test_refused_account_settings_hold_the_instance(twilio_gateway, twilio, serv, answer, code):
     dest = new_number()
-    twilio.script(answer, dest=dest)
-    outcome = service(twilio).send(message(b"hola", dest))
-    assert outcome.kind == "retry" and outcome.throttle == "service", outcome
-    if isinstance(answer, dict):
-        assert outcome.retry_after == 2
+    message_id = scripted(twilio_gateway, twilio, serv, dest, answer) if answer else twilio_gateway.send(b"hola", serv, dest)
+    report = assert_held(twilio_gateway, twilio, serv, message_id, f"(error {code})", new_number())
+    assert "wrong-token" not in report["last_error"]
 
 
-@pytest.mark.parametrize("answer, code", [("invalid_to", 21211), ("not_mobile", 21614), ("unsubscribed", 21610)])
-def test_refused_numbers_fail(twilio, answer, code):
-    dest = new_number()
-    twilio.script(answer, dest=dest)
-    outcome = service(twilio).send(message(b"hola", dest))
-    assert outcome.kind == "failed" and f"(error {code})" in outcome.reason
-
-
-def test_a_wrong_auth_token_is_misconfigured(twilio):
-    outcome = service(twilio, auth_token="wrong").send(message(b"hola", new_number()))
-    assert outcome.kind == "misconfigured" and "(error 20003)" in outcome.reason
-    assert "wrong" not in outcome.reason
-
-
-def test_a_wrong_account_sid_is_misconfigured(twilio):
-    svc = service(twilio)
-    svc.api_url = twilio.url + "/elsewhere"
-    outcome = svc.send(message(b"hola", new_number()))
-    assert outcome.kind == "misconfigured" and "(error 20404)" in outcome.reason
-
-
-def test_a_from_number_not_of_the_account_is_misconfigured(twilio):
-    outcome = service(twilio, sender="+15005550009").send(message(b"hola", new_number()))
-    assert outcome.kind == "misconfigured" and "(error 21606)" in outcome.reason
-
-
-@pytest.mark.parametrize("answer, extra, reason", [
-    ("server_error", {}, "Internal Server Error"),
+@pytest.mark.parametrize("answer, extra, words", [
+    ("server_error", {}, "Internal Server Error (error 20500)"),
     ("bad_gateway", {}, "HTTP 503"),
     ("timeout", {"seconds": 3}, "did not answer in time"),
     ("drop", {}, "could not reach the platform"),
     ({"status": 201, "body": {"status": "queued"}}, {}, "not a created message"),
 ], ids=["500", "503-html", "timeout", "dropped", "201-without-sid"])
-def test_transient_answers_are_retried(twilio, answer, extra, reason):
+def test_transient_answers_are_retried(twilio_gateway, twilio, answer, extra, words):
     dest = new_number()
-    twilio.script(answer, dest=dest, **extra)
-    outcome = service(twilio).send(message(b"hola", dest))
-    assert outcome.kind == "retry" and reason in outcome.reason, outcome
-    assert service(twilio).send(message(b"hola", dest)).kind == "delivered"
+    message_id = scripted(twilio_gateway, twilio, "tw", dest, answer, times=2, **extra)
+    assert_gave_up_retrying(twilio_gateway, twilio, message_id, dest, words)

@@ -1,7 +1,7 @@
 """The Apprise bridge: any of Apprise's notification plugins as a multimsg service.
 
-An instance declares (settings ``url`` and ``dest_pattern``, ``the url setting``
-and ``the dest_pattern setting``):
+An instance declares (settings ``url`` and ``dest_pattern``, ``MULTIMSG_<NAME>_URL``
+and ``MULTIMSG_<NAME>_DEST_PATTERN``):
 
 - an Apprise URL template with exactly one ``${dest}`` slot, e.g.
   ``ntfys://ntfy.example.org/${dest}`` or ``json://hooks.example.org/in/${dest}``;
@@ -112,7 +112,7 @@ def plugin_class(template: str):
 class AppriseBridge(ServiceBase):
     kind = "apprise"
     datatypes = frozenset({Datatypes.TEXT, *FILES})  # narrowed per instance to what its plugin takes
-    dest_format = "what this server's the dest_pattern setting matches"
+    dest_format = "what this instance's dest_pattern setting matches"
     dest_pattern = re.compile(r"(?!)")  # replaced per instance by the configured pattern
     rate = DEFAULT_RATE
     credentials = {"url_template": "url", "dest_regex": "dest_pattern"}
@@ -131,20 +131,25 @@ class AppriseBridge(ServiceBase):
         self.problem = self._configure()
 
     def _configure(self) -> str | None:
-        """Why this instance cannot send (None: it can); sets the per-instance pattern, datatypes, pace, limits."""
+        """What this instance lacks to send (None: nothing); sets the per-instance pattern, datatypes, pace, limits.
+
+        Said as what to set, like ``missing_credentials`` (the drain reports "not configured (set ...)",
+        /msg "(missing ...)"), naming the instance's own variables.
+        """
         template, regex = self.url_template or "", self.dest_regex or ""
         if not template or not regex:
             return None  # missing_credentials says so
+        url, pattern = self._variable("url_template", "url"), self._variable("dest_regex", "dest_pattern")
         if template.count(SLOT) != 1:
-            return f"the url setting must hold {SLOT} exactly once"
+            return f"an Apprise URL holding {SLOT} exactly once in {url}"
         try:
             self._override(dest_pattern=re.compile(regex))
         except re.error as exc:
-            return f"the dest_pattern setting is not a regular expression ({exc})"
+            return f"a regular expression in {pattern} ({exc})"
         self._override(dest_format=f"a destination matching {regex}")
         plugin = plugin_class(template)
         if plugin is None:
-            return "the url setting names no Apprise plugin this server has (is the plugin's library installed?)"
+            return f"an Apprise URL in {url} whose schema names a plugin this server has (is the plugin's library installed?)"
         self._override(datatypes=frozenset({Datatypes.TEXT, *(FILES if getattr(plugin, "attachment_support", False) else ())}))
         spacing = getattr(plugin, "request_rate_per_sec", 0)
         spacing = float(spacing) if isinstance(spacing, (int, float)) else 0.0
@@ -154,6 +159,10 @@ class AppriseBridge(ServiceBase):
             limit = max(1, min(maxlen, 32768) - HEADROOM)
             self._override(text_limit=limit, caption_limit=limit)
         return None
+
+    def _variable(self, attribute: str, key: str) -> str:
+        """The variable that sets ``attribute`` for this instance (``MULTIMSG_<NAME>_URL``), or the setting's name."""
+        return self.config.variables.get(attribute) or f"the {key} setting"
 
     def _override(self, **values) -> None:
         """Per-instance values of what ServiceBase declares as class data (they depend on the configured plugin)."""
@@ -183,12 +192,14 @@ class AppriseBridge(ServiceBase):
         dest = dest.strip()
         if UNSAFE.search(dest):
             raise InvalidInput("'dest' for apprise may not hold '..', '/', '\\', '?', '#', '%', '@', spaces or control characters")
+        if not self.configured():  # no pattern to match yet: /msg then says what the instance lacks, not that the dest is wrong
+            return dest
         return super().check_dest(dest)
 
     # -- sending ---------------------------------------------------------------
     def send(self, data: dict) -> Outcome:
         if self.problem:
-            return Outcome.misconfigured(f"apprise: {self.problem}")
+            return Outcome.misconfigured(f"apprise: {self.name} needs {self.problem}")
         try:
             dest = self.check_dest(data["dest"])
         except InvalidInput as exc:
