@@ -72,7 +72,7 @@ def events(decoder: MultipartDecoder, body: bytes, cuts: list[int]) -> list:
     return seen
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(bodies(), st.lists(st.integers(0, 10_000), max_size=6))
 def test_the_decoder_gives_werkzeugs_events_for_any_body_in_any_pieces(sample, cuts):
     boundary, body = sample
@@ -80,7 +80,7 @@ def test_the_decoder_gives_werkzeugs_events_for_any_body_in_any_pieces(sample, c
 
 
 @pytest.mark.parametrize("required", [False, True])
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(boundary=st.text(BOUNDARY_CHARS, min_size=1, max_size=20).map(str.encode),
        parts=st.lists(st.sampled_from([b"\r\n", b"\n", b"\r", b"--", b"-", b" ", b"\t", b"x", b"BOUNDARY"]), max_size=14),
        pos=st.integers(0, 6))

@@ -234,7 +234,7 @@ def _wait(procs: list[subprocess.Popen], timeout: float = 60.0) -> None:
                 proc.wait(10)
 
 
-@pytest.mark.parametrize("serv, count, limit", [("wpp1", 600, 80), ("telegram", 240, 30)])
+@pytest.mark.parametrize("serv, count, limit", [("wpp1", 400, 80), ("telegram", 160, 30)])
 def test_four_drain_workers_share_the_platform_limit(runners, tmp_path, shared_env, telegram, whatsapp, serv, count, limit):
     emulator = whatsapp if serv == "wpp1" else telegram
     a = runners("a")

@@ -68,7 +68,7 @@ def test_generated_requests_never_break_the_api_and_match_its_description(make_g
     env = {"MULTIMSG_RATE_LIMIT": "0", "MULTIMSG_FSYNC": "0", "MULTIMSG_IDENTITY": mode}
     runner = make_gateway(f"fuzz-{mode}", env=env)
     if mode == "mac":
-        options = ["--max-examples", "25", "--phases", "examples,coverage,fuzzing,stateful"]
+        options = ["--max-examples", "15", "--phases", "examples,coverage,fuzzing,stateful"]
     else:
         token = add_token("fuzzer", runner.home / "tokens")
         options = ["--max-examples", "5", "--phases", "coverage,fuzzing", "-H", f"Authorization: Bearer {token}"]
