@@ -84,9 +84,12 @@ class FileSpool(Spool):
             raise NotFound("data id has expired; upload the file again")
         return meta
 
-    def get(self, client: str, data_id: str) -> DataInfo:
-        meta = self._meta(client, data_id)
+    @staticmethod
+    def _info(data_id: str, meta: dict) -> DataInfo:
         return DataInfo(data_id, meta["size"], meta["filename"], meta["created_at"])
+
+    def get(self, client: str, data_id: str) -> DataInfo:
+        return self._info(data_id, self._meta(client, data_id))
 
     def content(self, client: str, data_id: str) -> Content:
         return self.lookup(client, data_id)[1]
@@ -97,7 +100,7 @@ class FileSpool(Spool):
             content = FileContent(self.layout.client_spool(client) / data_id)
         except FileNotFoundError:
             raise NotFound("data id has expired; upload the file again") from None
-        return DataInfo(data_id, meta["size"], meta["filename"], meta["created_at"]), content
+        return self._info(data_id, meta), content
 
     def attach(self, client: str, data_id: str, message_id: str) -> None:
         self._meta(client, data_id)

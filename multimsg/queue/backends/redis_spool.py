@@ -123,7 +123,10 @@ class RedisSpool(Spool):
 
     @guarded
     def get(self, client: str, data_id: str) -> DataInfo:
-        meta = self._meta(client, data_id)
+        return self._info(data_id, self._meta(client, data_id))
+
+    @staticmethod
+    def _info(data_id: str, meta: dict) -> DataInfo:
         return DataInfo(data_id, int(meta["size"]), meta["filename"], float(meta["created_at"]))
 
     @guarded
@@ -136,7 +139,7 @@ class RedisSpool(Spool):
         content = self._content(meta["blob"])
         if content is None:
             raise NotFound(EXPIRED)
-        return DataInfo(data_id, int(meta["size"]), meta["filename"], float(meta["created_at"])), content
+        return self._info(data_id, meta), content
 
     @guarded
     def attach(self, client: str, data_id: str, message_id: str) -> None:

@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import time
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, ContextManager, Iterator
 
@@ -62,13 +63,13 @@ class TinyHistory:
         folder = self._history_folder(client)
         # Each line starts with a newline: a line torn by a crash never swallows the next one.
         lines = b"".join(b"\n" + json.dumps(e, separators=(",", ":")).encode() for e in entries)
-        path, name = folder / f"{day(at)}.jsonl", f"history-{folder.name}"
+        path, lock = folder / f"{day(at)}.jsonl", partial(self._lock, f"history-{folder.name}")
         try:
             try:  # with the other threads appending to the file now: one write and one fsync (fsutil)
-                append_grouped(path, lines, fsync=self.fsync and durable, lock=lambda: self._lock(name))
+                append_grouped(path, lines, fsync=self.fsync and durable, lock=lock)
             except FileNotFoundError:  # the client's first message
                 ensure_private_dir(folder)
-                append_grouped(path, lines, fsync=self.fsync and durable, lock=lambda: self._lock(name))
+                append_grouped(path, lines, fsync=self.fsync and durable, lock=lock)
         except LockTimeout:
             raise Unavailable("the history index is busy; try again") from None
         except OSError as exc:
