@@ -9,6 +9,11 @@ shuffled into one queue. Figures per instance: its rate while every instance was
 same monotonic clock), that rate against its own limit, the most the emulator accepted in any
 sliding second and its rate-limit answers; and the CPU the runner used per message.
 
+The runner drains from its own drain children (``MULTIMSG_DRAIN_WORKERS``,
+``--drains``, one per core by default), each sending for its share of the
+instances (``multimsg.queue.shares``), as a deployed runner does; ``--drains 1``
+measures one drain process for every instance.
+
 Goal (on 2 quiet cores): each instance at 90% or more of its own limit at the same time
 (288 + 54 msg/s combined), no rate-limit answer.
 
@@ -19,12 +24,13 @@ Run: ``python -m bench.accounts [--seconds 20]``; prints a table, writes bench/r
 from __future__ import annotations
 
 import argparse
+import os
 import random
 from contextlib import ExitStack
 
 from tests.emulators import TelegramEmulator, WhatsAppEmulator
 
-from .common import delivered_times, drain_all, emulator_env, machine, max_in_window, runner, save, seed_mixed
+from .common import delivered_times, drained_by_children, emulator_env, machine, max_in_window, runner, save, seed_mixed
 
 LATENCY = 0.15
 INSTANCES = {  # serv -> (emulator, limit per second)
@@ -43,16 +49,17 @@ def backlog(seconds: float) -> list[tuple[str, str]]:
     return pairs
 
 
-def run(seconds: float) -> dict:
+def run(seconds: float, drains: int) -> dict:
     pairs = backlog(seconds)
     with ExitStack() as stack:
         emulators = {serv: stack.enter_context(cls(latency=LATENCY, rate=limit).start()) for serv, (cls, limit) in INSTANCES.items()}
         env = {key: value for serv, emulator in emulators.items() for key, value in emulator_env(emulator, serv).items()}
         gateway = stack.enter_context(runner(env))
-        gateway.stop()  # seed while no runner holds the folder, then start again
+        gateway.stop()  # seed while no runner holds the folder, then start again, draining from its drain children
         seeded = seed_mixed(gateway.home, pairs)
+        gateway.env.update({"MULTIMSG_WORKERS": "2", "MULTIMSG_DRAIN_WORKERS": str(drains), "MULTIMSG_DRAIN_INTERVAL": "0.2"})
         gateway.start(timeout=120)
-        drained = drain_all(gateway, seeded)
+        drained = drained_by_children(gateway, emulators.values(), seeded)
         times = {serv: delivered_times(emulator) for serv, emulator in emulators.items()}
         limited = {serv: emulator.stats()["rate_limited"] for serv, emulator in emulators.items()}
     together_from = max(t[0] for t in times.values())  # every instance sending from here...
@@ -66,13 +73,12 @@ def run(seconds: float) -> dict:
                            "percent_of_limit": round(100 * rate / limit, 1), "rate_limited": limited[serv],
                            "max_in_any_window": max_in_window(times[serv])}
     return {
-        "machine": machine(), "emulator_latency_s": LATENCY, "messages": seeded,
+        "machine": machine(), "emulator_latency_s": LATENCY, "messages": seeded, "drain_processes": drains,
         "seconds": round(drained.seconds, 2), "rate": round(seeded / drained.seconds, 2),
         "together_s": round(together_to - together_from, 2),
         "rate_together": round(sum(i["rate_together"] for i in instances.values()), 2),
         "runner_cpu_ms_per_message": round(1000 * drained.cpu / seeded, 2),
         "runner_cpu_share": round(drained.cpu / drained.seconds, 2),
-        "passes": len(drained.passes), "retried": sum(p["retried"] for p in drained.passes),
         "instances": instances,
     }
 
@@ -88,15 +94,17 @@ def table(figures: dict) -> str:
                 f"{round(100 * figures['rate_together'] / limit, 1)} | {sum(i['rate_limited'] for i in figures['instances'].values())} | |")
     return "\n".join(rows) + (
         f"\n\nall sending together for {figures['together_s']} s of {figures['seconds']} s; "
-        f"runner CPU {figures['runner_cpu_ms_per_message']} ms per message ({figures['runner_cpu_share']} cores busy); "
-        f"{figures['passes']} drain passes, {figures['retried']} retries")
+        f"runner CPU {figures['runner_cpu_ms_per_message']} ms per message ({figures['runner_cpu_share']} cores busy), "
+        f"{figures['drain_processes']} drain process(es)")
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.accounts", description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=20.0, help="the backlog holds this many seconds of each limit (default %(default)s)")
+    parser.add_argument("--drains", type=int, default=os.cpu_count() or 1,
+                        help="drain processes sharing the instances (MULTIMSG_DRAIN_WORKERS; default: one per core, %(default)s)")
     args = parser.parse_args(argv)
-    figures = run(args.seconds)
+    figures = run(args.seconds, args.drains)
     print(table(figures), flush=True)
     save("accounts", figures)
 

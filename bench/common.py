@@ -29,7 +29,8 @@ from tests.emulators import TelegramEmulator, WhatsAppEmulator
 from tests.emulators.common import max_in_window
 from tests.gatewayproc import Gateway
 
-__all__ = ["RESULTS", "runner", "emulator_env", "seed", "seed_mixed", "drain_all", "Drained", "delivered_times", "worker_memory", "worker_cpu",
+__all__ = ["RESULTS", "runner", "emulator_env", "seed", "seed_mixed", "drain_all", "drained_by_children",
+           "tree_cpu", "Drained", "delivered_times", "worker_memory", "worker_cpu",
            "save", "machine", "max_in_window", "quantile", "process_tree"]
 
 RESULTS = Path(__file__).resolve().parent / "results.json"
@@ -108,6 +109,33 @@ def drain_all(gateway: Gateway, seeded: int) -> Drained:
         if not summary["claimed"]:
             time.sleep(0.2)
     return Drained(time.monotonic() - started, worker_cpu(gateway) - cpu, passes)
+
+
+def drained_by_children(gateway: Gateway, emulators: Iterable, seeded: int, timeout: float = 600.0) -> Drained:
+    """Wait until the runner's drain children (``MULTIMSG_DRAIN_INTERVAL`` > 0) have delivered ``seeded`` messages to ``emulators``.
+
+    The time runs from the call (made right after the runner started) to the
+    last acceptance; the CPU is the whole runner's (every process of its tree).
+    """
+    emulators = list(emulators)
+    started, cpu = time.monotonic(), tree_cpu(gateway.proc.pid)
+    while sum(emulator.stats()["accepted"] for emulator in emulators) < seeded:
+        if time.monotonic() - started > timeout:
+            raise RuntimeError(f"the backlog was not drained within {timeout:g} s")
+        time.sleep(0.1)
+    return Drained(time.monotonic() - started, tree_cpu(gateway.proc.pid) - cpu, [])
+
+
+def tree_cpu(pid: int) -> float:
+    """CPU seconds (user + system) used so far by ``pid`` and every process below it."""
+    total = 0.0
+    for member in process_tree(pid):
+        try:
+            fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
+        except FileNotFoundError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 def delivered_times(emulator) -> list[float]:

@@ -42,7 +42,7 @@ from urllib.parse import quote
 from tests.emulators import TelegramEmulator
 from tests.gatewayproc import ROOT, Gateway, free_port
 
-from .common import RESULTS, emulator_env, machine, process_tree, seed
+from .common import RESULTS, emulator_env, machine, seed, tree_cpu
 
 BOUNDARY = "multimsgbench"
 CHAT = "4242"
@@ -87,17 +87,6 @@ def wrk_script(folder: Path, name: str, method: str, body: bytes | None, content
     return path
 
 
-def cpu_seconds(pid: int) -> float:
-    total = 0.0
-    for each in process_tree(pid):
-        try:
-            fields = Path(f"/proc/{each}/stat").read_text().rsplit(")", 1)[1].split()
-        except FileNotFoundError:
-            continue
-        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return total
-
-
 def seconds_of(text: str) -> float:
     match = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text)
     assert match, text
@@ -105,10 +94,10 @@ def seconds_of(text: str) -> float:
 
 
 def wrk(url: str, script: Path, args, server_pid: int) -> dict:
-    before = cpu_seconds(server_pid)
+    before = tree_cpu(server_pid)
     out = subprocess.run(["wrk", "-t", str(args.threads), "-c", str(args.connections), "-d", f"{args.seconds}s",
                           "--latency", "-s", str(script), url], capture_output=True, text=True, timeout=args.seconds + 60).stdout
-    cpu = cpu_seconds(server_pid) - before
+    cpu = tree_cpu(server_pid) - before
     (script.parent / f"{script.stem}.wrk.out").write_text(out)
     total = int(re.search(r"(\d+) requests in", out)[1])
     bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)

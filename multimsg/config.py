@@ -212,6 +212,18 @@ def _workers(name: str, default: int) -> int:
     return value or os.cpu_count() or 1
 
 
+def _share(name: str, default: str | None) -> tuple[int, int] | None:
+    from .queue.shares import parse_share
+
+    value = (env(name) or "").strip()
+    if not value:
+        return None
+    try:
+        return parse_share(value)
+    except ValueError:
+        raise SystemExit(f"{name} must be I/N (share I, from 0, of N drain processes), not {value!r}") from None
+
+
 def _identity(name: str, default: str) -> str:
     return env_choice(name, default, ("mac", "token", "ip"))
 
@@ -235,6 +247,11 @@ class Settings:
     workers: int = setting("MULTIMSG_WORKERS", 0, _workers,
                            help="processes the local runner serves HTTP from (0: one per core; 1: one process that also drains)")
     drain_interval: float = setting("MULTIMSG_DRAIN_INTERVAL", 5.0, float)
+    drain_workers: int = setting("MULTIMSG_DRAIN_WORKERS", 0, _workers,
+                                 help="drain processes of the runner with several workers, each sending for its own share of the "
+                                      "service instances (0: one per core; never more than there are instances)")
+    drain_share: tuple[int, int] | None = setting("MULTIMSG_DRAIN_SHARE", None, _share,
+                                                  help="I/N: this process drains only share I (from 0) of N (each runner drain child has one)")
     drain_token: str | None = setting("MULTIMSG_DRAIN_TOKEN", None, secret=True)
     drain_lock: bool = setting("MULTIMSG_DRAIN_LOCK", True, bool, help="one pass at a time per data folder (an optimisation; leases keep several safe)")
     lease: float = setting("MULTIMSG_LEASE", 60.0, float, help="seconds a drain pass holds a message it claimed (extended while it sends)")

@@ -36,12 +36,13 @@ from .queue.drain import Drain, Tuning
 from .queue.receipts import Receipt
 from .queue.retry import RetryPolicy
 from .queue.sealed import seal_name
+from .queue.shares import Share, deal
 from .queue.spool import Spool
 from .queue.store import MessageStore
 from .quota import check_quota
 from .replay import ReplayRecord
 from .schedule import AT_FIELD, parse_at
-from .services import ServiceBase, get_service, service_class
+from .services import ServiceBase, get_service, instances, service_class
 
 __all__ = ["Gateway", "gateway", "sealed", "server_keys", "replay_record", "key_records", "redis_client", "MSG_FIELDS", "MSG_OPTIONS", "SEND_FIELDS"]
 
@@ -147,8 +148,11 @@ class Gateway:
 
             pacers = RedisPacers(shared, s.redis_tag, s.pace_margin, s.expected_latency)
             holds = RedisHolds(shared, s.redis_tag)
-        drain = Drain(store, spool, get_service, RetryPolicy.from_settings(s), layout.lock("drain") if s.drain_lock else None,
-                      clock=clock, tuning=Tuning.from_settings(s), archive_folder=archive_folder, pacers=pacers, holds=holds)
+        share = drain_share(s)
+        locks = [layout.lock(Share.lock_name(i)) for i in ([share.index] if share else range(drain_processes(s)))]
+        drain = Drain(store, spool, get_service, RetryPolicy.from_settings(s), locks if s.drain_lock else None,
+                      clock=clock, tuning=Tuning.from_settings(s), archive_folder=archive_folder, pacers=pacers, holds=holds,
+                      share=share)
         callbacks = Dispatcher(store, CallbackKeys(layout, store), parse_backoff(s.callback_backoff), s.callback_allow_private)
         convert.detect()  # ffmpeg found (or not) at start, in the background, and logged
         drain.after_pass = callbacks.run  # the events themselves are written by the store with each change
@@ -431,6 +435,23 @@ def key_records(s: Settings) -> KeyRecords:
     from .queue.backends.redis_idempotency import RedisKeyRecords
 
     return RedisKeyRecords(client, s.redis_tag)
+
+
+def drain_processes(s: Settings) -> int:
+    """How many drain processes share the instances: ``MULTIMSG_DRAIN_WORKERS``, at most one per configured instance."""
+    return max(1, min(s.drain_workers, len(instances())))
+
+
+def drain_share(s: Settings) -> Share | None:
+    """The share of the instances ``MULTIMSG_DRAIN_SHARE`` gives this process (None: it drains for every instance)."""
+    if s.drain_share is None:
+        return None
+    index, count = s.drain_share
+    weights = {}
+    for name in instances():
+        service = get_service(name)
+        weights[name] = float(service.rate if service.config.rate is None else service.config.rate)
+    return Share(index, count, deal(weights, count))
 
 
 @lru_cache(maxsize=1)

@@ -13,8 +13,10 @@ for MULTIMSG_HEADER_TIMEOUT between requests is closed too (waitress's
 
 With ``MULTIMSG_WORKERS=1`` everything is one process and the drain timer is
 a thread of it. With more (the default: one per core) the parent binds the
-port and forks that many workers serving it, each as above, plus one child
-that runs the drain timer (``multimsg.supervisor``).
+port and forks that many workers serving it, each as above, plus the drain
+children that run the drain timer (``multimsg.supervisor``): one, or with
+several service instances up to ``MULTIMSG_DRAIN_WORKERS`` (one per core by
+default), each sending for its own share of the instances (``queue.shares``).
 ``--debug`` uses Flask's development server instead, bound to the given host
 (127.0.0.1 by default).
 """
@@ -82,8 +84,10 @@ def _start_timer() -> None:
         DrainTimer(interval).start()
 
 
-def _drain_child(interval: float) -> None:
-    """The drain child of a runner with several workers: the timer in the foreground until SIGTERM."""
+def _drain_child(interval: float, index: int, count: int) -> None:
+    """A drain child of a runner with several workers: the timer, for share ``index`` of ``count``, until SIGTERM."""
+    if count > 1:
+        os.environ["MULTIMSG_DRAIN_SHARE"] = f"{index}/{count}"  # read when this child builds its gateway
     timer = DrainTimer(interval)
     signal.signal(signal.SIGTERM, lambda *_: timer.stopped.set())  # after the pass in progress
     timer.run()
@@ -102,9 +106,13 @@ def _serve_workers(app, host: str, port: int, workers: int) -> None:
     sockets = bind(host, port)
     share_between_processes()  # one count of each client's requests for all the workers
     children = [Child(f"worker {n}", lambda: _serve_worker(app, sockets)) for n in range(1, workers + 1)]
-    interval = settings().drain_interval
-    if interval > 0:
-        children.append(Child("drain", lambda: _drain_child(interval)))
+    s = settings()
+    if s.drain_interval > 0:
+        from .gateway import drain_processes
+
+        count = drain_processes(s)  # each its own share of the instances: one core is not enough for several busy accounts
+        children += [Child("drain" if count == 1 else f"drain {n + 1}/{count}", lambda n=n: _drain_child(s.drain_interval, n, count))
+                     for n in range(count)]
     sys.exit(Supervisor(children).run())
 
 
@@ -246,8 +254,10 @@ def main(argv: list[str] | None = None) -> None:
     gateway().public_key()  # make the key pair before serving, so /key is the same from the first call
     if s.workers > 1 and not args.debug:
         gateway.cache_clear()  # each worker builds its own (this one only checked the settings); the parent keeps none
-        log.info("listening on http://%s:%s with %d workers (drain every %g s, from a child of its own)",
-                 args.host, args.port, s.workers, s.drain_interval)
+        from .gateway import drain_processes
+
+        log.info("listening on http://%s:%s with %d workers (drain every %g s, from %d child(ren) of its own)",
+                 args.host, args.port, s.workers, s.drain_interval, drain_processes(s))
         _serve_workers(app, args.host, args.port, s.workers)
         return
     log.info("listening on http://%s:%s (drain every %g s)", args.host, args.port, s.drain_interval)

@@ -25,6 +25,7 @@ from multimsg.queue.backends.memory import MemorySpool, MemoryStore
 from multimsg.queue.backends.tiny import TinyStore
 from multimsg.queue.drain import Drain, Tuning
 from multimsg.queue.retry import RetryPolicy
+from multimsg.queue.shares import Share, deal
 from multimsg.services.base import Outcome, ServiceBase
 from tests.redis_support import redis_server, redis_url  # noqa: F401  (fixtures)
 from tests.s3_support import s3_bucket, s3_server  # noqa: F401  (fixtures)
@@ -498,6 +499,35 @@ def test_passes_run_together_without_the_lock_deliver_each_message_exactly_once(
         t.join(120)
     assert sorted(service.sent) == sorted(ids)  # every message once: none lost, none twice
     assert all(store.get(i).state == State.DELIVERED for i in ids)
+
+
+def test_drains_with_shares_each_lease_and_send_only_their_own_instances(store, spool):
+    """Several drain processes split the instances (``queue.shares``): each leases only its own instances' messages."""
+    services = {serv: Counting() for serv in ("uno", "dos", "tres", "gone")}
+    owners = deal({"uno": 80.0, "dos": 30.0, "tres": 30.0}, 2)  # by rate, largest first, to the lightest share
+    assert owners == {"uno": 0, "dos": 1, "tres": 1}
+    info = spool.put(CLIENT, [b"hola"], "t.txt")
+    ids: dict[str, list[str]] = {serv: [] for serv in services}
+    for n in range(40):
+        serv = list(services)[n % 4]  # "gone": an instance no longer configured, dealt by its name's CRC-32
+        m = message(serv=serv, dest=str(n), data_id=info.data_id)
+        spool.attach(CLIENT, info.data_id, m.id)
+        store.add(m)
+        ids[serv].append(m.id)
+    drains = [Drain(store, spool, services.__getitem__, RetryPolicy(base=0.01), tuning=Tuning(horizon=5.0, lease=5.0),
+                    share=Share(index, 2, owners)) for index in (0, 1)]
+    gone = Share(0, 2, owners).serves("gone")
+    first = drains[0].run_pass()
+    mine = ["uno"] + (["gone"] if gone else [])
+    assert first["claimed"] == first["delivered"] == 10 * len(mine)
+    for serv, service in services.items():
+        if serv in mine:
+            assert sorted(service.sent) == sorted(ids[serv])
+        else:  # not even leased: still queued, with no claim on it
+            assert service.sent == [] and all(store.get(i).state == State.QUEUED and store.get(i).claim is None for i in ids[serv])
+    second = drains[1].run_pass()
+    assert second["delivered"] == 40 - 10 * len(mine)
+    assert all(sorted(service.sent) == sorted(ids[serv]) for serv, service in services.items())  # each once, by one share
 
 
 def test_a_running_pass_takes_back_a_lease_that_lapses_while_it_runs(store, spool):

@@ -182,6 +182,28 @@ def test_a_second_pass_started_meanwhile_answers_busy(make_gateway, telegram):
     assert first["busy"] is False and first["delivered"] == 2
 
 
+def test_cron_passes_with_a_drain_share_each_send_for_their_own_instances(make_gateway, telegram):
+    gateway = make_gateway()
+    chat = str(next(_chats))
+    by_serv = {"telegram": gateway.send(b"por telegram", "telegram", chat), "outbox": gateway.send(b"al buzon", "outbox", "ana")}
+
+    def cron(share: str) -> dict:
+        done = subprocess.run([sys.executable, "-m", "multimsg", "drain", "--json"], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                              env={**os.environ, **gateway.env, "MULTIMSG_HOME": str(gateway.home), "MULTIMSG_DRAIN_SHARE": share})
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+    # Dealt by declared rate: outbox (100/s) is share 0's; wpp1 (80/s) and telegram (30/s) are share 1's
+    assert cron("0/2")["delivered"] == 1
+    assert gateway.state(by_serv["outbox"])["state"] == "delivered" and gateway.state(by_serv["telegram"])["state"] == "queued"
+    assert telegram.received() == []
+    assert cron("1/2")["delivered"] == 1
+    assert [record["fields"]["text"] for record in telegram.received()] == ["por telegram"]
+    bad = subprocess.run([sys.executable, "-m", "multimsg", "drain"], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                         env={**os.environ, **gateway.env, "MULTIMSG_HOME": str(gateway.home), "MULTIMSG_DRAIN_SHARE": "2/2"})
+    assert bad.returncode != 0 and "MULTIMSG_DRAIN_SHARE must be I/N" in bad.stderr
+
+
 # -- pacing -----------------------------------------------------------------------------------------
 def test_the_service_rate_is_kept_in_every_sliding_second(make_gateway, whatsapp):
     whatsapp.configure(rate=10)

@@ -1,8 +1,8 @@
 """The local runner with several worker processes (``MULTIMSG_WORKERS``), as a real process tree.
 
 Two workers answer on one port (each answer names its process in
-``X-Multimsg-Worker``); the drain runs in one child of its own, so N messages
-are sent N times, not more; a worker killed with SIGKILL is replaced; a
+``X-Multimsg-Worker``); the drain runs in children of its own (one, or one per
+share of the service instances), so N messages are sent N times, not more; a worker killed with SIGKILL is replaced; a
 client's rate limit is one count for all the workers; SIGTERM to the parent
 stops every child, and a parent killed with SIGKILL takes its children with
 it. ``MULTIMSG_WORKERS=1`` is one process, as before.
@@ -72,7 +72,7 @@ def workers_seen(url: str, want: int = 2, timeout: float = 30.0) -> set[int]:
 @pytest.fixture
 def runner(make_gateway):
     def start(**env: str) -> Gateway:
-        return make_gateway("workers", env={"MULTIMSG_WORKERS": "2", **env})
+        return make_gateway("workers", env={"MULTIMSG_WORKERS": "2", "MULTIMSG_DRAIN_WORKERS": "2", **env})
 
     return start
 
@@ -91,24 +91,44 @@ def test_two_workers_answer_on_one_port_from_two_processes(runner):
 
 
 def test_the_drain_runs_in_one_child_and_sends_each_message_once(runner, backend, telegram):
-    gw = runner(MULTIMSG_DRAIN_INTERVAL="0.2", **backend)
+    gw = runner(MULTIMSG_DRAIN_INTERVAL="0.2", MULTIMSG_DRAIN_WORKERS="1", **backend)
     assert len(children(gw.proc.pid)) == 3  # two workers and the drain
-    count = 30
-    with ThreadPoolExecutor(8) as pool:
-        sent = list(pool.map(lambda n: fresh(gw.url + "/send", "POST", files={
-            "data": ("t.txt", f"mensaje {n}".encode()), "serv": (None, "telegram"), "dest": (None, str(4200 + n)), "type": (None, "text")}),
-            range(count)))
-    assert all(answer.status_code == 200 for answer in sent), [a.text for a in sent if a.status_code != 200]
-    pending = {answer.text for answer in sent}
-
-    def delivered() -> bool:  # a final state is reported once (MULTIMSG_REPORT_GRACE=0 in tests)
-        pending.difference_update({message_id for message_id in list(pending) if gw.cons(message_id).text == "delivered"})
-        return not pending
-
-    wait_until(delivered, 60, "every delivery")
+    sent = send_texts(gw, [("telegram", str(4200 + n), f"mensaje {n}") for n in range(30)])
+    wait_until(lambda: all_delivered(gw, sent), 60, "every delivery")
     texts = sorted(record["fields"]["text"] for record in telegram.received())
-    assert texts == sorted(f"mensaje {n}" for n in range(count))  # each once
+    assert texts == sorted(f"mensaje {n}" for n in range(30))  # each once
     assert gw.log().count("drain started") == 1
+
+
+def test_two_drain_children_each_send_for_their_own_instances_and_each_message_once(runner, backend, telegram):
+    # Dealt by declared rate: outbox (100/s) to one share, wpp1 (80/s) and telegram (30/s) to the other.
+    gw = runner(MULTIMSG_DRAIN_INTERVAL="0.2", MULTIMSG_DRAIN_WORKERS="2", **backend)
+    assert len(children(gw.proc.pid)) == 4  # two workers and two drains
+    assert gw.log().count("drain 1/2 started") == 1 and gw.log().count("drain 2/2 started") == 1
+    wanted = [("telegram", str(4300 + n), f"tg {n}") for n in range(30)] + [("outbox", f"box{n}", f"ob {n}") for n in range(30)]
+    sent = send_texts(gw, wanted, at=time.time() + 3)  # all due at once, for both drains
+    wait_until(lambda: all_delivered(gw, sent), 60, "every delivery")
+    assert sorted(record["fields"]["text"] for record in telegram.received()) == sorted(f"tg {n}" for n in range(30))
+    boxed = sorted(path.read_text() for path in (gw.home / "outbox").glob("box*/*") if not path.name.endswith(".json"))
+    assert boxed == sorted(f"ob {n}" for n in range(30))  # each once: one file per delivery
+    # which drain leases which instance's messages: test_backend_contract.py::test_drains_with_shares_*
+
+
+def send_texts(gw: Gateway, wanted: list[tuple[str, str, str]], at: float | None = None) -> set[str]:
+    """POST /send one text per (serv, dest, text), 8 at a time (scheduled for ``at``, if given); the message ids."""
+    scheduled = {} if at is None else {"at": (None, f"{at:.3f}")}
+    with ThreadPoolExecutor(8) as pool:
+        sent = list(pool.map(lambda w: fresh(gw.url + "/send", "POST", files={
+            "data": ("t.txt", w[2].encode()), "serv": (None, w[0]), "dest": (None, w[1]), "type": (None, "text"), **scheduled}),
+            wanted))
+    assert all(answer.status_code == 200 for answer in sent), [a.text for a in sent if a.status_code != 200]
+    return {answer.text for answer in sent}
+
+
+def all_delivered(gw: Gateway, pending: set[str]) -> bool:
+    """Whether every message of ``pending`` was reported delivered (each reported once: MULTIMSG_REPORT_GRACE=0 in tests)."""
+    pending.difference_update({message_id for message_id in list(pending) if gw.cons(message_id).text == "delivered"})
+    return not pending
 
 
 def test_a_killed_worker_is_replaced(runner):
@@ -136,7 +156,7 @@ def test_a_clients_rate_limit_is_one_count_for_every_worker(runner, backend):
 
 def test_sigterm_to_the_parent_stops_every_process(runner):
     gw = runner(MULTIMSG_DRAIN_INTERVAL="5")
-    kids = wait_until(lambda: len(children(gw.proc.pid)) == 3 and children(gw.proc.pid))
+    kids = wait_until(lambda: len(children(gw.proc.pid)) == 4 and children(gw.proc.pid))  # two workers, two drains
     os.kill(gw.proc.pid, signal.SIGTERM)
     assert gw.proc.wait(15) == 0
     wait_until(lambda: not any(alive(pid) for pid in kids), 10, "the children's exit")
@@ -144,7 +164,7 @@ def test_sigterm_to_the_parent_stops_every_process(runner):
 
 def test_ctrl_c_to_the_whole_group_stops_it_cleanly(runner):
     gw = runner(MULTIMSG_DRAIN_INTERVAL="5")
-    kids = wait_until(lambda: len(children(gw.proc.pid)) == 3 and children(gw.proc.pid))
+    kids = wait_until(lambda: len(children(gw.proc.pid)) == 4 and children(gw.proc.pid))  # two workers, two drains
     os.killpg(gw.proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
     assert gw.proc.wait(15) == 0
     wait_until(lambda: not any(alive(pid) for pid in kids), 10, "the children's exit")
@@ -153,7 +173,7 @@ def test_ctrl_c_to_the_whole_group_stops_it_cleanly(runner):
 
 def test_a_parent_killed_with_sigkill_takes_its_workers_with_it(runner):
     gw = runner(MULTIMSG_DRAIN_INTERVAL="5")
-    kids = wait_until(lambda: len(children(gw.proc.pid)) == 3 and children(gw.proc.pid))
+    kids = wait_until(lambda: len(children(gw.proc.pid)) == 4 and children(gw.proc.pid))  # two workers, two drains
     os.kill(gw.proc.pid, signal.SIGKILL)
     gw.proc.wait(10)
     wait_until(lambda: not any(alive(pid) for pid in kids), 10, "the children's exit")

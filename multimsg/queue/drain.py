@@ -15,6 +15,9 @@ several passes in several processes deliver every message once when nothing
 crashes. A non-blocking file lock still lets only one pass run at a time per
 data folder (``MULTIMSG_DRAIN_LOCK``, on by default) because one pass already
 uses each platform's whole limit; it is an optimisation, not a guarantee.
+Where one process's CPU is not enough for several busy accounts, a drain can
+send for a ``Share`` of the service instances only (``shares``): several drain
+processes then each pace their own instances, under a lock of their own.
 
 Within a pass:
 
@@ -43,7 +46,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from filelock import FileLock, Timeout
 
@@ -54,6 +57,7 @@ from .holds import Holds
 from .pacing import Pacers
 from .retry import RetryPolicy
 from .scheduler import Pass, Summary
+from .shares import Share
 from .spool import Spool
 from .store import MessageStore
 
@@ -101,18 +105,21 @@ class Drain:
         spool: Spool,
         service_for: Callable[[str], ServiceBase],
         policy: RetryPolicy,
-        lock_path: Path | None = None,
+        lock_path: Path | Sequence[Path] | None = None,
         clock: SteadyClock | None = None,
         tuning: Tuning | None = None,
         archive_folder: Path | None = None,
         pacers: Pacers | None = None,
         holds: Holds | None = None,
+        share: Share | None = None,
     ):
         self.store = store
         self.spool = spool
         self.service_for = service_for
         self.policy = policy
-        self.lock_path = lock_path  # None: no file lock (leases alone keep passes apart)
+        # The drain locks a pass takes (none: leases alone keep passes apart); one per share (``shares``)
+        self.lock_paths = [] if lock_path is None else [lock_path] if isinstance(lock_path, Path) else list(lock_path)
+        self.share = share or Share()  # the service instances this drain sends for (``shares``: all, by default)
         self.clock = clock or SteadyClock()
         self.tuning = tuning or Tuning()
         self.archive_folder = archive_folder
@@ -127,12 +134,16 @@ class Drain:
         self.sweepers: list[Callable[[float], int]] = []  # more leftovers the sweep removes (idempotency records)
 
     def run_pass(self) -> dict:
-        lock = FileLock(self.lock_path) if self.lock_path is not None else None
-        if lock is not None:
+        held: list[FileLock] = []
+        for path in self.lock_paths:
+            lock = FileLock(path)
             try:
                 lock.acquire(blocking=False)
             except Timeout:
+                for taken in held:
+                    taken.release()
                 return Summary(busy=True).as_dict()
+            held.append(lock)
         try:
             started = time.monotonic()
             if not self.write_pending():
@@ -140,7 +151,7 @@ class Drain:
                 log.error("drain pass skipped: %s", summary.unwritable)
                 return summary.as_dict()
             summary = Pass(self).run()
-            if self.after_pass is not None:
+            if self.after_pass is not None and self.share.housekeeper:
                 try:
                     events = self.after_pass()
                 except Exception:
@@ -148,12 +159,13 @@ class Drain:
                 else:
                     if any(events.values()):
                         log.info("callbacks: %s", events)
-            self._sweep()
+            if self.share.housekeeper:
+                self._sweep()
             if summary.claimed or summary.deferred or summary.misconfigured or summary.unwritable:
                 log.info("drain pass: %s, %d deferred, %.1f s", summary.as_dict(), summary.deferred, time.monotonic() - started)
             return summary.as_dict()
         finally:
-            if lock is not None:
+            for lock in reversed(held):
                 lock.release()
 
     def changed(self, written: Message) -> None:

@@ -117,6 +117,7 @@ class Pass:
         self.policy = drain.policy
         self.clock = drain.clock
         self.holds = drain.holds
+        self.share = drain.share
         self.summary = Summary()
         self.held: dict[str, Message] = {}  # id -> our claim, for every message this pass holds
         self.extended_at = time.monotonic()
@@ -247,6 +248,8 @@ class Pass:
     def _accept(self, record: Message) -> bool:
         """Whether to lease this due message now (asked once per message, before leasing)."""
         serv = record.serv
+        if not self.share.serves(serv):
+            return False  # another drain process sends for this instance
         if self.policy.expired(record.created_at, self.clock.trusted()):
             return True  # to be failed as expired, whatever the service's state
         lane = self._lane(serv)
