@@ -84,7 +84,7 @@ _folders: dict[str, _FolderSync] = {}
 _folders_guard = threading.Lock()
 
 
-def fsync_dir(path: Path) -> None:
+def fsync_dir(path: str | Path) -> None:
     """fsync the folder ``path`` (its entries: renames, new and removed files), shared with concurrent callers."""
     key = os.fspath(path)
     with _folders_guard:
@@ -158,7 +158,7 @@ def append_grouped(path: Path, line: bytes, *, fsync: bool = True, lock: Callabl
     appends.append(path, line, fsync, lock)
 
 
-def read_file(path: Path) -> bytes:
+def read_file(path: str | Path) -> bytes:
     """The whole content of a small file: open, read, close (no buffering layer, no tty check, no seeks)."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
@@ -170,7 +170,7 @@ def read_file(path: Path) -> bytes:
         os.close(fd)
 
 
-def write_file(path: Path, chunks: Iterable[bytes], *, fsync: bool) -> int:
+def write_file(path: str | Path, chunks: Iterable[bytes], *, fsync: bool) -> int:
     """Write ``chunks`` to a new file ``path`` (mode 0600), every byte (a short write is continued), optionally fsynced."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     size = 0
@@ -187,25 +187,30 @@ def write_file(path: Path, chunks: Iterable[bytes], *, fsync: bool) -> int:
     return size
 
 
-def _tmp_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+def _tmp_name(path: str) -> str:
+    folder, name = os.path.split(path)
+    return os.path.join(folder, f".{name}.{os.getpid()}.{threading.get_ident()}.tmp")
 
 
-def write_stream_atomic(path: Path, chunks: Iterable[bytes], *, fsync: bool = True, sync_folder: bool = True) -> int:
+def write_stream_atomic(path: str | Path, chunks: Iterable[bytes], *, fsync: bool = True, sync_folder: bool = True) -> int:
     """Write ``chunks`` to ``path`` atomically, mode 0600 (``sync_folder=False``: the caller fsyncs the folder). Returns the size."""
+    path = os.fspath(path)  # strings: a store change writes a few files, and pathlib's joins cost more than their syscalls
     tmp = _tmp_name(path)
     try:
         size = write_file(tmp, chunks, fsync=fsync)
         os.replace(tmp, path)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
         raise
     if fsync and sync_folder:
-        fsync_dir(path.parent)
+        fsync_dir(os.path.dirname(path))
     return size
 
 
-def write_atomic(path: Path, data: bytes, *, fsync: bool = True, sync_folder: bool = True) -> None:
+def write_atomic(path: str | Path, data: bytes, *, fsync: bool = True, sync_folder: bool = True) -> None:
     """Write ``data`` to ``path`` atomically, mode 0600 (``sync_folder=False``: the caller fsyncs the folder)."""
     write_stream_atomic(path, [data], fsync=fsync, sync_folder=sync_folder)
 

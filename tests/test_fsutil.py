@@ -71,7 +71,7 @@ def test_counters_on_a_full_disk_are_never_torn(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         store.counters.write(shard, {"version": 2, "services": {"telegram": {"states": {"queued": 99}}}})
     monkeypatch.undo()
-    raw = store.counters.path(shard).read_bytes()
+    raw = Path(store.counters.path(shard)).read_bytes()
     assert raw == b"" or json.loads(raw)  # empty (recounted on the next change) or whole, never torn
     store.add(same_shard[2])  # an empty figures file is recounted from the shard's records
     figures = store.counters.snapshot(time.time())["services"]["telegram"]

@@ -247,9 +247,9 @@ def test_a_pass_reads_only_the_shards_that_are_due(tmp_path, monkeypatch):
     opened = []
     real = store._txn
 
-    def txn(shard):
+    def txn(shard, **options):
         opened.append(shard)
-        return real(shard)
+        return real(shard, **options)
 
     monkeypatch.setattr(store, "_txn", txn)
     assert list(store.claim_due(time.time(), 60)) == []

@@ -99,6 +99,13 @@ def _outcome(entry: dict, outcome: str, now: float) -> None:
         del recent[minute]
 
 
+def changes_figures(before: Message | None, after: Message | None) -> bool:
+    """Whether ``count`` changes anything for this change (a lease taken, extended or dropped changes no figure)."""
+    if before is None or after is None or before.state != after.state:
+        return True
+    return after.state == State.QUEUED and after.attempts > before.attempts
+
+
 def count(figures: Figures, before: Message | None, after: Message | None, now: float) -> None:
     """Count one record change: added (no ``before``), archived (no ``after``), moved or retried."""
     if after is None:

@@ -152,15 +152,23 @@ class _Txn:
         return min(dues) if dues else None
 
 
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
 class ShardCounters(Counters):
     """The figures of a TinyStore: one document per shard, summed at read time."""
 
     def __init__(self, folder: Path, lock: Callable[[str], ContextManager[None]]):
         self.folder = ensure_private_dir(folder)
+        self._root = str(self.folder)
         self.lock = lock
 
-    def path(self, shard: str) -> Path:
-        return self.folder / f"{shard}.json"
+    def path(self, shard: str) -> str:
+        return f"{self._root}/{shard}.json"
 
     def read(self, shard: str) -> figures.Figures | None:
         try:
@@ -217,6 +225,7 @@ class TinyStore(TinyHistory, MessageStore):
         self.lock_timeout = lock_timeout
         self.locks = locks_of(layout.locks)
         self.due_dir = ensure_private_dir(layout.store / "due")
+        self._due_root = str(self.due_dir)
         self.quarantine_dir = ensure_private_dir(layout.store / "quarantine")
         self.counters = ShardCounters(layout.store / "counts", self._lock)
         self.outbox_dir = ensure_private_dir(layout.home / "outbox")
@@ -322,6 +331,8 @@ class TinyStore(TinyHistory, MessageStore):
                     txn.recovering = True
 
     def _count(self, shard: str, txn: _Txn) -> None:
+        if not any(figures.changes_figures(before, after) for before, after in txn.events):
+            return  # leases only: nothing to read or write
         try:
             document = self.counters.read(shard)
             if document is None:
@@ -368,12 +379,17 @@ class TinyStore(TinyHistory, MessageStore):
     # due/<shard>: the shard's earliest due time, as the file's mtime (one stat reads it).
     # due/at/<bucket>/<shard>: the same shard filed under its minute (bucket = due // 60),
     # so a pass lists only the buckets that are due, never every shard.
-    def _due_path(self, shard: str) -> Path:
-        return self.due_dir / shard
+    # Paths here are strings: the index is touched several times per change, and pathlib's joins cost more than the syscalls.
+    def _due_path(self, shard: str) -> str:
+        return f"{self._due_root}/{shard}"
 
-    def _bucket_path(self, shard: str, due: float) -> Path:
-        minute = int(max(0.0, due) // DUE_BUCKET)
-        return self.due_dir / "at" / str(minute // DAY_BUCKETS) / str(minute) / shard
+    @staticmethod
+    def _minute(due: float) -> int:
+        return int(max(0.0, due) // DUE_BUCKET)
+
+    def _bucket_path(self, shard: str, due: float) -> str:
+        minute = self._minute(due)
+        return f"{self._due_root}/at/{minute // DAY_BUCKETS}/{minute}/{shard}"
 
     def _buckets(self, last: int | None = None) -> list[str]:
         """The minute folders of the due index (up to minute ``last``), legacy flat ones included."""
@@ -397,11 +413,12 @@ class TinyStore(TinyHistory, MessageStore):
         return found
 
     @staticmethod
-    def _drop_empty(bucket: Path) -> None:
+    def _drop_empty(bucket: str | Path) -> None:
         """Remove an emptied minute folder and its day folder (another writer may be filling them: then they stay)."""
-        for folder in (bucket, bucket.parent):
+        bucket = os.fspath(bucket)
+        for folder in (bucket, os.path.dirname(bucket)):
             try:
-                folder.rmdir()
+                os.rmdir(folder)
             except OSError:
                 return
 
@@ -412,11 +429,11 @@ class TinyStore(TinyHistory, MessageStore):
             return None
 
     @staticmethod
-    def _touch(path: Path) -> None:
+    def _touch(path: str | Path) -> None:
         try:
             os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
         except FileNotFoundError:  # the first shard due in this minute
-            ensure_private_dir(path.parent)
+            ensure_private_dir(Path(os.path.dirname(path)))
             os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
 
     def _set_due(self, shard: str, due: float | None, old: float | None | bool = False) -> float | None:
@@ -427,14 +444,15 @@ class TinyStore(TinyHistory, MessageStore):
         ns = None if due is None else int(max(0.0, due) * 1e9)
         if old is not None and ns is not None and int(old * 1e9) == ns:
             return due  # already filed so
-        if old is not None and (due is None or self._bucket_path(shard, old) != self._bucket_path(shard, due)):
+        same_minute = old is not None and due is not None and self._minute(old) == self._minute(due)
+        if old is not None and not same_minute:
             bucket = self._bucket_path(shard, old)
-            bucket.unlink(missing_ok=True)
-            self._drop_empty(bucket.parent)
+            _unlink(bucket)
+            self._drop_empty(os.path.dirname(bucket))
         if due is None or ns is None:
-            path.unlink(missing_ok=True)
+            _unlink(path)
             return None
-        if old is None or self._bucket_path(shard, old) != self._bucket_path(shard, due):
+        if not same_minute:
             self._touch(self._bucket_path(shard, due))
         if old is None:
             self._touch(path)
@@ -524,7 +542,11 @@ class TinyStore(TinyHistory, MessageStore):
                 return
             batch: list[Message] = []
             at = clock() if clock else now
-            with self._txn(shard) as txn:
+            # Not fsynced (as a lease extension is not): a claim lost with the page cache leaves the message unleased, as a
+            # lapsed lease does once the pass that held it is gone, and a machine that lost its page cache lost that pass too.
+            # Every outcome is written durably (``finish``), claim and all. This keeps a pass's intake off the fsync wait:
+            # one pass leases a shard at a time, in one thread.
+            with self._txn(shard, durable=False) as txn:
                 for doc_id, record in list(txn.table.items()):
                     if limit is not None and taken + len(batch) >= limit:
                         break
@@ -752,7 +774,7 @@ class TinyStore(TinyHistory, MessageStore):
                     continue
                 with self.locks.slot(number):
                     due = self._indexed_due(entry.name)
-                    if due is None or self._bucket_path(entry.name, due) != Path(entry.path):
+                    if due is None or self._bucket_path(entry.name, due) != entry.path:
                         Path(entry.path).unlink(missing_ok=True)
             self._drop_empty(Path(bucket))
         return counted
