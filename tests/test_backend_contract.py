@@ -621,6 +621,37 @@ def test_tiny_rebuild_keeps_in_the_index_a_message_queued_into_a_new_shard_meanw
     assert [c.id for c in store.claim_due(now, 60)] == [late.id]
 
 
+def test_tiny_sweep_goes_only_through_the_shards_written_since_the_last_one(tmp_path, monkeypatch):
+    import os
+
+    home = tmp_path / "home"
+    store = TinyStore(Layout(home), fsync=False)
+    stored = [message() for _ in range(40)]
+    store.add_many(stored)
+    store.rebuild(changed_only=True)  # the first one goes through every shard
+
+    def lines() -> int:
+        return sum(p.read_bytes().count(b"\n") for p in (home / "history").rglob("*.jsonl"))
+
+    long_ago = time.time() - 7200
+    for shard in store.shards():  # every shard written long before the last rebuild began
+        os.utime(store.layout.shard(shard), (long_ago, long_ago))
+    os.utime(home / "store" / "rebuilt", (long_ago + 3600, long_ago + 3600))
+    # A change whose history copy a crash lost: its shard is written, the copy is not
+    monkeypatch.setattr(store, "_history_copies", lambda txn: None)
+    failed = store.update(stored[0].id, lambda m: m.with_changes(state=State.FAILED, last_error="gave up"), time.time())
+    monkeypatch.undo()
+    assert failed is not None and store.history_load(CLIENT, [failed.id])[failed.id].state == State.QUEUED  # the stale copy
+    before = lines()
+    store.rebuild(changed_only=True)
+    in_shard = [m for m in stored if store.shard_of(m.id) == store.shard_of(failed.id)]
+    assert lines() - before == len(in_shard)  # that shard's records copied again, none of the 39 others
+    assert store.history_load(CLIENT, [failed.id])[failed.id].state == State.FAILED
+    before = lines()
+    store.rebuild()  # multimsg stats --rebuild: every shard
+    assert lines() - before == 40
+
+
 # -- the Redis backend's own promises -------------------------------------------------------------------
 @pytest.fixture
 def redis_backend(redis_url):

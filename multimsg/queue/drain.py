@@ -232,7 +232,7 @@ class Drain:
         removed = self.spool.sweep(now, live, t.leftovers_age) + self.store.sweep(now, t.leftovers_age)
         removed += sum(sweep(now) for sweep in self.sweepers)
         pruned = self._prune_archive(now)
-        self.store.rebuild()
+        self.store.rebuild(changed_only=True)
         if archived or removed or pruned:
             log.info("sweep: archived %d result(s), removed %d expired upload(s) or leftover(s), pruned %d archive file(s)",
                      archived, removed, pruned)

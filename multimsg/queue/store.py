@@ -148,8 +148,12 @@ class MessageStore(ABC):
         """Every stored message: a scan, for rebuilding figures and imports, never for a request."""
 
     @abstractmethod
-    def rebuild(self) -> int:
-        """Recount figures and the due index from the records; returns how many messages were counted."""
+    def rebuild(self, changed_only: bool = False) -> int:
+        """Recount figures and the due index from the records; returns how many messages were counted.
+
+        ``changed_only`` (the drain's periodic sweep): a backend may go only
+        through what changed since its last rebuild; ``multimsg stats --rebuild`` goes through all.
+        """
 
     @abstractmethod
     def update(self, message_id: str, change: Callable[[Message], Message | None], now: float) -> Message | None:

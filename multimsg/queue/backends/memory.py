@@ -233,7 +233,7 @@ class MemoryStore(MessageStore):
                 continue
         return iter(found)
 
-    def rebuild(self) -> int:
+    def rebuild(self, changed_only: bool = False) -> int:
         messages = list(self.messages())
         with self._lock:
             self._due = [(due, m.id) for m in messages if (due := m.due_at()) is not None]

@@ -497,7 +497,7 @@ class RedisStore(MessageStore):
         return iter([m for m in self.messages() if m.final])
 
     @guarded
-    def rebuild(self) -> int:
+    def rebuild(self, changed_only: bool = False) -> int:
         """Recount depth, queued ages and the due index from the records, unless a record changed meanwhile.
 
         The figures are changed in the same script as the records, so they do

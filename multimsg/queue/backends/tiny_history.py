@@ -7,7 +7,8 @@ see (not lease changes) and when it is archived, appended under the shard's
 lock after the shard write. A page is read from the client's own file, never
 from the shards (whose size grows with everyone's messages); an id with no
 copy (a crash between the two writes) is read from its shard, and
-``TinyStore.rebuild`` copies every record again. Each line starts with a
+``TinyStore.rebuild`` (at every sweep) copies again the records of every shard
+written since the last one. Each line starts with a
 newline, so a line torn by a crash never swallows the next one. A day file
 older than the window is deleted whole.
 """
