@@ -1,0 +1,140 @@
+"""Platform requests honour the environment's proxies (``PlatformSession`` in ``multimsg/services/base.py``).
+
+A real forward proxy on loopback (``ForwardProxy``: it records each request and
+relays it to its target) stands between the services and the emulators. The
+environment's HTTP_PROXY / NO_PROXY are read at a session's first request to a
+host, and kept by that service instance.
+"""
+
+from __future__ import annotations
+
+import threading
+import urllib.error
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from multimsg.config import ServiceConfig
+from multimsg.queue.backends.files import FileContent
+from multimsg.services.telegram import Telegram
+from tests.gatewayproc import free_port
+from tests.services_support import new_chat, new_number
+
+PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+_HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "proxy-authorization", "transfer-encoding", "te", "upgrade"}
+
+
+class ForwardProxy:
+    """A plain-HTTP forward proxy on loopback: records each request (method, absolute URL), relays it directly."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str]] = []
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def relay(self) -> None:
+                proxy.seen.append((self.command, self.path))
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP}
+                request = urllib.request.Request(self.path, data=body or None, headers=headers, method=self.command)
+                try:
+                    with _DIRECT.open(request, timeout=10) as answer:
+                        status, answer_headers, content = answer.status, answer.headers, answer.read()
+                except urllib.error.HTTPError as error:
+                    status, answer_headers, content = error.code, error.headers, error.read()
+                self.send_response(status)
+                for key, value in answer_headers.items():
+                    if key.lower() not in _HOP_BY_HOP | {"content-length", "date", "server"}:
+                        self.send_header(key, value)
+                self.send_header("Content-Length", str(len(content)))
+                self.send_header("Connection", "close")
+                self.end_headers()
+                self.wfile.write(content)
+
+            do_GET = do_POST = do_PUT = relay
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def forward_proxy():
+    proxy = ForwardProxy()
+    yield proxy
+    proxy.close()
+
+
+@pytest.fixture
+def proxy_env(monkeypatch):
+    """Sets the proxy variables (both spellings, as requests reads either) after clearing whatever the machine has."""
+    for name in PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+
+    def set_(**values: str) -> None:
+        for name, value in values.items():
+            monkeypatch.setenv(name.lower(), value)
+            monkeypatch.setenv(name.upper(), value)
+    return set_
+
+
+def telegram_service(emulator) -> Telegram:
+    return Telegram(ServiceConfig(name="telegram", values={"token": emulator.token, "api_url": emulator.url}))
+
+
+def text_message(tmp_path, chat: str) -> dict:
+    path = tmp_path / f"{chat}.txt"
+    path.write_text("hola por el proxy")
+    return {"id": "P" * 16, "content": FileContent(path), "dest": chat, "type": "text", "options": {}, "platform_ids": []}
+
+
+def test_the_drain_sends_through_the_environments_proxy(make_gateway, telegram, whatsapp, forward_proxy):
+    clear = {name: "" for variable in PROXY_VARIABLES for name in (variable, variable.upper())}
+    runner = make_gateway(env={**clear, "HTTP_PROXY": forward_proxy.url, "http_proxy": forward_proxy.url})
+    chat, number = new_chat(), new_number()
+    sent = [runner.send(b"por el proxy", "telegram", chat), runner.send(b"por el proxy", "wpp1", number)]
+    for message_id in sent:
+        assert runner.wait_state(message_id)["state"] == "delivered"
+    assert telegram.wait_for(lambda r: str(r["dest"]) == chat) and whatsapp.wait_for(lambda r: str(r["dest"]) == number)
+    urls = [url for method, url in forward_proxy.seen if method == "POST"]
+    assert any(url.startswith(telegram.url) and url.endswith("/sendMessage") for url in urls), urls  # Telegram's form POST
+    assert any(url.startswith(whatsapp.url) and url.endswith("/messages") for url in urls), urls  # WhatsApp's JSON POST
+
+
+def test_no_proxy_names_the_hosts_sent_to_directly(proxy_env, telegram, tmp_path, forward_proxy):
+    proxy_env(http_proxy=forward_proxy.url, no_proxy="127.0.0.1")
+    chat = new_chat()
+    outcome = telegram_service(telegram).send(text_message(tmp_path, chat))
+    assert outcome.kind == "delivered", outcome
+    assert forward_proxy.seen == []
+    assert telegram.wait_for(lambda r: str(r["dest"]) == chat)
+
+
+def test_an_unreachable_proxy_is_a_retry_whose_reason_holds_no_url(proxy_env, telegram, tmp_path):
+    proxy_env(http_proxy=f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    chat = new_chat()
+    outcome = telegram_service(telegram).send(text_message(tmp_path, chat))
+    assert outcome.kind == "retry", outcome
+    assert outcome.reason == "telegram: could not reach the platform (ProxyError)"
+    assert not [r for r in telegram.received() if str(r["dest"]) == chat]
+
+
+def test_the_proxy_is_read_at_an_instances_first_request_to_a_host(proxy_env, telegram, tmp_path, forward_proxy):
+    proxy_env()
+    direct = telegram_service(telegram)
+    assert direct.send(text_message(tmp_path, new_chat())).kind == "delivered"
+    proxy_env(http_proxy=forward_proxy.url)
+    assert direct.send(text_message(tmp_path, new_chat())).kind == "delivered"
+    assert forward_proxy.seen == []  # this instance read the environment at its first request
+    assert telegram_service(telegram).send(text_message(tmp_path, new_chat())).kind == "delivered"
+    assert [method for method, url in forward_proxy.seen] == ["POST"]  # a new instance reads it again
