@@ -125,7 +125,8 @@ class PlatformSession(requests.Session):
         self._environments: dict[str, _Environment] = {}
 
     def _environment(self, url: str) -> _Environment:
-        parts = urlsplit(url.strip())
+        url = url.lstrip()  # as requests prepares it
+        parts = urlsplit(url)
         origin = f"{parts.scheme}://{parts.netloc}".lower()
         found = self._environments.get(origin)
         if found is None:  # two threads may both read it: the same answer

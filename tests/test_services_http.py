@@ -1,9 +1,10 @@
-"""Platform requests honour the environment's proxies (``PlatformSession`` in ``multimsg/services/base.py``).
+"""The services' platform requests (``PlatformSession`` in ``multimsg/services/base.py``): proxies, redirects.
 
-A real forward proxy on loopback (``ForwardProxy``: it records each request and
+A real forward proxy on loopback (``proxy_server``: it records each request and
 relays it to its target) stands between the services and the emulators. The
 environment's HTTP_PROXY / NO_PROXY are read at a session's first request to a
-host, and kept by that service instance.
+host, and kept by that service instance. A redirecting server
+(``redirect_server``) checks that redirects are followed as requests follows them.
 """
 
 from __future__ import annotations
@@ -26,34 +27,19 @@ _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 _HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "proxy-authorization", "transfer-encoding", "te", "upgrade"}
 
 
-class ForwardProxy:
-    """A plain-HTTP forward proxy on loopback: records each request (method, absolute URL), relays it directly."""
+class Loopback:
+    """An HTTP server on loopback whose every request goes to ``answer(handler)``; records (method, path)."""
 
-    def __init__(self) -> None:
+    def __init__(self, answer) -> None:
         self.seen: list[tuple[str, str]] = []
-        proxy = self
+        server = self
 
         class Handler(BaseHTTPRequestHandler):
-            def relay(self) -> None:
-                proxy.seen.append((self.command, self.path))
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP}
-                request = urllib.request.Request(self.path, data=body or None, headers=headers, method=self.command)
-                try:
-                    with _DIRECT.open(request, timeout=10) as answer:
-                        status, answer_headers, content = answer.status, answer.headers, answer.read()
-                except urllib.error.HTTPError as error:
-                    status, answer_headers, content = error.code, error.headers, error.read()
-                self.send_response(status)
-                for key, value in answer_headers.items():
-                    if key.lower() not in _HOP_BY_HOP | {"content-length", "date", "server"}:
-                        self.send_header(key, value)
-                self.send_header("Content-Length", str(len(content)))
-                self.send_header("Connection", "close")
-                self.end_headers()
-                self.wfile.write(content)
+            def handle_one(self) -> None:
+                server.seen.append((self.command, self.path))
+                answer(self)
 
-            do_GET = do_POST = do_PUT = relay
+            do_GET = do_POST = do_PUT = handle_one
 
             def log_message(self, *args) -> None:
                 pass
@@ -67,9 +53,45 @@ class ForwardProxy:
         self.server.server_close()
 
 
+def reply(handler: BaseHTTPRequestHandler, status: int, headers, content: bytes) -> None:
+    handler.send_response(status)
+    for key, value in headers:
+        if key.lower() not in _HOP_BY_HOP | {"content-length", "date", "server"}:
+            handler.send_header(key, value)
+    handler.send_header("Content-Length", str(len(content)))
+    handler.send_header("Connection", "close")
+    handler.end_headers()
+    handler.wfile.write(content)
+
+
+def relay(handler: BaseHTTPRequestHandler) -> None:
+    """A forward proxy's answer: the request (its path is the absolute URL) sent on directly."""
+    body = handler.rfile.read(int(handler.headers.get("Content-Length") or 0))
+    headers = {k: v for k, v in handler.headers.items() if k.lower() not in _HOP_BY_HOP}
+    request = urllib.request.Request(handler.path, data=body or None, headers=headers, method=handler.command)
+    try:
+        with _DIRECT.open(request, timeout=10) as answer:
+            reply(handler, answer.status, answer.headers.items(), answer.read())
+    except urllib.error.HTTPError as error:
+        reply(handler, error.code, error.headers.items(), error.read())
+
+
+def proxy_server() -> Loopback:
+    """A plain-HTTP forward proxy on loopback."""
+    return Loopback(relay)
+
+
+def redirect_server(target: str, status: int) -> Loopback:
+    """Answers every request with ``status`` and a Location on ``target`` with the same path."""
+    def redirect(handler: BaseHTTPRequestHandler) -> None:
+        handler.rfile.read(int(handler.headers.get("Content-Length") or 0))
+        reply(handler, status, [("Location", target + handler.path)], b"")
+    return Loopback(redirect)
+
+
 @pytest.fixture
 def forward_proxy():
-    proxy = ForwardProxy()
+    proxy = proxy_server()
     yield proxy
     proxy.close()
 
@@ -138,3 +160,18 @@ def test_the_proxy_is_read_at_an_instances_first_request_to_a_host(proxy_env, te
     assert forward_proxy.seen == []  # this instance read the environment at its first request
     assert telegram_service(telegram).send(text_message(tmp_path, new_chat())).kind == "delivered"
     assert [method for method, url in forward_proxy.seen] == ["POST"]  # a new instance reads it again
+
+
+@pytest.mark.parametrize("status", [307, 308])
+def test_a_redirect_that_keeps_the_method_is_followed_with_the_message(proxy_env, telegram, tmp_path, status):
+    proxy_env()
+    redirector, chat = redirect_server(telegram.url, status), new_chat()
+    try:
+        service = Telegram(ServiceConfig(name="telegram", values={"token": telegram.token, "api_url": redirector.url}))
+        outcome = service.send(text_message(tmp_path, chat))
+    finally:
+        redirector.close()
+    assert outcome.kind == "delivered", outcome
+    assert [method for method, path in redirector.seen] == ["POST"] and redirector.seen[0][1].endswith("/sendMessage")
+    [sent] = telegram.wait_for(lambda r: str(r["dest"]) == chat)
+    assert sent["fields"]["text"] == "hola por el proxy"  # the form body went on to the new location
