@@ -5,6 +5,8 @@ relays it to its target) stands between the services and the emulators. The
 environment's HTTP_PROXY / NO_PROXY are read at a session's first request to a
 host, and kept by that service instance. A redirecting server
 (``redirect_server``) checks that redirects are followed as requests follows them.
+What ``PlatformSession`` prepares and merges is compared with what a plain
+``requests.Session`` makes of the same request and environment.
 """
 
 from __future__ import annotations
@@ -15,9 +17,11 @@ import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+import requests
 
 from multimsg.config import ServiceConfig
 from multimsg.queue.backends.files import FileContent
+from multimsg.services.base import PlatformSession
 from multimsg.services.telegram import Telegram
 from tests.gatewayproc import free_port
 from tests.services_support import new_chat, new_number
@@ -175,3 +179,55 @@ def test_a_redirect_that_keeps_the_method_is_followed_with_the_message(proxy_env
     assert [method for method, path in redirector.seen] == ["POST"] and redirector.seen[0][1].endswith("/sendMessage")
     [sent] = telegram.wait_for(lambda r: str(r["dest"]) == chat)
     assert sent["fields"]["text"] == "hola por el proxy"  # the form body went on to the new location
+
+
+# The services' shapes of request (Session.request's defaults: data and params {} when not given).
+SHAPES = {
+    "telegram-form": {"data": {"chat_id": "42", "text": "hola ✓ & más"}},
+    "form-list-none-bytes": {"data": {"to": ["a", "b"], "skip": None, "raw": b"\xff", "n": 3}},
+    "whatsapp-json": {"json": {"to": "42", "text": {"body": "hola ✓"}}, "headers": {"Authorization": "Bearer t"}},
+    "bytes-and-removed-header": {"data": b"{}", "headers": {"Content-Type": "application/json", "User-Agent": None}},
+    "form-with-own-type": {"data": {"f": "v"}, "headers": {"content-type": "text/plain"}},
+    "empty-form-and-json": {"data": {}, "json": {"a": 1}},
+    "params-and-bytes": {"params": {"filename": "a b.png"}, "data": b"bytes"},
+    "twilio-basic-auth": {"data": {"To": "+34600000000", "Body": "hola"}, "auth": ("AC1", "secret")},
+    "multipart-files": {"files": {"file": ("a.txt", b"abc", "text/plain")}, "data": {"chat_id": "42"}},
+}
+
+
+@pytest.mark.parametrize("shape", SHAPES.values(), ids=SHAPES.keys())
+def test_a_request_is_prepared_as_requests_prepares_it(shape):
+    def prepared(session: requests.Session) -> tuple:
+        shape_ = {"data": {}, "params": {}, **shape}
+        request = session.prepare_request(requests.Request("POST", "https://api.example.org/bot1:T/sendMessage", **shape_))
+        body, headers = request.body, dict(request.headers)
+        if "boundary=" in headers.get("Content-Type", ""):  # a random boundary per body
+            boundary = headers["Content-Type"].split("boundary=")[1]
+            body, headers["Content-Type"] = body.replace(boundary.encode(), b"B"), "multipart/form-data; boundary=B"
+        return request.method, request.url, headers, body
+
+    assert prepared(PlatformSession()) == prepared(requests.Session())
+
+
+ENVIRONMENTS = {
+    "none": {},
+    "http-proxy": {"HTTP_PROXY": "http://proxy.lan:3128"},
+    "lower-case-wins": {"http_proxy": "http://lower.lan:3128", "HTTP_PROXY": "http://upper.lan:3128", "https_proxy": "http://s.lan:3128"},
+    "no-proxy-names-the-host": {"HTTPS_PROXY": "http://proxy.lan:3128", "NO_PROXY": "example.org"},
+    "no-proxy-other-host": {"HTTPS_PROXY": "http://proxy.lan:3128", "NO_PROXY": "graph.facebook.com,10.0.0.0/8"},
+    "all-proxy": {"ALL_PROXY": "socks5://proxy.lan:1080"},
+    "ca-bundle": {"REQUESTS_CA_BUNDLE": "/etc/ssl/lan.pem", "CURL_CA_BUNDLE": "/etc/ssl/curl.pem"},
+}
+
+
+@pytest.mark.parametrize("environment", ENVIRONMENTS.values(), ids=ENVIRONMENTS.keys())
+@pytest.mark.parametrize("url", ["https://api.example.org/bot1:T/sendMessage", "http://127.0.0.1:8081/v23.0/1/messages"])
+def test_the_environment_is_merged_as_requests_merges_it(proxy_env, monkeypatch, environment, url):
+    proxy_env()
+    for variable in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
+        monkeypatch.delenv(variable, raising=False)
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    ours = PlatformSession().merge_environment_settings(url, {}, None, None, None)
+    theirs = requests.Session().merge_environment_settings(url, {}, None, None, None)
+    assert {**ours, "proxies": dict(ours["proxies"])} == {**theirs, "proxies": dict(theirs["proxies"])}
