@@ -43,7 +43,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
-from typing import Callable, ClassVar, NamedTuple, Sequence, cast
+from typing import Any, Callable, ClassVar, NamedTuple, Sequence, cast
 from urllib.parse import urlencode, urlsplit
 
 import requests
@@ -109,15 +109,16 @@ class PlatformSession(requests.Session):
     """A ``requests.Session`` that reads the environment once per origin, not on every request.
 
     requests looks up the proxies (walking ``os.environ`` and matching
-    NO_PROXY), the CA bundle and ~/.netrc on every request, and merges the
-    session's headers, params, hooks and proxies through generic code
-    (slow ``isinstance`` checks against typing protocols on Python 3.11):
-    together about a third of the CPU of a platform request. Here the
-    environment is read at a session's first request to each
-    scheme://host:port and kept; everything else is requests' own code
-    (preparing the request, adapters, redirects, cookies, errors). Settings
-    the services never make (session params, auth or hooks; proxies given
-    per request) take requests' general path.
+    NO_PROXY), the CA bundle and ~/.netrc on every request, merges the
+    session's headers, params, hooks and proxies through generic code, and
+    checks a form's fields against typing protocols (slow ``isinstance``
+    checks on Python 3.11): together about a third of the CPU of a platform
+    request (``python3 -m bench.service_request``). Here the environment is
+    read at a session's first request to each scheme://host:port and kept,
+    and a ``data=`` dict is encoded by ``form_encoded``; everything else is
+    requests' own code (preparing the request, adapters, redirects, cookies,
+    errors). Settings the services never make (session params, auth or hooks;
+    proxies or cookies given per request) take requests' general path.
     """
 
     def __init__(self) -> None:
@@ -157,7 +158,8 @@ class PlatformSession(requests.Session):
                          cookies=merge_cookies(RequestsCookieJar(), self.cookies), hooks=request.hooks)
         return prepared
 
-    def merge_environment_settings(self, url, proxies, stream, verify, cert):
+    def merge_environment_settings(self, url: str, proxies: dict[str, str] | None, stream: bool | None, verify: bool | str | None,
+                                   cert: Any) -> dict[str, Any]:
         if not self.trust_env or proxies or self.proxies:
             return super().merge_environment_settings(url, proxies, stream, verify, cert)
         environment = self._environment(url)
@@ -178,7 +180,7 @@ def form_encoded(fields: dict) -> str:
     return urlencode(pairs, doseq=True)
 
 
-def _utf8(value):
+def _utf8(value: Any) -> Any:
     return value.encode("utf-8") if isinstance(value, str) else value
 
 
