@@ -1,4 +1,4 @@
-"""Benchmark 13: the CPU one platform request costs the drain, through ``ServiceBase.post``.
+"""Benchmark: the CPU one platform request costs the drain, through ``ServiceBase.post``.
 
 A Telegram service instance posts ``sendMessage`` to a local Telegram emulator
 (``tests.emulators.TelegramEmulator``, no latency, no rate limit) ``--count``
