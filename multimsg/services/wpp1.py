@@ -53,6 +53,7 @@ from collections import OrderedDict
 
 import requests
 
+from ..config import ServiceConfig
 from ..content import Content
 from ..errors import MultimsgError
 from ..multipart import MultipartBody
@@ -117,8 +118,8 @@ class WhatsApp(ServiceBase):
     caption_limit = 1024
     caption_types = frozenset({Datatypes.IMAGE, Datatypes.VIDEO, Datatypes.DOCUMENT})
 
-    def __init__(self, session: requests.Session | None = None):
-        super().__init__(session)
+    def __init__(self, config: ServiceConfig | None = None, session: requests.Session | None = None):
+        super().__init__(config, session)
         self._media_ids: OrderedDict[str, tuple[str, float]] = OrderedDict()  # message id -> (media id, when)
         self._media_lock = threading.Lock()
 
