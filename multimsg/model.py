@@ -22,7 +22,7 @@ layer and every backend can share it without dragging the engine along.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from enum import StrEnum
 from typing import Any
@@ -101,9 +101,16 @@ class Message:
         return self.claim == token
 
     def with_changes(self, **changes: Any) -> "Message":
+        """A copy with ``changes`` (what ``dataclasses.replace`` makes, a shallow copy, without its per-call field walk)."""
         if "state" in changes:
             changes["state"] = State(changes["state"])
-        return replace(self, **changes)
+        unknown = changes.keys() - _FIELD_SET
+        if unknown:
+            raise TypeError(f"Message has no field(s) {sorted(unknown)}")
+        copied = object.__new__(Message)
+        copied.__dict__.update(self.__dict__)
+        copied.__dict__.update(changes)  # frozen: set as __init__ would, once
+        return copied
 
     # -- storage ---------------------------------------------------------------
     def to_record(self) -> dict[str, Any]:
@@ -120,8 +127,7 @@ class Message:
     def from_record(cls, record: Any) -> "Message":
         if not isinstance(record, dict):
             raise BadRecord("a record must be a JSON object")
-        known = {f.name for f in fields(cls)}
-        values = {k: v for k, v in record.items() if k in known}
+        values = {k: v for k, v in record.items() if k in _FIELD_SET}
         for name in ("id", "client", "data_id", "serv", "dest", "type"):
             if not isinstance(values.get(name), str):
                 raise BadRecord(f"record {record.get('id')!r}: {name!r} is missing or not text")
@@ -186,6 +192,7 @@ class Message:
 
 
 _FIELD_NAMES = tuple(f.name for f in fields(Message))
+_FIELD_SET = frozenset(_FIELD_NAMES)
 
 
 def iso(epoch: float | None) -> str | None:
