@@ -32,10 +32,8 @@ import urllib.error
 import urllib.request
 from typing import Any, Callable
 
-from werkzeug.wrappers import Request
-
 from . import openapi
-from .common import EmulatorApp, Limit, Option, Reply, Send, main
+from .common import EmulatorApp, Limit, Option, Reply, Request, Send, main
 
 __all__ = ["WhatsAppApp", "CODES", "graph_error", "wa_id"]
 
