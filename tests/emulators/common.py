@@ -42,7 +42,6 @@ import sys
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping
 
 from .server import Request, Response, serve
@@ -66,13 +65,14 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True)
+# Plain classes, not dataclasses: `dataclasses` (with `inspect`) and the code it generates cost
+# 20 ms of CPU at every emulator's start, which the benchmarks count against the gateway.
 class Option:
     """A setting given as `--name` on the command line and changeable via `/_emu/config`."""
 
-    default: Any
-    help: str
-    on: Any = None  # value used when the run-time config sets a numeric option to `true`
+    def __init__(self, default: Any, help: str, on: Any = None) -> None:
+        self.default, self.help = default, help
+        self.on = on  # value used when the run-time config sets a numeric option to `true`
 
     def coerce(self, value: Any) -> Any:
         if isinstance(value, bool) and not isinstance(self.default, bool):
@@ -86,18 +86,21 @@ COMMON_OPTIONS: dict[str, Option] = {
 }
 
 
-@dataclass
 class Reply:
     """One HTTP answer: a JSON `body`, or `raw` text; optionally delayed or dropped."""
 
-    status: int
-    body: Any = None
-    raw: str | None = None
-    headers: dict[str, str] = field(default_factory=dict)
-    content_type: str = "text/html; charset=utf-8"  # used for `raw` bodies only
-    error: str | None = None  # short error text kept in the record
-    delay: float = 0.0  # extra seconds before answering (scripted timeouts)
-    drop: bool = False  # close the connection without answering
+    def __init__(self, status: int, body: Any = None, raw: str | None = None, headers: dict[str, str] | None = None,
+                 content_type: str = "text/html; charset=utf-8", error: str | None = None, delay: float = 0.0,
+                 drop: bool = False) -> None:
+        self.status, self.body, self.raw = status, body, raw
+        self.headers = headers if headers is not None else {}
+        self.content_type = content_type  # used for `raw` bodies only
+        self.error = error  # short error text kept in the record
+        self.delay = delay  # extra seconds before answering (scripted timeouts)
+        self.drop = drop  # close the connection without answering
+
+    def __repr__(self) -> str:
+        return f"Reply({self.status}, {self.body if self.raw is None else self.raw!r})"
 
     @classmethod
     def custom(cls, spec: Mapping[str, Any]) -> "Reply":
@@ -110,21 +113,22 @@ class Reply:
         return Response(json.dumps(self.body), self.status, self.headers, content_type="application/json")
 
 
-@dataclass
 class Send:
     """A parsed send request, as the platform module hands it to `EmulatorApp.decide`."""
 
-    method: str
-    dest: Any = None
-    type: str | None = None
-    fields: dict[str, Any] = field(default_factory=dict)
-    json: Any = None
-    files: dict[str, dict[str, Any]] = field(default_factory=dict)
-    media: Any = None
-    problems: list[str] = field(default_factory=list)  # recorded as `schema_errors`
-    denied: Reply | None = None  # token / path errors: answered even if a script matches
-    invalid: Reply | None = None  # validation errors: answered unless a script matches
-    data: dict[str, Any] = field(default_factory=dict)  # platform-private, for deliver()
+    def __init__(self, method: str, dest: Any = None, type: str | None = None, fields: dict[str, Any] | None = None,
+                 json: Any = None, files: dict[str, dict[str, Any]] | None = None, media: Any = None,
+                 problems: list[str] | None = None, denied: Reply | None = None, invalid: Reply | None = None) -> None:
+        self.method, self.dest, self.type, self.json, self.media = method, dest, type, json, media
+        self.fields: dict[str, Any] = fields if fields is not None else {}
+        self.files: dict[str, dict[str, Any]] = files if files is not None else {}
+        self.problems: list[str] = problems if problems is not None else []  # recorded as `schema_errors`
+        self.denied = denied  # token / path errors: answered even if a script matches
+        self.invalid = invalid  # validation errors: answered unless a script matches
+        self.data: dict[str, Any] = {}  # platform-private, for deliver()
+
+    def __repr__(self) -> str:
+        return f"Send({self.method!r}, dest={self.dest!r}, type={self.type!r})"
 
 
 class SlidingLog:
@@ -145,12 +149,10 @@ class SlidingLog:
         self.times.append(now)
 
 
-@dataclass
 class Limit:
-    log: SlidingLog
-    limit: int  # 0 = off
-    period: float
-    reason: str
+    def __init__(self, log: SlidingLog, limit: int, period: float, reason: str) -> None:
+        self.log, self.period, self.reason = log, period, reason
+        self.limit = limit  # 0 = off
 
 
 def max_in_window(times: list[float], period: float = 1.0) -> int:
@@ -233,7 +235,10 @@ class EmulatorApp:
         return described
 
     def log(self, *key: Any) -> SlidingLog:
-        return self.logs.setdefault(key, SlidingLog())
+        log = self.logs.get(key)
+        if log is None:
+            log = self.logs[key] = SlidingLog()
+        return log
 
     def configure(self, changes: Mapping[str, Any]) -> dict[str, Any]:
         unknown = sorted(set(changes) - set(self.options))

@@ -22,7 +22,6 @@ import socket
 import sys
 import threading
 import time
-import traceback
 from http import HTTPStatus
 from typing import Any, Callable, Iterable
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -340,6 +339,8 @@ def _connection(handle: Callable[[Request], Response | None], sock: socket.socke
                 try:
                     response = handle(Request(environ, body, sock))
                 except Exception:  # as werkzeug's server: a 500, the traceback on stderr
+                    import traceback
+
                     sys.stderr.write(f"Error on request {method} {target}:\n{traceback.format_exc()}")
                     sys.stderr.flush()
                     response, close = _error(500, "The server encountered an internal error."), True
