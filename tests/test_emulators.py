@@ -388,3 +388,15 @@ def test_server_keeps_connections_alive_and_reads_chunked_bodies(tg):
         raw.sendall(b"NONSENSE\r\n\r\n")
         answer = raw.makefile("rb").read()
     assert answer.startswith(b"HTTP/1.1 400 ") and b"Connection: close" in answer
+
+
+@pytest.mark.parametrize("target", ["/a?b=1#frag", "/a#x?y", "//host/p?q", "/", "/p%20q?x=%41", "http://h:1/p?q", "/a?b?c", "/?", "/#", "///x"])
+def test_server_splits_targets_as_werkzeug_does(target):
+    from urllib.parse import unquote, urlsplit
+
+    from tests.emulators import server
+
+    environ = server._environ("GET", target, "HTTP/1.1", [], ("127.0.0.1", 9), ("127.0.0.1", 10))
+    url = urlsplit(target)  # werkzeug's make_environ
+    path = f"/{url.netloc}{url.path}" if not url.scheme and url.netloc else url.path
+    assert (environ["PATH_INFO"], environ["QUERY_STRING"]) == (unquote(path), url.query)

@@ -128,6 +128,9 @@ class Request:
     @property
     def args(self) -> Any:
         if self._args is None:
+            if not self.environ["QUERY_STRING"]:
+                self._args = Params()
+                return self._args
             try:
                 self._args = Params(parse_qsl(self.environ["QUERY_STRING"].encode("latin-1").decode(), keep_blank_values=True,
                                               errors="strict"))
@@ -210,13 +213,18 @@ def _reason(status: int) -> str:
 def _environ(method: str, target: str, version: str, headers: list[tuple[str, str]], server: tuple[str, int],
              client: tuple[str, int]) -> dict[str, Any]:
     """The WSGI environ werkzeug's development server builds for this request (its make_environ)."""
-    url = urlsplit(target)
-    path = f"/{url.netloc}{url.path}" if not url.scheme and url.netloc else url.path
+    if target.startswith("/") and not target.startswith("//"):  # the usual origin form: what urlsplit gives, quicker
+        path, _, query = target.partition("#")[0].partition("?")
+        scheme = netloc = ""
+    else:
+        url = urlsplit(target)
+        path, query, scheme, netloc = url.path, url.query, url.scheme, url.netloc
+        path = f"/{netloc}{path}" if not scheme and netloc else path
     environ: dict[str, Any] = {
         "wsgi.version": (1, 0), "wsgi.url_scheme": "http", "wsgi.errors": sys.stderr, "wsgi.multithread": True,
         "wsgi.multiprocess": False, "wsgi.run_once": False, "SERVER_SOFTWARE": "multimsg-emulator",
         "REQUEST_METHOD": method, "SCRIPT_NAME": "", "PATH_INFO": unquote(path).encode().decode("latin-1"),
-        "QUERY_STRING": url.query.encode().decode("latin-1"), "REQUEST_URI": target.encode().decode("latin-1"),
+        "QUERY_STRING": query.encode().decode("latin-1"), "REQUEST_URI": target.encode().decode("latin-1"),
         "RAW_URI": target.encode().decode("latin-1"), "REMOTE_ADDR": client[0], "REMOTE_PORT": client[1],
         "SERVER_NAME": server[0], "SERVER_PORT": str(server[1]), "SERVER_PROTOCOL": version,
     }
@@ -229,8 +237,8 @@ def _environ(method: str, target: str, version: str, headers: list[tuple[str, st
             if key in environ:
                 value = f"{environ[key]},{value}"
         environ[key] = value
-    if url.scheme and url.netloc:
-        environ["HTTP_HOST"] = url.netloc
+    if scheme and netloc:
+        environ["HTTP_HOST"] = netloc
     return environ
 
 
@@ -286,9 +294,14 @@ def _read_chunked(rfile: Any) -> bytes:
         rfile.readline(_MAX_LINE)
 
 
+_date: list[Any] = [0, ""]  # the Date header, made once a second
+
+
 def _head_bytes(status: int, headers: list[tuple[str, str]], length: int, close: bool) -> bytes:
-    lines = [f"HTTP/1.1 {status} {_reason(status)}", "Server: multimsg-emulator",
-             "Date: " + time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime())]
+    now = int(time.time())
+    if _date[0] != now:
+        _date[:] = [now, time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(now))]
+    lines = [f"HTTP/1.1 {status} {_reason(status)}", "Server: multimsg-emulator", "Date: " + _date[1]]
     lines += [f"{name}: {value}" for name, value in headers]
     if not any(name.lower() == "content-length" for name, _ in headers):
         lines.append(f"Content-Length: {length}")
