@@ -88,7 +88,8 @@ def _spec_examples() -> list[dict]:
     return [example["value"] for example in examples.values() if isinstance(example.get("value"), dict)]
 
 
-_JSON = st.recursive(st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats(allow_nan=False) | st.text(max_size=600),
+_JSON = st.recursive(st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats(allow_nan=False) | st.text(max_size=600)
+                     | st.sampled_from(["\ud800", "x\udfff", 10**400]),  # json.loads gives these too
                      lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
                      max_leaves=6)
 
@@ -139,10 +140,17 @@ def test_the_fast_check_agrees_with_jsonschema():
         kind = body.get("type") if isinstance(body, dict) else None
         for key in {None, kind if kind in kinds else None}:
             reference = not list(openapi._validator(key).iter_errors(body))
-            assert openapi._checker(key).is_valid(body) == reference, (key, body)
+            try:
+                fast = openapi._checker(key).is_valid(body)
+            except ValueError:  # a value it cannot take (a lone surrogate): validate_message asks jsonschema
+                continue
+            assert fast == reference, (key, body)
 
     for body in bodies:
         agree(body)
+    lone = {"messaging_product": "whatsapp", "to": "5491100000000", "type": "text", "text": {"body": "\ud800"}}
+    assert validate_message(lone) == []  # jsonschema-rs cannot take a lone surrogate: jsonschema decides
+    assert validate_message({**lone, "text": {"body": "\ud800", "x": 1}}) == ["text: Additional properties are not allowed ('x' was unexpected)"]
     assert sum(validate_message(body) == [] for body in bodies) >= 30  # most of Meta's examples are valid as they are
 
     given(_mutated(bodies))(settings(max_examples=400, deadline=None, database=None,
