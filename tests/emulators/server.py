@@ -83,6 +83,21 @@ class Headers:
         return iter(self.items())
 
 
+_WERKZEUG: list[Any] = []
+
+
+def _werkzeug_request() -> Any:
+    """werkzeug's Request class, with the emulators' form limit; imported on first use."""
+    if not _WERKZEUG:
+        from werkzeug.wrappers import Request as WerkzeugRequest
+
+        class Full(WerkzeugRequest):
+            max_form_memory_size = MAX_FORM_MEMORY
+
+        _WERKZEUG.append(Full)
+    return _WERKZEUG[0]
+
+
 class Request:
     """One request (see the module's docstring)."""
 
@@ -104,13 +119,8 @@ class Request:
     def werkzeug(self) -> Any:
         """A werkzeug Request over the same environ and body (imported on first use)."""
         if self._werkzeug is None:
-            from werkzeug.wrappers import Request as WerkzeugRequest
-
-            class Full(WerkzeugRequest):
-                max_form_memory_size = MAX_FORM_MEMORY
-
             self.environ["wsgi.input"] = io.BytesIO(self.body)
-            self._werkzeug = Full(self.environ)
+            self._werkzeug = _werkzeug_request()(self.environ)
             if self._data is not None:  # what get_data gave is werkzeug's cache
                 self._werkzeug._cached_data = self._data
         return self._werkzeug
