@@ -41,10 +41,15 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 # The emulator processes import this package too: what only this side uses (urllib, subprocess,
 # 40 ms of CPU to import) is imported where it is used, not at the start of every emulator.
-def _open(request: Any) -> Any:
-    import urllib.request
+_OPENER: list[Any] = []
 
-    return urllib.request.build_opener(urllib.request.ProxyHandler({})).open(request, timeout=10)  # never via an HTTP proxy
+
+def _open(request: Any) -> Any:
+    if not _OPENER:
+        import urllib.request
+
+        _OPENER.append(urllib.request.build_opener(urllib.request.ProxyHandler({})))  # never via an HTTP proxy
+    return _OPENER[0].open(request, timeout=10)
 
 
 class Emulator:
