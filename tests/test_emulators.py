@@ -300,3 +300,103 @@ def test_latency_is_per_request_and_wait_for_reports(tg, http):
     assert len(tg.wait_for(count=30, timeout=2)) == 30
     with pytest.raises(AssertionError, match="0 of 1 expected.*received 30"):
         tg.wait_for(lambda r: r["dest"] == "nobody", timeout=0.2)
+
+
+# ---- the server (tests/emulators/server.py) --------------------------------------------------
+_FORM, _JSON = "application/x-www-form-urlencoded", "application/json"
+REQUESTS = [  # method, target, headers, body
+    ("POST", "/bot1:x/sendMessage?a=1&a=2&b=&c=%E2%82%AC+x", [("Content-Type", _FORM)], "chat_id=42&text=hola+%F0%9F%91%8B&text=2&e=".encode()),
+    ("POST", "/p%C3%A9/x%2Fy?q=%FF", [("Content-Type", _FORM + "; charset=utf-8")], b"text=%FF%FE&ok=1"),
+    ("POST", "/f", [("Content-Type", _FORM)], b"text=\xff\xfe"),  # not UTF-8: werkzeug gives an empty form
+    ("POST", "/j", [("Content-Type", _JSON + "; charset=utf-8"), ("X-Hub-Signature-256", "sha256=ab"), ("X-Two", "1"), ("X-Two", "2")],
+     '{"to": "5491100000000", "text": {"body": "ü"}}'.encode()),
+    ("POST", "/j", [("Content-Type", "application/vnd.api+json")], b'[1, 2'),  # broken JSON
+    ("POST", "/j", [("Content-Type", "Application/JSON")], b'{"a": 1}'),
+    ("POST", "/raw", [("Content-Type", "application/octet-stream"), ("Authorization", "Bearer t")], b"\x00\x01"),
+    ("POST", "/none", [], b'{"a": 1}'),
+    ("GET", "//double/slash?access_token=abc", [("Host", "example.org:8080")], b""),
+    ("POST", "/multipart", [("Content-Type", "multipart/form-data; boundary=XyZ")],
+     b'--XyZ\r\nContent-Disposition: form-data; name="chat_id"\r\n\r\n42\r\n--XyZ\r\nContent-Disposition: form-data; name="photo"; '
+     b'filename="a.jpg"\r\nContent-Type: image/jpeg\r\n\r\n\xff\xd8\xff\r\n--XyZ--\r\n'),
+]
+
+
+def _pair(method: str, target: str, headers: list, body: bytes):
+    import io
+
+    from werkzeug.wrappers import Request as WerkzeugRequest
+
+    from tests.emulators import server
+
+    headers = [*headers, ("Content-Length", str(len(body)))] if body else headers
+    environ = server._environ(method, target, "HTTP/1.1", headers, ("127.0.0.1", 9), ("127.0.0.1", 10))
+    reference = WerkzeugRequest({**environ, "wsgi.input": io.BytesIO(body)})
+    reference.max_form_memory_size = server.MAX_FORM_MEMORY
+    return server.Request(dict(environ), body), reference
+
+
+def _seen(request, order: str) -> dict:
+    seen = {}
+    for step in order.split(","):
+        if step == "form":
+            seen["form"] = [(k, request.form.getlist(k)) for k in request.form]
+            seen["form_items"] = list(request.form.items())
+        elif step == "files":
+            seen["files"] = {name: (f.filename, f.mimetype, f.read()) for name, f in request.files.items()}
+        elif step == "data":
+            seen["data"] = request.get_data(cache=True)
+        elif step == "json":
+            seen["json"] = request.get_json(silent=True) if request.is_json else "not json"
+            seen["forced"] = request.get_json(silent=True, force=True)
+    seen.update(method=request.method, path=request.path, args=list(request.args.items()),
+                args_lists=[(k, request.args.getlist(k)) for k in request.args], content_type=request.content_type,
+                mimetype=request.mimetype, is_json=request.is_json, headers=sorted(request.headers.items()),
+                auth=request.headers.get("Authorization"), ctype=request.headers.get("content-type"), host=request.host)
+    return seen
+
+
+@pytest.mark.parametrize("order", ["form,data,json", "data,form,files", "json,files,data", "files,form"])
+@pytest.mark.parametrize("case", range(len(REQUESTS)))
+def test_server_requests_read_as_werkzeug_reads_them(case, order):
+    """The emulators' light Request gives what werkzeug's Request gives, whatever the order of access."""
+    ours, reference = _pair(*REQUESTS[case])
+    assert _seen(ours, order) == _seen(reference, order)
+
+
+def test_server_keeps_connections_alive_and_reads_chunked_bodies(tg):
+    import http.client
+    import socket
+
+    connection = http.client.HTTPConnection("127.0.0.1", tg.port, timeout=10)
+    path = f"/bot{tg.token}/sendMessage"
+    connection.request("POST", path, "chat_id=1&text=one", {"Content-Type": _FORM})
+    first = connection.getresponse()
+    assert first.status == 200 and first.getheader("Connection") is None and first.read()
+    local = connection.sock.getsockname()
+    connection.request("POST", path, iter([b"chat_id=2&", b"text=two"]), {"Content-Type": _FORM})  # sent chunked
+    second = connection.getresponse()
+    assert second.status == 200 and second.read()
+    assert connection.sock.getsockname() == local  # the same connection
+    connection.request("POST", "/_emu/script", '{"response": "drop", "dest": 3}', {"Content-Type": _JSON})
+    assert connection.getresponse().read()
+    connection.request("POST", path, "chat_id=3&text=three", {"Content-Type": _FORM})
+    with pytest.raises((http.client.RemoteDisconnected, ConnectionError)):
+        connection.getresponse()
+    connection.close()
+    assert [(r["dest"], r["fields"].get("text"), r["status"]) for r in tg.received()] == [(1, "one", 200), (2, "two", 200), (3, "three", 0)]
+    with socket.create_connection(("127.0.0.1", tg.port), timeout=10) as raw:  # not HTTP: a 400, then closed
+        raw.sendall(b"NONSENSE\r\n\r\n")
+        answer = raw.makefile("rb").read()
+    assert answer.startswith(b"HTTP/1.1 400 ") and b"Connection: close" in answer
+
+
+@pytest.mark.parametrize("target", ["/a?b=1#frag", "/a#x?y", "//host/p?q", "/", "/p%20q?x=%41", "http://h:1/p?q", "/a?b?c", "/?", "/#", "///x"])
+def test_server_splits_targets_as_werkzeug_does(target):
+    from urllib.parse import unquote, urlsplit
+
+    from tests.emulators import server
+
+    environ = server._environ("GET", target, "HTTP/1.1", [], ("127.0.0.1", 9), ("127.0.0.1", 10))
+    url = urlsplit(target)  # werkzeug's make_environ
+    path = f"/{url.netloc}{url.path}" if not url.scheme and url.netloc else url.path
+    assert (environ["PATH_INFO"], environ["QUERY_STRING"]) == (unquote(path), url.query)

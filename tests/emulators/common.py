@@ -2,7 +2,7 @@
 
 Owns: options (CLI flags that can also be changed at run time), the sliding-window limiter,
 recording of send requests, scripted answers, the `/_emu/` control API, and start-up of the
-threaded werkzeug server that prints `LISTENING <port>`.  A platform module subclasses
+server (server.py) that prints `LISTENING <port>`.  A platform module subclasses
 `EmulatorApp`, implements its wire format in the hooks (`route`, `limits`, `deliver`,
 `rate_limited`, `NAMED`) and calls `main(<its class>)`.
 
@@ -38,17 +38,16 @@ import argparse
 import hashlib
 import json
 import os
-import socket
 import sys
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Mapping
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping
 
-from werkzeug.datastructures import FileStorage
-from werkzeug.serving import WSGIRequestHandler, make_server
-from werkzeug.wrappers import Request, Response
+from .server import Request, Response, serve
+
+if TYPE_CHECKING:
+    from werkzeug.datastructures import FileStorage
 
 __all__ = [
     "COMMON_OPTIONS",
@@ -56,6 +55,8 @@ __all__ = [
     "Limit",
     "Option",
     "Reply",
+    "Request",
+    "Response",
     "Send",
     "SlidingLog",
     "describe_file",
@@ -64,13 +65,14 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True)
+# Plain classes, not dataclasses: `dataclasses` (with `inspect`) and the code it generates cost
+# 20 ms of CPU at every emulator's start, which the benchmarks count against the gateway.
 class Option:
     """A setting given as `--name` on the command line and changeable via `/_emu/config`."""
 
-    default: Any
-    help: str
-    on: Any = None  # value used when the run-time config sets a numeric option to `true`
+    def __init__(self, default: Any, help: str, on: Any = None) -> None:
+        self.default, self.help = default, help
+        self.on = on  # value used when the run-time config sets a numeric option to `true`
 
     def coerce(self, value: Any) -> Any:
         if isinstance(value, bool) and not isinstance(self.default, bool):
@@ -84,18 +86,21 @@ COMMON_OPTIONS: dict[str, Option] = {
 }
 
 
-@dataclass
 class Reply:
     """One HTTP answer: a JSON `body`, or `raw` text; optionally delayed or dropped."""
 
-    status: int
-    body: Any = None
-    raw: str | None = None
-    headers: dict[str, str] = field(default_factory=dict)
-    content_type: str = "text/html; charset=utf-8"  # used for `raw` bodies only
-    error: str | None = None  # short error text kept in the record
-    delay: float = 0.0  # extra seconds before answering (scripted timeouts)
-    drop: bool = False  # close the connection without answering
+    def __init__(self, status: int, body: Any = None, raw: str | None = None, headers: dict[str, str] | None = None,
+                 content_type: str = "text/html; charset=utf-8", error: str | None = None, delay: float = 0.0,
+                 drop: bool = False) -> None:
+        self.status, self.body, self.raw = status, body, raw
+        self.headers = headers if headers is not None else {}
+        self.content_type = content_type  # used for `raw` bodies only
+        self.error = error  # short error text kept in the record
+        self.delay = delay  # extra seconds before answering (scripted timeouts)
+        self.drop = drop  # close the connection without answering
+
+    def __repr__(self) -> str:
+        return f"Reply({self.status}, {self.body if self.raw is None else self.raw!r})"
 
     @classmethod
     def custom(cls, spec: Mapping[str, Any]) -> "Reply":
@@ -108,21 +113,22 @@ class Reply:
         return Response(json.dumps(self.body), self.status, self.headers, content_type="application/json")
 
 
-@dataclass
 class Send:
     """A parsed send request, as the platform module hands it to `EmulatorApp.decide`."""
 
-    method: str
-    dest: Any = None
-    type: str | None = None
-    fields: dict[str, Any] = field(default_factory=dict)
-    json: Any = None
-    files: dict[str, dict[str, Any]] = field(default_factory=dict)
-    media: Any = None
-    problems: list[str] = field(default_factory=list)  # recorded as `schema_errors`
-    denied: Reply | None = None  # token / path errors: answered even if a script matches
-    invalid: Reply | None = None  # validation errors: answered unless a script matches
-    data: dict[str, Any] = field(default_factory=dict)  # platform-private, for deliver()
+    def __init__(self, method: str, dest: Any = None, type: str | None = None, fields: dict[str, Any] | None = None,
+                 json: Any = None, files: dict[str, dict[str, Any]] | None = None, media: Any = None,
+                 problems: list[str] | None = None, denied: Reply | None = None, invalid: Reply | None = None) -> None:
+        self.method, self.dest, self.type, self.json, self.media = method, dest, type, json, media
+        self.fields: dict[str, Any] = fields if fields is not None else {}
+        self.files: dict[str, dict[str, Any]] = files if files is not None else {}
+        self.problems: list[str] = problems if problems is not None else []  # recorded as `schema_errors`
+        self.denied = denied  # token / path errors: answered even if a script matches
+        self.invalid = invalid  # validation errors: answered unless a script matches
+        self.data: dict[str, Any] = {}  # platform-private, for deliver()
+
+    def __repr__(self) -> str:
+        return f"Send({self.method!r}, dest={self.dest!r}, type={self.type!r})"
 
 
 class SlidingLog:
@@ -143,12 +149,10 @@ class SlidingLog:
         self.times.append(now)
 
 
-@dataclass
 class Limit:
-    log: SlidingLog
-    limit: int  # 0 = off
-    period: float
-    reason: str
+    def __init__(self, log: SlidingLog, limit: int, period: float, reason: str) -> None:
+        self.log, self.period, self.reason = log, period, reason
+        self.limit = limit  # 0 = off
 
 
 def max_in_window(times: list[float], period: float = 1.0) -> int:
@@ -172,12 +176,8 @@ def describe_file(upload: FileStorage) -> dict[str, Any]:
             "content_type": upload.mimetype or None}
 
 
-class _Request(Request):
-    max_form_memory_size = 64 * 1024 * 1024  # let over-long texts reach validation, not a 413
-
-
 class EmulatorApp:
-    """WSGI app holding the state of one emulator; platform modules implement the hooks."""
+    """The state of one emulator and its answers (`handle`); platform modules implement the hooks."""
 
     name: ClassVar[str] = ""
     OPTIONS: ClassVar[Mapping[str, Option]] = {}
@@ -235,7 +235,10 @@ class EmulatorApp:
         return described
 
     def log(self, *key: Any) -> SlidingLog:
-        return self.logs.setdefault(key, SlidingLog())
+        log = self.logs.get(key)
+        if log is None:
+            log = self.logs[key] = SlidingLog()
+        return log
 
     def configure(self, changes: Mapping[str, Any]) -> dict[str, Any]:
         unknown = sorted(set(changes) - set(self.options))
@@ -246,30 +249,20 @@ class EmulatorApp:
                 self.config[name] = self.options[name].coerce(value)
             return dict(self.config)
 
-    # ---- WSGI ------------------------------------------------------------------------------
-    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
-        request = _Request(environ)
+    # ---- HTTP ------------------------------------------------------------------------------
+    def handle(self, request: Request) -> Response | None:
+        """The answer to one request; None: close the connection unanswered."""
         if request.path.startswith("/_emu/"):
-            response = self.control(request)
-        else:
-            response = self.platform(request)
-        return response(environ, start_response)
+            return self.control(request)
+        return self.platform(request)
 
-    def platform(self, request: Request) -> Response:
+    def platform(self, request: Request) -> Response | None:
         routed = self.route(request)
         reply = routed if isinstance(routed, Reply) else self.decide(routed)
         pause = self.config["latency"] + reply.delay
         if pause > 0:
-            time.sleep(pause)
-        if reply.drop:
-            sock = request.environ.get("werkzeug.socket")
-            if sock is not None:
-                try:
-                    sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-            raise ConnectionAbortedError("connection dropped by a script")  # werkzeug ignores it
-        return reply.response()
+            time.sleep(pause)  # in this connection's own thread: other connections go on
+        return None if reply.drop else reply.response()
 
     def decide(self, send: Send) -> Reply:
         with self.lock:
@@ -399,11 +392,6 @@ class EmulatorApp:
         return Reply(200, result).response()
 
 
-class _QuietHandler(WSGIRequestHandler):
-    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
-        """No access log: at 100 requests/s it would only fill the parent's stderr."""
-
-
 def _exit_when_stdin_closes() -> None:
     sys.stdin.buffer.read()
     os._exit(0)
@@ -422,13 +410,9 @@ def main(app_class: type[EmulatorApp], argv: list[str] | None = None) -> None:
                             default=option.default, help=f"{option.help} (default: {option.default})")
     args = parser.parse_args(argv)
     app = app_class(**{name: getattr(args, name) for name in options})
-    server = make_server("127.0.0.1", args.port, app, threaded=True, request_handler=_QuietHandler)
     if args.exit_with_stdin:
         threading.Thread(target=_exit_when_stdin_closes, daemon=True).start()
-    print(f"LISTENING {server.server_port}", flush=True)
-    try:
-        server.serve_forever()
+    try:  # no access log: at 100 requests/s it would only fill the parent's stderr
+        serve(app.handle, args.port, lambda port: print(f"LISTENING {port}", flush=True))
     except KeyboardInterrupt:
         pass
-    finally:
-        server.server_close()

@@ -23,9 +23,7 @@ import math
 import re
 from typing import Any
 
-from werkzeug.wrappers import Request
-
-from .common import EmulatorApp, Limit, Option, Reply, Send, describe_file, main
+from .common import EmulatorApp, Limit, Option, Reply, Request, Send, describe_file, main
 
 __all__ = ["DiscordApp"]
 

@@ -24,9 +24,7 @@ import secrets
 from typing import Any
 from urllib.parse import unquote
 
-from werkzeug.wrappers import Request
-
-from .common import EmulatorApp, Option, Reply, Send, main
+from .common import EmulatorApp, Option, Reply, Request, Send, main
 
 __all__ = ["MatrixApp", "matrix_error"]
 

@@ -13,9 +13,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from werkzeug.wrappers import Request
-
-from .common import EmulatorApp, Option, Reply, Send, describe_file, main
+from .common import EmulatorApp, Option, Reply, Request, Send, describe_file, main
 
 __all__ = ["ReceiverApp"]
 

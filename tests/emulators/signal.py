@@ -20,9 +20,7 @@ import re
 import time
 from typing import Any
 
-from werkzeug.wrappers import Request
-
-from .common import EmulatorApp, Option, Reply, Send, main
+from .common import EmulatorApp, Option, Reply, Request, Send, main
 
 __all__ = ["SignalApp"]
 

@@ -29,9 +29,7 @@ import re
 import time
 from typing import Any
 
-from werkzeug.wrappers import Request
-
-from .common import EmulatorApp, Limit, Option, Reply, Send, describe_file, main
+from .common import EmulatorApp, Limit, Option, Reply, Request, Send, describe_file, main
 
 __all__ = ["SlackApp"]
 

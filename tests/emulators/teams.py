@@ -20,9 +20,7 @@ import json
 import re
 from typing import Any
 
-from werkzeug.wrappers import Request
-
-from .common import EmulatorApp, Limit, Option, Reply, Send, main
+from .common import EmulatorApp, Limit, Option, Reply, Request, Send, main
 
 __all__ = ["TeamsApp"]
 

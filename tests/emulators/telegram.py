@@ -12,7 +12,6 @@ Run: `python -m tests.emulators.telegram --port 0 [--token T] [--latency S] [--r
 from __future__ import annotations
 
 import hashlib
-import html
 import itertools
 import math
 import re
@@ -20,9 +19,7 @@ import time
 import zlib
 from typing import Any
 
-from werkzeug.wrappers import Request
-
-from .common import EmulatorApp, Limit, Option, Reply, Send, main
+from .common import EmulatorApp, Limit, Option, Reply, Request, Send, main
 
 __all__ = ["TelegramApp", "MEDIA_METHODS", "error", "utf16_len"]
 
@@ -65,6 +62,8 @@ def _nginx_page(status: int, title: str) -> Reply:
 def utf16_len(text: str, parse_mode: str | None = None) -> int:
     """Length in UTF-16 code units, after entity parsing for HTML (other modes counted raw)."""
     if parse_mode and parse_mode.lower() == "html":
+        import html  # here: most texts are plain, and its entity table takes a while to import
+
         text = html.unescape(re.sub(r"<[^>]*>", "", text))
     return len(text.encode("utf-16-le")) // 2
 

@@ -17,9 +17,7 @@ import secrets
 from datetime import datetime, timezone
 from typing import Any
 
-from werkzeug.wrappers import Request
-
-from .common import EmulatorApp, Option, Reply, Send, main
+from .common import EmulatorApp, Option, Reply, Request, Send, main
 
 __all__ = ["TwilioApp", "twilio_error"]
 

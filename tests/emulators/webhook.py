@@ -22,9 +22,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from werkzeug.wrappers import Request
-
-from .common import EmulatorApp, Option, Reply, Send, describe_file, main
+from .common import EmulatorApp, Option, Reply, Request, Send, describe_file, main
 
 __all__ = ["WebhookApp", "SECRET"]
 
