@@ -8,6 +8,7 @@ together; handlers parse HTTP, call one method here, and format the answer.
 from __future__ import annotations
 
 import io
+import logging
 import tempfile
 import time
 from contextlib import contextmanager
@@ -43,6 +44,8 @@ from .quota import check_quota
 from .replay import ReplayRecord
 from .schedule import AT_FIELD, parse_at
 from .services import ServiceBase, get_service, instances, service_class
+
+log = logging.getLogger("multimsg.drain")
 
 __all__ = ["Gateway", "gateway", "sealed", "server_keys", "replay_record", "key_records", "redis_client", "MSG_FIELDS", "MSG_OPTIONS", "SEND_FIELDS"]
 
@@ -451,7 +454,10 @@ def drain_share(s: Settings) -> Share | None:
     for name in instances():
         service = get_service(name)
         weights[name] = float(service.rate if service.config.rate is None else service.config.rate)
-    return Share(index, count, deal(weights, count))
+    share = Share(index, count, deal(weights, count))
+    log.info("this drain sends for share %d/%d of the service instances: %s", index + 1, count,
+             ", ".join(name for name in sorted(weights) if share.serves(name)) or "none")
+    return share
 
 
 @lru_cache(maxsize=1)

@@ -87,7 +87,8 @@ def _start_timer() -> None:
 def _drain_child(interval: float, index: int, count: int) -> None:
     """A drain child of a runner with several workers: the timer, for share ``index`` of ``count``, until SIGTERM."""
     if count > 1:
-        os.environ["MULTIMSG_DRAIN_SHARE"] = f"{index}/{count}"  # read when this child builds its gateway
+        os.environ["MULTIMSG_DRAIN_SHARE"] = f"{index}/{count}"  # read when this child builds its gateway...
+        settings.cache_clear()  # ...from settings read again (the parent's were read before it was set)
     timer = DrainTimer(interval)
     signal.signal(signal.SIGTERM, lambda *_: timer.stopped.set())  # after the pass in progress
     timer.run()

@@ -105,6 +105,9 @@ def test_two_drain_children_each_send_for_their_own_instances_and_each_message_o
     gw = runner(MULTIMSG_DRAIN_INTERVAL="0.2", MULTIMSG_DRAIN_WORKERS="2", **backend)
     assert len(children(gw.proc.pid)) == 4  # two workers and two drains
     assert gw.log().count("drain 1/2 started") == 1 and gw.log().count("drain 2/2 started") == 1
+    wait_until(lambda: "share 2/2" in gw.log(), 30, "the drains' first passes")  # each builds its gateway at its first pass
+    assert "this drain sends for share 1/2 of the service instances: outbox\n" in gw.log()
+    assert "this drain sends for share 2/2 of the service instances: telegram, wpp1\n" in gw.log()
     wanted = [("telegram", str(4300 + n), f"tg {n}") for n in range(30)] + [("outbox", f"box{n}", f"ob {n}") for n in range(30)]
     sent = send_texts(gw, wanted, at=time.time() + 3)  # all due at once, for both drains
     wait_until(lambda: all_delivered(gw, sent), 60, "every delivery")
