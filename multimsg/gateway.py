@@ -37,7 +37,7 @@ from .queue.drain import Drain, Tuning
 from .queue.receipts import Receipt
 from .queue.retry import RetryPolicy
 from .queue.sealed import seal_name
-from .queue.shares import Share, deal
+from .queue.shares import UNLIMITED_WEIGHT, Share, deal
 from .queue.spool import Spool
 from .queue.store import MessageStore
 from .quota import check_quota
@@ -453,7 +453,9 @@ def drain_share(s: Settings) -> Share | None:
     weights = {}
     for name in instances():
         service = get_service(name)
-        weights[name] = float(service.rate if service.config.rate is None else service.config.rate)
+        rate = float(service.rate if service.config.rate is None else service.config.rate)
+        weight = service.share_weight if service.share_weight is not None else rate if rate > 0 else UNLIMITED_WEIGHT
+        weights[name] = weight if service.configured() else 0.0
     share = Share(index, count, deal(weights, count))
     log.info("this drain sends for share %d/%d of the service instances: %s", index + 1, count,
              ", ".join(name for name in sorted(weights) if share.serves(name)) or "none")

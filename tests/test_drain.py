@@ -182,25 +182,24 @@ def test_a_second_pass_started_meanwhile_answers_busy(make_gateway, telegram):
     assert first["busy"] is False and first["delivered"] == 2
 
 
-def test_cron_passes_with_a_drain_share_each_send_for_their_own_instances(make_gateway, telegram):
+def test_cron_passes_with_a_drain_share_each_send_for_their_own_instances(make_gateway, telegram, whatsapp):
     gateway = make_gateway()
-    chat = str(next(_chats))
-    by_serv = {"telegram": gateway.send(b"por telegram", "telegram", chat), "outbox": gateway.send(b"al buzon", "outbox", "ana")}
+    by_serv = {"telegram": gateway.send(b"por telegram", "telegram", str(next(_chats))),
+               "wpp1": gateway.send(b"por whatsapp", "wpp1", str(next(_numbers)))}
 
-    def cron(share: str) -> dict:
-        done = subprocess.run([sys.executable, "-m", "multimsg", "drain", "--json"], cwd=ROOT, capture_output=True, text=True, timeout=60,
+    def cron(share: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "multimsg", "drain", "--json"], cwd=ROOT, capture_output=True, text=True, timeout=60,
                               env={**os.environ, **gateway.env, "MULTIMSG_HOME": str(gateway.home), "MULTIMSG_DRAIN_SHARE": share})
-        assert done.returncode == 0, done.stderr
-        return json.loads(done.stdout.strip().splitlines()[-1])
 
-    # Dealt by declared rate: outbox (100/s) is share 0's; wpp1 (80/s) and telegram (30/s) are share 1's
-    assert cron("0/2")["delivered"] == 1
-    assert gateway.state(by_serv["outbox"])["state"] == "delivered" and gateway.state(by_serv["telegram"])["state"] == "queued"
-    assert telegram.received() == []
-    assert cron("1/2")["delivered"] == 1
+    # Dealt by declared rate: wpp1 (80/s) is share 0's; telegram (30/s) and the outbox (no weight) are share 1's
+    first = cron("0/2")
+    assert first.returncode == 0 and json.loads(first.stdout.strip().splitlines()[-1])["delivered"] == 1, first.stderr
+    assert gateway.state(by_serv["wpp1"])["state"] == "delivered" and gateway.state(by_serv["telegram"])["state"] == "queued"
+    assert telegram.received() == [] and len(whatsapp.received()) == 1
+    second = cron("1/2")
+    assert second.returncode == 0 and json.loads(second.stdout.strip().splitlines()[-1])["delivered"] == 1, second.stderr
     assert [record["fields"]["text"] for record in telegram.received()] == ["por telegram"]
-    bad = subprocess.run([sys.executable, "-m", "multimsg", "drain"], cwd=ROOT, capture_output=True, text=True, timeout=60,
-                         env={**os.environ, **gateway.env, "MULTIMSG_HOME": str(gateway.home), "MULTIMSG_DRAIN_SHARE": "2/2"})
+    bad = cron("2/2")
     assert bad.returncode != 0 and "MULTIMSG_DRAIN_SHARE must be I/N" in bad.stderr
 
 

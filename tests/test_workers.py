@@ -100,20 +100,19 @@ def test_the_drain_runs_in_one_child_and_sends_each_message_once(runner, backend
     assert gw.log().count("drain started") == 1
 
 
-def test_two_drain_children_each_send_for_their_own_instances_and_each_message_once(runner, backend, telegram):
-    # Dealt by declared rate: outbox (100/s) to one share, wpp1 (80/s) and telegram (30/s) to the other.
+def test_two_drain_children_each_send_for_their_own_instances_and_each_message_once(runner, backend, telegram, whatsapp):
+    # Dealt by declared rate: wpp1 (80/s) to one share; telegram (30/s) and the outbox (no account: no weight) to the other.
     gw = runner(MULTIMSG_DRAIN_INTERVAL="0.2", MULTIMSG_DRAIN_WORKERS="2", **backend)
     assert len(children(gw.proc.pid)) == 4  # two workers and two drains
     assert gw.log().count("drain 1/2 started") == 1 and gw.log().count("drain 2/2 started") == 1
     wait_until(lambda: "share 2/2" in gw.log(), 30, "the drains' first passes")  # each builds its gateway at its first pass
-    assert "this drain sends for share 1/2 of the service instances: outbox\n" in gw.log()
-    assert "this drain sends for share 2/2 of the service instances: telegram, wpp1\n" in gw.log()
-    wanted = [("telegram", str(4300 + n), f"tg {n}") for n in range(30)] + [("outbox", f"box{n}", f"ob {n}") for n in range(30)]
+    assert "this drain sends for share 1/2 of the service instances: wpp1\n" in gw.log()
+    assert "this drain sends for share 2/2 of the service instances: outbox, telegram\n" in gw.log()
+    wanted = [("telegram", str(4300 + n), f"tg {n}") for n in range(30)] + [("wpp1", str(5491170000000 + n), f"wa {n}") for n in range(30)]
     sent = send_texts(gw, wanted, at=time.time() + 3)  # all due at once, for both drains
     wait_until(lambda: all_delivered(gw, sent), 60, "every delivery")
-    assert sorted(record["fields"]["text"] for record in telegram.received()) == sorted(f"tg {n}" for n in range(30))
-    boxed = sorted(path.read_text() for path in (gw.home / "outbox").glob("box*/*") if not path.name.endswith(".json"))
-    assert boxed == sorted(f"ob {n}" for n in range(30))  # each once: one file per delivery
+    assert sorted(record["fields"]["text"] for record in telegram.received()) == sorted(f"tg {n}" for n in range(30))  # each once
+    assert sorted(record["json"]["text"]["body"] for record in whatsapp.received()) == sorted(f"wa {n}" for n in range(30))
     # which drain leases which instance's messages: test_backend_contract.py::test_drains_with_shares_*
 
 

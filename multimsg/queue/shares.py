@@ -8,8 +8,10 @@ processes so that each instance is sent for by exactly one of them: its pacing
 and every process leases only its own instances' messages (the leases keep it
 safe either way). The split is worked out from the configuration alone, so
 every process that reads the same configuration agrees on it: instances are
-dealt out by declared rate, largest first, each to the share with the least
-rate so far (ties: by name, to the lowest share). An instance the configuration
+dealt out by weight, largest first, each to the share with the least weight so
+far (ties: by name, to the lowest share). An instance's weight is its declared
+rate (``UNLIMITED_WEIGHT`` when it declares none), nothing when its credentials
+are missing, and the outbox's (which needs no account) is nothing too. An instance the configuration
 does not name (a message queued before it was removed) goes to the share its
 name's CRC-32 picks, where the pass fails or holds it as for one process.
 
@@ -26,7 +28,7 @@ from typing import Mapping
 
 __all__ = ["Share", "deal", "parse_share", "UNLIMITED_WEIGHT"]
 
-UNLIMITED_WEIGHT = 1000.0  # an instance with no declared limit counts as this many messages per second
+UNLIMITED_WEIGHT = 1000.0  # the weight of an instance that declares no limit: this many messages per second
 
 
 @dataclass(frozen=True)
@@ -59,11 +61,10 @@ def deal(weights: Mapping[str, float], count: int) -> dict[str, int]:
     """Instance -> share, for ``count`` shares: by weight, largest first, each to the lightest share so far."""
     loads = [0.0] * max(1, count)
     owners = {}
-    for name in sorted(weights, key=lambda n: (-(weights[n] if weights[n] > 0 else UNLIMITED_WEIGHT), n)):
-        weight = weights[name] if weights[name] > 0 else UNLIMITED_WEIGHT
+    for name in sorted(weights, key=lambda n: (-weights[n], n)):
         index = min(range(len(loads)), key=lambda i: (loads[i], i))
         owners[name] = index
-        loads[index] += weight
+        loads[index] += weights[name]
     return owners
 
 

@@ -231,6 +231,9 @@ class ServiceBase(ABC):
     # Pacing, as data (the drain enforces it): sends per second for the whole
     # service, and per destination ``dest_limit(dest) -> (sends, per_seconds)``.
     rate: ClassVar[float] = 1.0
+    # How much of a drain process an instance is expected to keep busy, to deal the instances between several
+    # (``queue.shares``); None: its declared rate (an unconfigured instance weighs nothing).
+    share_weight: ClassVar[float | None] = None
     credentials: ClassVar[dict[str, str]] = {}  # attribute -> key (required): MULTIMSG_<NAME>_<KEY>
     options: ClassVar[dict[str, tuple[str, str]]] = {}  # attribute -> (key, default)
     secrets: ClassVar[frozenset[str]] = frozenset()  # attributes holding a credential whose key does not say so (a URL)

@@ -44,6 +44,7 @@ class Outbox(ServiceBase):
     dest_format = "a folder name: letters, digits, '.', '_', '@', '+' or '-', starting with a letter or digit (at most 64)"
     dest_pattern = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+-]{0,63}")
     rate = 100.0  # a local disk: the pacing is there to behave like any other service
+    share_weight = 0.0  # for trying multimsg out with no account: dealt to the drain process the accounts leave least busy
     options = {"folder": ("folder", "")}  # default: MULTIMSG_HOME/outbox
     formats = {datatype: None for datatype in Datatypes.FILES}
     text_limit = 512 * 1024  # one file, however long: a text is never split
