@@ -3,10 +3,11 @@
 The parent binds the listening sockets, then forks the children: ``workers``
 HTTP workers that each serve those same sockets (the kernel hands every new
 connection to one of them), and, when ``MULTIMSG_DRAIN_INTERVAL`` is above 0,
-one drain child that runs the drain timer, so a data folder is drained from
-exactly one place however many processes serve it (``POST /drain`` still runs
-a pass in whichever worker answers it; the drain lock and the leases make that
-safe, as for several runners).
+the drain children that run the drain timer (one, or one per share of the
+service instances: ``queue.shares``), so each instance of a data folder is
+drained from exactly one place however many processes serve it (``POST /drain``
+still runs a pass in whichever worker answers it; the drain locks and the
+leases make that safe, as for several runners).
 
 The parent does nothing else: it starts no thread and builds no store, so
 forking a replacement is safe at any time. A child that ends is replaced (a
