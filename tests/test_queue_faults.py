@@ -239,6 +239,51 @@ def test_old_archive_files_are_pruned(tmp_path):
 
 
 # The due index: a pass over many stored messages none of which is due opens no shard.
+def test_content_unreadable_because_the_store_is_down_is_retried_not_failed(tmp_path, telegram):
+    """A blob store (Redis, S3) that goes down while the drain reads a message's content is the server's fault:
+    the message was failed "the shared store is unreachable" (seen with Redis restarted mid-drain)."""
+    from multimsg.config import ServiceConfig
+    from multimsg.content import Content
+    from multimsg.errors import Unavailable
+    from multimsg.services.telegram import Telegram
+
+    class Unreachable(Content):
+        size = 4
+
+        def open(self):
+            raise Unavailable("the shared store is unreachable; try again")  # what RedisContent and S3Content raise
+
+    class GoingDown(FileSpool):
+        down = True
+
+        def message_content(self, client: str, message_id: str) -> Content:
+            return Unreachable() if self.down else super().message_content(client, message_id)
+
+    layout = Layout(tmp_path / "home")
+    store, spool = TinyStore(layout, fsync=False), GoingDown(layout, ttl=3600.0, fsync=False)
+    service = Telegram(ServiceConfig(name="telegram", values={"token": telegram.token, "api_url": telegram.url}))
+    message_id = _queued_telegram_text(store, spool)
+    drain = Drain(store, spool, lambda s: service, RetryPolicy(base=0.01), tuning=Tuning(horizon=5.0))
+    assert drain.run_pass()["retried"] == 1
+    after = store.get(message_id)
+    assert after.state == State.QUEUED and after.attempts == 1 and "unreachable" in after.last_error
+    spool.down = False
+    deadline = time.monotonic() + 10
+    while store.get(message_id).state != State.DELIVERED and time.monotonic() < deadline:
+        drain.run_pass()
+        time.sleep(0.02)
+    assert store.get(message_id).state == State.DELIVERED
+    assert [record["fields"]["text"] for record in telegram.received()] == ["hola"]
+
+
+def _queued_telegram_text(store, spool) -> str:
+    info = spool.put(CLIENT, [b"hola"], "t.txt")
+    m = message(serv="telegram", dest="7700123", data_id=info.data_id)
+    spool.attach(CLIENT, info.data_id, m.id)
+    store.add(m)
+    return m.id
+
+
 def test_a_pass_reads_only_the_shards_that_are_due(tmp_path, monkeypatch):
     layout = Layout(tmp_path / "home")
     store = TinyStore(layout, fsync=False)

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Iterator
 
 from .. import convert
-from ..errors import InvalidInput
+from ..errors import InvalidInput, Unavailable
 from ..model import Message, State
 from ..services.base import Held, Outcome, OutcomeKind, ServiceBase
 from .pacing import ServicePacer
@@ -425,6 +425,8 @@ class Pass:
             return exc.outcome
         except InvalidInput as exc:
             return Outcome.failed(exc.reason)
+        except Unavailable as exc:  # the shared store or the blob store is down: the server's fault, not the message's
+            return Outcome.retry(f"{lane.serv}: {exc.reason}")
         turns = _Turns(pacer, dest, patience=self.tuning.horizon)
         data = {
             "id": record.id,
@@ -444,6 +446,8 @@ class Pass:
             outcome = Outcome.failed("the message's content is gone from the spool")
         except InvalidInput as exc:
             outcome = Outcome.failed(f"{lane.serv}: {exc}")
+        except Unavailable as exc:  # the content could not be read on (a blob store that went down mid-read)
+            outcome = Outcome.retry(f"{lane.serv}: {exc.reason}")
         finally:
             convert.release(content)
         if turns.requests:

@@ -50,8 +50,8 @@ import re
 import threading
 from typing import Sequence
 
-from ..errors import InvalidInput, MultimsgError
-from .base import THROTTLE_SERVICE, Outcome, ServiceBase, file_name
+from ..errors import InvalidInput
+from .base import CONTENT_REFUSED, THROTTLE_SERVICE, Outcome, ServiceBase, file_name
 from .datatypes import Datatypes
 from .sniff import OCTET_STREAM, sniff
 
@@ -217,7 +217,7 @@ class AppriseBridge(ServiceBase):
         if data["type"] == Datatypes.TEXT:
             try:
                 texts = self.text_parts(data["content"])
-            except MultimsgError as exc:
+            except CONTENT_REFUSED as exc:
                 return Outcome.failed(f"apprise: {exc.reason}")
             return self.send_parts(data, [self._text_part(plugin, text, secrets) for text in texts])
         if data["type"] not in self.datatypes:

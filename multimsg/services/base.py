@@ -63,7 +63,7 @@ from .text import MEASURES, TooManyParts, split_text
 __all__ = [
     "ServiceBase", "Outcome", "OutcomeKind", "Throttle", "Held", "read_text", "json_or_none", "file_name", "megabytes",
     "DELIVERED", "RETRY", "FAILED", "MISCONFIGURED", "THROTTLE_SERVICE", "THROTTLE_DEST", "MB", "POOL_SIZE", "seconds_or_none",
-    "PlatformSession",
+    "PlatformSession", "CONTENT_REFUSED",
 ]
 
 
@@ -91,6 +91,10 @@ class Held(Exception):
     def __init__(self, seconds: float):
         super().__init__(f"held for {seconds:.0f} s")
         self.seconds = seconds
+
+# What a stored content can be refused for at send time (it passed at /msg, a rule or the content changed since):
+# a failure of the message. Any other error (the store or the blob store unreachable) is the server's, worth a retry.
+CONTENT_REFUSED = (InvalidInput, TooLarge)
 
 MB = 1000 * 1000  # platforms state limits in MB; the decimal reading is the stricter one
 POOL_SIZE = 64  # connections kept per host: the drain sends from a thread pool

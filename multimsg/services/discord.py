@@ -34,9 +34,8 @@ import re
 
 import requests
 
-from ..errors import MultimsgError
 from ..multipart import MultipartBody
-from .base import THROTTLE_SERVICE, Outcome, ServiceBase, file_name, json_or_none, seconds_or_none
+from .base import CONTENT_REFUSED, THROTTLE_SERVICE, Outcome, ServiceBase, file_name, json_or_none, seconds_or_none
 from .datatypes import Datatypes
 from .sniff import OCTET_STREAM, sniff
 
@@ -75,7 +74,7 @@ class Discord(ServiceBase):
         if data["type"] == Datatypes.TEXT:
             try:
                 texts = self.text_parts(data["content"])
-            except MultimsgError as exc:
+            except CONTENT_REFUSED as exc:
                 return Outcome.failed(f"{self.name}: {exc.reason}")
             parts = [self._text_part(url, text) for text in texts]
         else:

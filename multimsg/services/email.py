@@ -40,8 +40,7 @@ from email.message import EmailMessage
 from email.policy import SMTP as SMTP_POLICY
 from email.utils import formatdate
 
-from ..errors import MultimsgError
-from .base import MB, Outcome, ServiceBase, file_name, read_text
+from .base import CONTENT_REFUSED, MB, Outcome, ServiceBase, file_name, read_text
 from .datatypes import Datatypes
 from .sniff import OCTET_STREAM, sniff
 
@@ -112,7 +111,7 @@ class Email(ServiceBase):
     def _send(self, data: dict, pace) -> Outcome:
         try:
             raw = self._message(data).as_bytes()
-        except MultimsgError as exc:
+        except CONTENT_REFUSED as exc:
             return Outcome.failed(f"{self.name}: {exc.reason}")
         implicit = _on(self.ssl)
         port = int(self.port) if str(self.port or "").strip() else (465 if implicit else 587)

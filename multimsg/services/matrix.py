@@ -56,8 +56,7 @@ from urllib.parse import quote
 
 import requests
 
-from ..errors import MultimsgError
-from .base import MB, THROTTLE_SERVICE, Outcome, ServiceBase, file_name, json_or_none, seconds_or_none
+from .base import CONTENT_REFUSED, MB, THROTTLE_SERVICE, Outcome, ServiceBase, file_name, json_or_none, seconds_or_none
 from .datatypes import Datatypes
 from .sniff import OCTET_STREAM, OGG_OPUS, sniff
 
@@ -137,7 +136,7 @@ class Matrix(ServiceBase):
         if data["type"] == Datatypes.TEXT:
             try:
                 texts = self.text_parts(data["content"])
-            except MultimsgError as exc:
+            except CONTENT_REFUSED as exc:
                 return Outcome.failed(f"matrix: {exc.reason}")
             parts = [self._event_part(room, f"{data['id']}.{index}", {"msgtype": "m.text", "body": text}) for index, text in enumerate(texts)]
             return self.send_parts(data, parts)

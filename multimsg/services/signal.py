@@ -50,8 +50,7 @@ from typing import BinaryIO
 import requests
 
 from ..content import Content
-from ..errors import MultimsgError
-from .base import MB, THROTTLE_SERVICE, Outcome, ServiceBase, file_name, json_or_none
+from .base import CONTENT_REFUSED, MB, THROTTLE_SERVICE, Outcome, ServiceBase, file_name, json_or_none
 from .datatypes import Datatypes
 from .sniff import OCTET_STREAM, OGG_OPUS, sniff
 
@@ -146,7 +145,7 @@ class Signal(ServiceBase):
         if data["type"] == Datatypes.TEXT:
             try:
                 parts = [self._text_part(data["dest"], text) for text in self.text_parts(data["content"])]
-            except MultimsgError as exc:
+            except CONTENT_REFUSED as exc:
                 return Outcome.failed(f"signal: {exc.reason}")
         else:
             parts = [lambda pace: self._send_file(data, pace)]

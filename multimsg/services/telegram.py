@@ -36,9 +36,8 @@ import re
 
 import requests
 
-from ..errors import MultimsgError
 from ..multipart import MultipartBody
-from .base import MB, Outcome, ServiceBase, file_name, json_or_none, seconds_or_none
+from .base import CONTENT_REFUSED, MB, Outcome, ServiceBase, file_name, json_or_none, seconds_or_none
 from .datatypes import Datatypes
 from .sniff import OCTET_STREAM, OGG_OPUS, sniff
 
@@ -96,7 +95,7 @@ class Telegram(ServiceBase):
         if data["type"] == Datatypes.TEXT:
             try:
                 parts = [self._text_part(data["dest"], text) for text in self.text_parts(data["content"])]
-            except MultimsgError as exc:  # the stored text no longer passes (it did at /msg)
+            except CONTENT_REFUSED as exc:  # the stored text no longer passes (it did at /msg)
                 return Outcome.failed(f"{self.name}: {exc.reason}")
         else:
             parts = [lambda pace: self._send_file(data, pace)]
