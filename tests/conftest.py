@@ -57,6 +57,18 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "ci_may_skip(reason): this test may skip under CI=true (legitimately conditional)")
 
 
+# The longest modules first (seconds each in a CI run, most first): with ``--dist loadfile`` each module runs whole
+# on one worker, handed out in collection order, and a long module handed out last keeps one core busy alone
+# at the end. Longest first, the two workers finish close together. The rest keep their order.
+LONGEST_FIRST = ("test_shared_engine", "test_redis_shared", "test_schemathesis", "test_receipts_callbacks", "test_drain",
+                 "test_crash", "test_workers", "test_redis_e2e", "test_services_matrix", "test_cli", "test_schedule_cancel")
+
+
+def pytest_collection_modifyitems(session, config, items):
+    rank = {name: n for n, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.stem, len(rank)))  # stable: within a module, and for the rest
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     outcome = yield
