@@ -452,7 +452,12 @@ def drain_share(s: Settings) -> Share | None:
     index, count = s.drain_share
     weights = {}
     for name in instances():
-        service = get_service(name)
+        try:
+            service = get_service(name)
+        except Exception:  # an instance that cannot even be built: its pass reports it; it weighs nothing here
+            log.exception("service instance %s could not be built to deal the drain shares", name)
+            weights[name] = 0.0
+            continue
         rate = float(service.rate if service.config.rate is None else service.config.rate)
         weight = service.share_weight if service.share_weight is not None else rate if rate > 0 else UNLIMITED_WEIGHT
         weights[name] = weight if service.configured() else 0.0
