@@ -163,9 +163,11 @@ def test_a_refused_token_keeps_messages_queued_reports_it_and_validity_still_app
 
 # -- one pass at a time ---------------------------------------------------------------------------
 def test_a_second_pass_started_meanwhile_answers_busy(make_gateway, telegram):
-    gateway = make_gateway(env={"MULTIMSG_TELEGRAM_DEST_INTERVAL": "0"})
+    # One send at a time, 1.5 s each: the first pass still runs 4.5 s after its first send arrives, long enough
+    # for a CLI started then to find it running on a loaded machine (with two sends at once it had 1.5 s).
+    gateway = make_gateway(env={"MULTIMSG_TELEGRAM_DEST_INTERVAL": "0", "MULTIMSG_TELEGRAM_CONCURRENCY": "1"})
     telegram.configure(latency=1.5)
-    for _ in range(2):
+    for _ in range(4):
         gateway.send(b"slow platform", "telegram", str(next(_chats)))
     first: dict = {}
     runner = threading.Thread(target=lambda: first.update(gateway.drain()))
@@ -179,7 +181,7 @@ def test_a_second_pass_started_meanwhile_answers_busy(make_gateway, telegram):
     assert json.loads(cron.stdout.strip().splitlines()[-1])["busy"] is True
 
     runner.join(30)
-    assert first["busy"] is False and first["delivered"] == 2
+    assert first["busy"] is False and first["delivered"] == 4
 
 
 def test_cron_passes_with_a_drain_share_each_send_for_their_own_instances(make_gateway, telegram, whatsapp):
