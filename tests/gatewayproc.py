@@ -53,6 +53,7 @@ class Gateway:
     def __init__(self, home: Path, env: dict[str, str] | None = None, port: int | None = None, root: Path = ROOT):
         self.home = Path(home)
         self.root = Path(root)  # the checkout whose local_runner.py (and multimsg package) runs
+        self.chosen_port = port is None  # picked here: another may be picked if something else takes it first
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         # One worker process unless a test asks for more (tests/test_workers.py): the suite's many
@@ -66,8 +67,19 @@ class Gateway:
 
     # -- process ---------------------------------------------------------
     def start(self, timeout: float = 30.0) -> "Gateway":
+        for _ in range(5):
+            if self._start(timeout):
+                return self
+            # The free port was taken between our pick and the runner's bind (by another test's process):
+            # a runner that answers there is not ours. Pick another.
+            self.port = free_port()
+            self.url = f"http://127.0.0.1:{self.port}"
+        raise RuntimeError(f"runner could not bind a free port in 5 tries:\n{self.log()}")
+
+    def _start(self, timeout: float) -> bool:
         env = {**os.environ, **self.env, "MULTIMSG_HOME": str(self.home), "PYTHONUNBUFFERED": "1"}
         log = open(self.log_path, "ab")
+        logged = log.tell()
         self.proc = subprocess.Popen(
             [sys.executable, str(self.root / "local_runner.py"), "--port", str(self.port)],
             cwd=self.root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
@@ -75,15 +87,33 @@ class Gateway:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
+                if self.chosen_port and "Address already in use" in self.log()[logged:]:
+                    return False
                 raise RuntimeError(f"runner exited with {self.proc.returncode}:\n{self.log()}")
             try:
-                if self.http.get(self.url + "/key", timeout=1).status_code == 200:
-                    return self
+                answer = self.http.get(self.url + "/key", timeout=1)
+                if answer.status_code == 200 and self._ours(answer.headers.get("X-Multimsg-Worker")):
+                    return True
             except (requests.ConnectionError, requests.Timeout):  # several workers: the port takes connections before one answers
                 pass
             time.sleep(0.05)
         self.stop()
         raise RuntimeError(f"runner did not answer within {timeout} s:\n{self.log()}")
+
+    def _ours(self, worker: str | None) -> bool:
+        """Whether the process that answered is this runner or one of its workers (not another test's server)."""
+        assert self.proc is not None
+        if worker is None:
+            return True  # a server from before the header (tests/older_server.py): it cannot tell
+        if not worker.isdigit():
+            return False
+        pid = int(worker)
+        if pid == self.proc.pid:
+            return True
+        try:
+            return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1]) == self.proc.pid
+        except (FileNotFoundError, IndexError, ValueError):
+            return False
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
