@@ -458,7 +458,7 @@ def drain_share(s: Settings) -> Share | None:
             log.exception("service instance %s could not be built to deal the drain shares", name)
             weights[name] = 0.0
             continue
-        rate = float(service.rate if service.config.rate is None else service.config.rate)
+        rate = service.declared_rate
         weight = service.share_weight if service.share_weight is not None else rate if rate > 0 else UNLIMITED_WEIGHT
         weights[name] = weight if service.configured() else 0.0
     share = Share(index, count, deal(weights, count))

@@ -35,7 +35,7 @@ import time
 
 from .config import settings
 from .functions.app import create_app
-from .gateway import gateway
+from .gateway import drain_processes, gateway
 from .logs import setup as setup_logs
 
 __all__ = ["main", "DrainTimer", "THREADS", "CONNECTION_LIMIT", "MAX_HEADER_BYTES"]
@@ -109,8 +109,6 @@ def _serve_workers(app, host: str, port: int, workers: int) -> None:
     children = [Child(f"worker {n}", lambda: _serve_worker(app, sockets)) for n in range(1, workers + 1)]
     s = settings()
     if s.drain_interval > 0:
-        from .gateway import drain_processes
-
         count = drain_processes(s)  # each its own share of the instances: one core is not enough for several busy accounts
         children += [Child("drain" if count == 1 else f"drain {n + 1}/{count}", lambda n=n: _drain_child(s.drain_interval, n, count))
                      for n in range(count)]
@@ -255,8 +253,6 @@ def main(argv: list[str] | None = None) -> None:
     gateway().public_key()  # make the key pair before serving, so /key is the same from the first call
     if s.workers > 1 and not args.debug:
         gateway.cache_clear()  # each worker builds its own (this one only checked the settings); the parent keeps none
-        from .gateway import drain_processes
-
         log.info("listening on http://%s:%s with %d workers (drain every %g s, from %d child(ren) of its own)",
                  args.host, args.port, s.workers, s.drain_interval, drain_processes(s))
         _serve_workers(app, args.host, args.port, s.workers)

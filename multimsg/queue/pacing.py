@@ -99,7 +99,7 @@ class ServicePacer:
         self.margin = margin
         self.clock = clock
         self.sleep = sleep
-        self.declared_rate = float(service.rate) if config.rate is None else config.rate
+        self.declared_rate = service.declared_rate
         self.rate = self.declared_rate * margin if self.declared_rate > 0 else 0.0
         self.slots = Slots(1.0 / self.rate if self.rate else 0.0, clock)
         sized = math.ceil(self.rate * expected_latency * 1.5) if self.rate else MAX_CONCURRENCY // 4

@@ -11,9 +11,10 @@ every process that reads the same configuration agrees on it: instances are
 dealt out by weight, largest first, each to the share with the least weight so
 far (ties: by name, to the lowest share). An instance's weight is its declared
 rate (``UNLIMITED_WEIGHT`` when it declares none), nothing when its credentials
-are missing, and the outbox's (which needs no account) is nothing too. An instance the configuration
-does not name (a message queued before it was removed) goes to the share its
-name's CRC-32 picks, where the pass fails or holds it as for one process.
+are missing, and the outbox's (which needs no account) is nothing too. An
+instance the configuration does not name (a message queued before it was
+removed) goes to the share its name's CRC-32 picks, where the pass fails or
+holds it as for one process.
 
 Each share has its own drain lock (``drain`` for share 0, ``drain-N`` for the
 others); a pass over every instance (``POST /drain``, ``multimsg drain``)

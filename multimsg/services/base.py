@@ -275,6 +275,11 @@ class ServiceBase(ABC):
     def configured(self) -> bool:
         return not self.missing_credentials()
 
+    @property
+    def declared_rate(self) -> float:
+        """Sends per second this instance may make: its ``MULTIMSG_<NAME>_RATE`` override, else its kind's ``rate`` (0: no limit)."""
+        return float(self.rate if self.config.rate is None else self.config.rate)
+
     # -- validation (before queueing) --------------------------------------
     def validate(self, datatype: str) -> bool:
         """The seed's contract: whether this service sends ``datatype``."""

@@ -793,7 +793,7 @@ class TinyStore(TinyHistory, MessageStore):
                     due = self._indexed_due(entry.name)
                     if due is None or self._bucket_path(entry.name, due) != entry.path:
                         Path(entry.path).unlink(missing_ok=True)
-            self._drop_empty(Path(bucket))
+            self._drop_empty(bucket)
         self._touch(self._rebuilt_mark)
         os.utime(self._rebuilt_mark, (began, began))
         return counted
