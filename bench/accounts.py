@@ -26,9 +26,13 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import shutil
+import tempfile
 from contextlib import ExitStack
+from pathlib import Path
 
 from tests.emulators import TelegramEmulator, WhatsAppEmulator
+from tests.redis_support import RedisServer
 
 from .common import delivered_times, drained_by_children, emulator_env, machine, max_in_window, runner, save, seed_mixed
 
@@ -49,14 +53,26 @@ def backlog(seconds: float) -> list[tuple[str, str]]:
     return pairs
 
 
-def run(seconds: float, drains: int) -> dict:
+def shared_store(stack: ExitStack) -> dict[str, str]:
+    """A real redis-server for this run (append-only file, fsync every second, as a deployment keeps it) and the settings naming it."""
+    folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="multimsg-bench-redis-")))
+    server = RedisServer(shutil.which("redis-server") or "redis-server", folder,
+                         extra=("--appendonly", "yes", "--appendfsync", "everysec")).start()
+    stack.callback(server.stop)
+    return {"MULTIMSG_BACKEND": server.url + "/0",
+            "MULTIMSG_KEY_SEAL": os.environ.get("MULTIMSG_KEY_SEAL") or "bXVsdGltc2cgYmVuY2g6IG5vdCBhIHNlY3JldCEhISE="}
+
+
+def run(seconds: float, drains: int, backend: str = "embedded") -> dict:
     pairs = backlog(seconds)
     with ExitStack() as stack:
         emulators = {serv: stack.enter_context(cls(latency=LATENCY, rate=limit).start()) for serv, (cls, limit) in INSTANCES.items()}
         env = {key: value for serv, emulator in emulators.items() for key, value in emulator_env(emulator, serv).items()}
+        if backend == "redis":
+            env |= shared_store(stack)
         gateway = stack.enter_context(runner(env))
         gateway.stop()  # seed while no runner holds the folder, then start again, draining from its drain children
-        seeded = seed_mixed(gateway.home, pairs)
+        seeded = seed_mixed(gateway.home, pairs, env=gateway.env)
         gateway.env.update({"MULTIMSG_WORKERS": "2", "MULTIMSG_DRAIN_WORKERS": str(drains), "MULTIMSG_DRAIN_INTERVAL": "0.2"})
         gateway.start(timeout=120)
         drained = drained_by_children(gateway, emulators.values(), seeded)
@@ -73,7 +89,7 @@ def run(seconds: float, drains: int) -> dict:
                            "percent_of_limit": round(100 * rate / limit, 1), "rate_limited": limited[serv],
                            "max_in_any_window": max_in_window(times[serv])}
     return {
-        "machine": machine(), "emulator_latency_s": LATENCY, "messages": seeded, "drain_processes": drains,
+        "machine": machine(), "backend": backend, "emulator_latency_s": LATENCY, "messages": seeded, "drain_processes": drains,
         "seconds": round(drained.seconds, 2), "rate": round(seeded / drained.seconds, 2),
         "together_s": round(together_to - together_from, 2),
         "rate_together": round(sum(i["rate_together"] for i in instances.values()), 2),
@@ -103,10 +119,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seconds", type=float, default=20.0, help="the backlog holds this many seconds of each limit (default %(default)s)")
     parser.add_argument("--drains", type=int, default=os.cpu_count() or 1,
                         help="drain processes sharing the instances (MULTIMSG_DRAIN_WORKERS; default: one per core, %(default)s)")
+    parser.add_argument("--backend", choices=("embedded", "redis"), default="embedded",
+                        help="the embedded store (default) or a real redis-server started for the run")
     args = parser.parse_args(argv)
-    figures = run(args.seconds, args.drains)
+    figures = run(args.seconds, args.drains, args.backend)
     print(table(figures), flush=True)
-    save("accounts", figures)
+    save("accounts" if args.backend == "embedded" else f"accounts_{args.backend}", figures)
 
 
 if __name__ == "__main__":

@@ -69,11 +69,17 @@ def seed(home: Path, serv: str, dests: Iterable[str], *, text: bytes = b"benchma
     return seed_mixed(home, ((serv, dest) for dest in dests), text=text, due=due)
 
 
-def seed_mixed(home: Path, pairs: Iterable[tuple[str, str]], *, text: bytes = b"benchmark message", due: bool = True) -> int:
-    """Queue one message per ``(serv, dest)`` straight into the data folder, in that order; returns how many."""
-    layout = Layout(home)
-    store = TinyStore(layout, fsync=False)
-    spool = FileSpool(layout, ttl=30 * 24 * 3600.0, fsync=False)
+def seed_mixed(home: Path, pairs: Iterable[tuple[str, str]], *, text: bytes = b"benchmark message", due: bool = True,
+               env: dict[str, str] | None = None) -> int:
+    """Queue one message per ``(serv, dest)`` straight into the data folder, in that order; returns how many.
+
+    With ``env`` naming a shared store (``MULTIMSG_BACKEND``), into the store and spool the gateway builds from ``env``.
+    """
+    if env and env.get("MULTIMSG_BACKEND"):
+        store, spool = _configured(home, env)
+    else:
+        layout = Layout(home)
+        store, spool = TinyStore(layout, fsync=False), FileSpool(layout, ttl=30 * 24 * 3600.0, fsync=False)
     now = time.time()
 
     def messages():
@@ -87,6 +93,23 @@ def seed_mixed(home: Path, pairs: Iterable[tuple[str, str]], *, text: bytes = b"
             yield message
 
     return store.add_many(messages())  # counted as it is added, like any enqueue
+
+
+def _configured(home: Path, env: dict[str, str]):
+    """The store and spool a gateway with ``env`` and data folder ``home`` uses (``gateway._backend``)."""
+    from multimsg.config import settings
+    from multimsg.gateway import _backend
+
+    saved = dict(os.environ)
+    os.environ.update({**env, "MULTIMSG_HOME": str(home)})
+    settings.cache_clear()
+    try:
+        store, spool, _ = _backend(settings(), Layout(home))
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+        settings.cache_clear()
+    return store, spool
 
 
 @dataclass

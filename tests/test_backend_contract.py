@@ -621,35 +621,63 @@ def test_tiny_rebuild_keeps_in_the_index_a_message_queued_into_a_new_shard_meanw
     assert [c.id for c in store.claim_due(now, 60)] == [late.id]
 
 
-def test_tiny_sweep_goes_only_through_the_shards_written_since_the_last_one(tmp_path, monkeypatch):
-    import os
-
+def test_tiny_sweep_goes_only_through_the_shards_a_crash_left_marked(tmp_path, monkeypatch):
     home = tmp_path / "home"
     store = TinyStore(Layout(home), fsync=False)
     stored = [message() for _ in range(40)]
     store.add_many(stored)
-    store.rebuild(changed_only=True)  # the first one goes through every shard
+    store.update(stored[1].id, lambda m: m.with_changes(state=State.DELIVERED), time.time())
 
     def lines() -> int:
         return sum(p.read_bytes().count(b"\n") for p in (home / "history").rglob("*.jsonl"))
 
-    long_ago = time.time() - 7200
-    for shard in store.shards():  # every shard written long before the last rebuild began
-        os.utime(store.layout.shard(shard), (long_ago, long_ago))
-    os.utime(home / "store" / "rebuilt", (long_ago + 3600, long_ago + 3600))
+    before = lines()
+    assert not any((home / "store" / "pending").iterdir())  # every write finished: nothing marked
+    store.rebuild(changed_only=True)
+    assert lines() == before  # a new store's sweep copies nothing again
+
+    class Crash(BaseException):
+        pass
+
+    def crash(txn, copies=None):
+        raise Crash  # the process dies after the shard write, before the history copy
+
     # A change whose history copy a crash lost: its shard is written, the copy is not
-    monkeypatch.setattr(store, "_history_copies", lambda txn: None)
-    failed = store.update(stored[0].id, lambda m: m.with_changes(state=State.FAILED, last_error="gave up"), time.time())
+    monkeypatch.setattr(store, "_history_copies", crash)
+    with pytest.raises(Crash):
+        store.update(stored[0].id, lambda m: m.with_changes(state=State.FAILED, last_error="gave up"), time.time())
     monkeypatch.undo()
-    assert failed is not None and store.history_load(CLIENT, [failed.id])[failed.id].state == State.QUEUED  # the stale copy
+    failed = store.get(stored[0].id)
+    assert failed is not None and failed.state == State.FAILED
+    assert store.history_load(CLIENT, [failed.id])[failed.id].state == State.QUEUED  # the stale copy
+    assert [p.name for p in (home / "store" / "pending").iterdir()] == [store.shard_of(failed.id)]
     before = lines()
     store.rebuild(changed_only=True)
     in_shard = [m for m in stored if store.shard_of(m.id) == store.shard_of(failed.id)]
     assert lines() - before == len(in_shard)  # that shard's records copied again, none of the 39 others
     assert store.history_load(CLIENT, [failed.id])[failed.id].state == State.FAILED
+    assert not any((home / "store" / "pending").iterdir())
     before = lines()
     store.rebuild()  # multimsg stats --rebuild: every shard
     assert lines() - before == 40
+
+
+def test_tiny_store_written_before_the_marks_is_gone_through_whole_once(tmp_path):
+    home = tmp_path / "home"
+    store = TinyStore(Layout(home), fsync=False)
+    store.add_many([message() for _ in range(5)])
+    (home / "store" / "pending").rmdir()  # as a data folder of a version without the marks is
+    store = TinyStore(Layout(home), fsync=False)
+
+    def lines() -> int:
+        return sum(p.read_bytes().count(b"\n") for p in (home / "history").rglob("*.jsonl"))
+
+    before = lines()
+    store.rebuild(changed_only=True)
+    assert lines() - before == 5  # its first sweep goes through every shard
+    before = lines()
+    store.rebuild(changed_only=True)
+    assert lines() == before  # and only once
 
 
 # -- the Redis backend's own promises -------------------------------------------------------------------

@@ -8,7 +8,7 @@ lock after the shard write. A page is read from the client's own file, never
 from the shards (whose size grows with everyone's messages); an id with no
 copy (a crash between the two writes) is read from its shard, and
 ``TinyStore.rebuild`` (at every sweep) copies again the records of every shard
-written since the last one. Each line starts with a
+a write marked before its shard write and did not unmark after its copies. Each line starts with a
 newline, so a line torn by a crash never swallows the next one. A day file
 older than the window is deleted whole.
 """
@@ -78,8 +78,9 @@ class TinyHistory:
                 raise StorageFull("the server's storage is full; nothing of this change was stored") from exc
             raise StoreUnwritable(f"the history index cannot be written ({os.strerror(exc.errno or 0) or exc})") from exc
 
-    def _history_copies(self, txn: _Txn) -> None:
-        """Each change a client can see (not a lease's) is copied to its client's history, after the shard write."""
+    @staticmethod
+    def _history_changes(txn: _Txn) -> dict[tuple[str, str, bool], list[dict]]:
+        """The copies ``txn``'s changes a client can see (not a lease's) need, by client, day and durability."""
         by_day: dict[tuple[str, str, bool], list[dict]] = {}
         for before, after in txn.events:
             if after is None or (before is not None and before.public() == after.public()):
@@ -87,11 +88,18 @@ class TinyHistory:
             # A new message's id line is already durable (``add``): losing this copy only costs a shard read.
             by_day.setdefault((after.client, day(after.created_at), before is not None), []).append(
                 {"id": after.id, "at": after.created_at, "r": after.to_record()})
-        for (client, _, durable), entries in by_day.items():
+        return by_day
+
+    def _history_copies(self, txn: _Txn, changes: dict[tuple[str, str, bool], list[dict]] | None = None) -> bool:
+        """Copy each change a client can see to its client's history, after the shard write; False if one could not be."""
+        written = True
+        for (client, _, durable), entries in (self._history_changes(txn) if changes is None else changes).items():
             try:
                 self._history_append(client, entries[0]["at"], entries, durable)
             except Unavailable as exc:  # the shard is written: the history is one change behind (``rebuild`` copies again)
                 log.warning("history copy of %d change(s) not written: %s", len(entries), exc.reason)
+                written = False
+        return written
 
     def _history_lines(self, folder: Path, now: float) -> Iterator[dict]:
         oldest = day(now - self.history_window)
