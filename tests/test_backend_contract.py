@@ -662,6 +662,22 @@ def test_tiny_sweep_goes_only_through_the_shards_a_crash_left_marked(tmp_path, m
     assert lines() - before == 40
 
 
+def test_tiny_scan_for_lapsed_leases_opens_only_the_shards_holding_one(tmp_path, monkeypatch):
+    store = TinyStore(Layout(tmp_path / "home"), fsync=False)
+    now = time.time()
+    backlog = [message(now=now) for _ in range(200)]
+    store.add_many(backlog)
+    orphan = message(now=now)
+    store.add(orphan)
+    [dead] = store.claim_due(now, 5, accept=lambda m: m.id == orphan.id)
+    opened = []
+    txn = store._txn
+    monkeypatch.setattr(store, "_txn", lambda shard, durable=True: opened.append(shard) or txn(shard, durable))
+    assert [c.id for c in store.claim_due(now + 6, 60, lapsed_only=True)] == [dead.id]
+    # Behind the backlog, only the lapsed lease's shard was locked and parsed (each scan went through every due shard)
+    assert opened == [store.shard_of(orphan.id)]
+
+
 def test_tiny_store_written_before_the_marks_is_gone_through_whole_once(tmp_path):
     home = tmp_path / "home"
     store = TinyStore(Layout(home), fsync=False)
