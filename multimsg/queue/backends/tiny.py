@@ -59,6 +59,7 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any, Callable, ContextManager, Iterable, Iterator
 
+from ... import jsonbytes
 from ...errors import StorageFull, Unavailable
 from ...fsutil import append_durable, ensure_private_dir, fsync_dir, read_file, write_atomic, write_file
 from ...ids import new_id
@@ -177,7 +178,7 @@ class ShardCounters(Counters):
 
     def read(self, shard: str) -> figures.Figures | None:
         try:
-            document = json.loads(read_file(self.path(shard)))
+            document = jsonbytes.loads(read_file(self.path(shard)))
         except FileNotFoundError:
             return figures.empty()
         except ValueError:
@@ -188,7 +189,7 @@ class ShardCounters(Counters):
         # Derived data, rewritten in place without fsync: a torn file is recounted.
         path = self.path(shard)
         try:
-            write_file(path, [json.dumps(document, separators=(",", ":")).encode()], fsync=False)
+            write_file(path, [jsonbytes.dumps(document)], fsync=False)
         except OSError:
             try:
                 os.truncate(path, 0)  # empty, not torn (a full disk): the next change recounts the shard
@@ -229,6 +230,7 @@ class TinyStore(TinyHistory, MessageStore):
         self.fsync = fsync
         self.lock_timeout = lock_timeout
         self.locks = locks_of(layout.locks)
+        self._store_root = str(layout.store)
         self.due_dir = ensure_private_dir(layout.store / "due")
         self._due_root = str(self.due_dir)
         self.quarantine_dir = ensure_private_dir(layout.store / "quarantine")
@@ -254,6 +256,10 @@ class TinyStore(TinyHistory, MessageStore):
     def _lock(self, name: str) -> ContextManager[None]:
         return self.locks.named(name)
 
+    def _shard_path(self, shard: str) -> str:
+        """``layout.shard(shard)`` as a string (a path made for every read and write of a shard)."""
+        return f"{self._store_root}/{shard}.json"
+
     def shards(self) -> list[str]:
         return sorted(e.name[: -len(".json")] for e in os.scandir(self.layout.store) if e.name.endswith(".json") and e.is_file())
 
@@ -270,7 +276,7 @@ class TinyStore(TinyHistory, MessageStore):
         except LockTimeout:
             raise Unavailable("the store is busy; try again") from None
         with held:
-            storage = AtomicJSONStorage(self.layout.shard(shard), fsync=self.fsync and durable)
+            storage = AtomicJSONStorage(self._shard_path(shard), fsync=self.fsync and durable)
             try:
                 document = storage.read() or {}
                 table = document.get(_TABLE, {})
@@ -549,11 +555,11 @@ class TinyStore(TinyHistory, MessageStore):
     def _read_unlocked(self, shard: str) -> dict[str, Any] | None:
         # Safe without the lock: shard files are only ever replaced whole. None: unreadable.
         try:
-            raw = read_file(self.layout.shard(shard))
+            raw = read_file(self._shard_path(shard))
         except FileNotFoundError:
             return {}
         try:
-            table = json.loads(raw).get(_TABLE, {}) if raw else {}
+            table = jsonbytes.loads(raw).get(_TABLE, {}) if raw else {}
         except (ValueError, AttributeError):
             return None
         return table if isinstance(table, dict) else None
@@ -613,7 +619,7 @@ class TinyStore(TinyHistory, MessageStore):
     def _holds_lapsed(self, shard: str, now: float) -> bool:
         """Whether ``shard`` may hold a lease that lapsed by ``now`` (a first look at its bytes; the claim reads it again, locked)."""
         try:
-            raw = read_file(self.layout.shard(shard))
+            raw = read_file(self._shard_path(shard))
         except FileNotFoundError:
             return False
         return any(float(until) <= now for until in _CLAIM_UNTIL.findall(raw))

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import json
 import logging
 import os
 import time
@@ -25,6 +24,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, ContextManager, Iterator
 
+from ... import jsonbytes
 from ...errors import StorageFull, Unavailable
 from ...fsutil import append_grouped, ensure_private_dir
 from ...locks import LockTimeout
@@ -63,7 +63,7 @@ class TinyHistory:
     def _history_append(self, client: str, at: float, entries: list[dict], durable: bool = True) -> None:
         folder = self._history_folder(client)
         # Each line starts with a newline: a line torn by a crash never swallows the next one.
-        lines = b"".join(b"\n" + json.dumps(e, separators=(",", ":")).encode() for e in entries)
+        lines = b"".join(b"\n" + jsonbytes.dumps(e) for e in entries)
         path, lock = folder / f"{day(at)}.jsonl", partial(self._lock, f"history-{folder.name}")
         try:
             try:  # with the other threads appending to the file now: one write and one fsync (fsutil)
@@ -117,7 +117,7 @@ class TinyHistory:
                 continue
             for line in raw.split(b"\n"):
                 try:
-                    entry = json.loads(line) if line else None
+                    entry = jsonbytes.loads(line) if line else None
                 except ValueError:
                     continue  # torn by a crash
                 if isinstance(entry, dict) and isinstance(entry.get("id"), str) and isinstance(entry.get("at"), (int, float)):
