@@ -678,6 +678,51 @@ def test_tiny_scan_for_lapsed_leases_opens_only_the_shards_holding_one(tmp_path,
     assert opened == [store.shard_of(orphan.id)]
 
 
+def test_tiny_history_copy_refused_leaves_the_mark_and_the_sweep_copies_it(tmp_path, monkeypatch):
+    from multimsg.errors import Unavailable
+
+    home = tmp_path / "home"
+    store = TinyStore(Layout(home), fsync=False)
+    m = message()
+    store.add(m)
+
+    def busy(*args, **kwargs):
+        raise Unavailable("the history index is busy; try again")
+
+    monkeypatch.setattr(store, "_history_append", busy)
+    done = store.update(m.id, lambda x: x.with_changes(state=State.DELIVERED), time.time())
+    monkeypatch.undo()
+    assert done is not None and store.get(m.id).state == State.DELIVERED  # the change itself is written
+    assert [p.name for p in (home / "store" / "pending").iterdir()] == [store.shard_of(m.id)]
+    store.rebuild(changed_only=True)
+    assert store.history_load(CLIENT, [m.id])[m.id].state == State.DELIVERED
+    assert not any((home / "store" / "pending").iterdir())
+
+
+def test_tiny_marks_are_links_and_plain_files_where_links_are_refused(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    home = tmp_path / "home"
+    store = TinyStore(Layout(home), fsync=False)
+    first = message()
+    store.add(first)
+    mark = home / "store" / "mark"
+    assert mark.stat().st_nlink == 2  # the minute of the due index the message is filed under
+    mark.unlink()  # removed by hand: made again by the next mark
+    store.add(message())
+    assert mark.stat().st_nlink >= 2
+
+    def refused(*args, **kwargs):
+        raise OSError(errno.EPERM, "no hard links here")
+
+    monkeypatch.setattr(os, "link", refused)
+    later = message(now=time.time() + 7200)  # due in another minute: a new entry in the due index
+    store.add(later)
+    monkeypatch.undo()
+    assert [c.id for c in store.claim_due(time.time() + 7300, 60, accept=lambda m: m.id == later.id)] == [later.id]
+
+
 def test_tiny_store_written_before_the_marks_is_gone_through_whole_once(tmp_path):
     home = tmp_path / "home"
     store = TinyStore(Layout(home), fsync=False)
