@@ -180,17 +180,25 @@ class Gateway:
         return self.spool.put(client, chunks, clean_filename(filename)).data_id
 
     # -- POST /msg ---------------------------------------------------------
-    def enqueue(self, client: str, fields: dict) -> str:
-        """Validate a message and queue it durably; returns its message id."""
+    def enqueue(self, client: str, fields: dict, message_id: str | None = None) -> str:
+        """Validate a message and queue it durably (under ``message_id``, one an idempotency hold reserved); returns its id."""
         _require(fields, MSG_FIELDS)
         data_id = check_id(fields["id"], "data id")
         planned = self._plan(client, fields)
         info, content = self.spool.lookup(client, data_id)
         options = self._check_content(planned, content, fields)
-        return self._queue(client, data_id, info.filename, planned, options, content)
+        return self._queue(client, data_id, info.filename, planned, options, content, message_id)
+
+    def queued(self, client: str, message_id: str) -> str | None:
+        """``message_id`` if the client's message of that id is stored (queued, sent or archived), else None."""
+        message = self.store.get(message_id)
+        if message is not None:
+            return message_id if message.client == client else None
+        return message_id if self.store.history_load(client, [message_id]).get(message_id) is not None else None
 
     # -- POST /send --------------------------------------------------------
-    def send(self, client: str, data: BinaryIO, filename: str, wrapped_key: bytes | None, fields: dict) -> str:
+    def send(self, client: str, data: BinaryIO, filename: str, wrapped_key: bytes | None, fields: dict,
+             message_id: str | None = None) -> str:
         """``upload`` and ``enqueue`` in one: the message's fields come with the file; returns its message id.
 
         Every check of ``enqueue`` runs before anything is stored: the fields
@@ -209,7 +217,7 @@ class Gateway:
             options = self._check_content(planned, _StreamContent(plain), fields)
             plain.seek(0)
             info = self.spool.put(client, copy_stream(plain), clean_filename(filename))
-        return self._queue(client, info.data_id, info.filename, planned, options, self.spool.content(client, info.data_id))
+        return self._queue(client, info.data_id, info.filename, planned, options, self.spool.content(client, info.data_id), message_id)
 
     # -- what /msg and /send share ----------------------------------------
     def _plan(self, client: str, fields: dict) -> "_Planned":
@@ -234,11 +242,12 @@ class Gateway:
         """The service's check of the content and options (or, with ``convert``, of what it will become)."""
         return convert.check(planned.service, planned.type, content, _options(fields), fields.get(MSG_CONVERT))
 
-    def _queue(self, client: str, data_id: str, upload_filename: str, planned: "_Planned", options: dict, content: Content) -> str:
+    def _queue(self, client: str, data_id: str, upload_filename: str, planned: "_Planned", options: dict, content: Content,
+               message_id: str | None = None) -> str:
         """Queue the checked message durably for the client's upload ``data_id`` (its ``content``); returns its id."""
         now = time.time()
         message = Message(
-            id=new_id(), client=client, data_id=data_id, serv=planned.service.name, dest=planned.dest, type=planned.type,
+            id=message_id or new_id(), client=client, data_id=data_id, serv=planned.service.name, dest=planned.dest, type=planned.type,
             filename=seal_name(content, options.pop("filename", None) or upload_filename), options=options,  # sealed at rest
             state=State.QUEUED, created_at=now, updated_at=now, next_attempt_at=max(planned.due, now), callback=planned.callback,
             scheduled_for=planned.due if planned.due > now else None,
@@ -283,11 +292,12 @@ class Gateway:
         return reported
 
     # -- Idempotency-Key on POST /data and /msg -----------------------------
-    def once(self, client: str, scope: str, key: str, run: Callable[[], Answer], fingerprint: Callable[[], str]) -> tuple[Answer, bool]:
+    def once(self, client: str, scope: str, key: str, run: Callable[..., Answer], fingerprint: Callable[[], str],
+             find: Callable[[str], Answer | None] | None = None) -> tuple[Answer, bool]:
         """``run()`` once per (client, endpoint, key) within MULTIMSG_IDEMPOTENCY_TTL; (answer, replayed)."""
         if self.idempotency is None:
             return run(), False
-        return run_once(self.idempotency, record_name(client, scope, key), run, fingerprint, self.idempotency_ttl)
+        return run_once(self.idempotency, record_name(client, scope, key), run, fingerprint, self.idempotency_ttl, find=find)
 
     # -- POST /cancel ------------------------------------------------------
     def cancel(self, client: str, message_id: str | None) -> Message:

@@ -23,12 +23,23 @@ retried multipart body has another boundary): for ``/msg`` its fields, for
 upload is copied into the spool (``Fingerprint.reader``), not read twice or
 held in memory.
 
-``KeyRecords`` is the backend contract (``begin``, ``complete``, ``release``,
-``sweep``); ``FileKeyRecords`` keeps one small JSON file per key in the data
-folder (``MULTIMSG_HOME/idempotency/``), written with ``fsync`` like the
-store; the Redis peer is ``queue/backends/redis_idempotency.py`` (``SET NX``
-with a TTL). A first request that dies mid-way (a crash) holds its key for at
-most ``LEASE`` seconds; then a retry runs again.
+``KeyRecords`` is the backend contract (``peek``, ``begin``, ``complete``,
+``release``, ``sweep``); ``FileKeyRecords`` keeps one small JSON file per key
+in the data folder (``MULTIMSG_HOME/idempotency/``), written with ``fsync``
+like the store; the Redis peer is ``queue/backends/redis_idempotency.py``. A
+first request that dies mid-way (a crash) holds its key for at most ``LEASE``
+seconds; then a retry runs again.
+
+A first request that creates a message (``/msg``, ``/send``: the callers that
+give ``once`` a ``find``) reserves the message's id in its hold, written
+durably before the message is, and creates the message under that id. A crash
+after the message was stored and before its answer was recorded then makes no
+second message: a repeat finds the reserved message and gets its answer,
+whether the dead request's hold is still live (instead of a 409 for the rest
+of the lease) or has lapsed and is taken over (the new hold keeps the id).
+The hold keeps the request's fingerprint too, so a different request under
+the key is still a 422. ``/data`` reserves nothing: a crash there can leave
+one unused upload behind, never a message sent twice.
 """
 
 from __future__ import annotations
@@ -157,9 +168,13 @@ class _HashingReader:
 
 
 # -- the records -----------------------------------------------------------------------------
-def pending_value(token: str, now: float, lease: float) -> str:
-    """A first request's hold on a key, as stored."""
-    return json.dumps({"state": "pending", "token": token, "until": now + lease})
+def pending_value(token: str, now: float, lease: float, reserved: str | None = None, fingerprint: str | None = None,
+                  keep: float | None = None) -> str:
+    """A first request's hold on a key, as stored: until ``now + lease``; kept until ``now + keep`` (its reservation)."""
+    record: dict[str, Any] = {"state": "pending", "token": token, "until": now + lease}
+    if reserved is not None:
+        record.update({"id": reserved, "fingerprint": fingerprint, "expires": now + max(lease, keep or 0.0)})
+    return json.dumps(record)
 
 
 def _done_value(fingerprint: str, answer: Answer, now: float, ttl: float) -> str:
@@ -167,11 +182,22 @@ def _done_value(fingerprint: str, answer: Answer, now: float, ttl: float) -> str
 
 
 class KeyRecords(ABC):
-    """Idempotency records by name (``record_name``); values are the JSON of ``pending_value`` or a done record."""
+    """Idempotency records by name (``record_name``); values are the JSON of ``pending_value`` or a done record.
+
+    A record lives until its ``until``; a hold that reserved an id is kept (not
+    live, but readable by ``peek``) until its ``expires``.
+    """
+
+    @abstractmethod
+    def peek(self, name: str) -> dict | None:
+        """The record under ``name``, live or lapsed but still kept; None if there is none."""
 
     @abstractmethod
     def begin(self, name: str, pending: str, lease: float, now: float) -> dict | None:
-        """Store ``pending`` under ``name`` unless a live record is there (atomically); None if stored, else that record."""
+        """Store ``pending`` under ``name`` unless a live record is there (atomically); None if stored, else that record.
+
+        Stored durably (an fsync, or the store's own persistence): a hold may reserve the id of what its request creates.
+        """
 
     @abstractmethod
     def complete(self, name: str, pending: str, done: str, ttl: float, now: float) -> None:
@@ -203,6 +229,18 @@ def _live(value: str | None, now: float) -> dict | None:
     return record if record is not None and float(record["until"]) > now else None
 
 
+def _kept(value: str | None, now: float) -> dict | None:
+    """The record while it is live or, for a hold that reserved an id, until it ``expires``."""
+    record = parse_record(value)
+    if record is None:
+        return None
+    try:
+        until = max(float(record["until"]), float(record.get("expires") or 0.0))
+    except (TypeError, ValueError):
+        return None
+    return record if until > now else None
+
+
 class FileKeyRecords(KeyRecords):
     """One JSON file per key under ``folder`` (``<name[:2]>/<name>``), a file lock per subfolder."""
 
@@ -223,13 +261,16 @@ class FileKeyRecords(KeyRecords):
         except FileNotFoundError:
             return None
 
+    def peek(self, name: str) -> dict | None:
+        return _kept(self._read(self._path(name)), time.time())
+
     def begin(self, name: str, pending: str, lease: float, now: float) -> dict | None:
         path = self._path(name)
         with self._lock(name):
             found = _live(self._read(path), now)
             if found is not None:
                 return found
-            write_atomic(path, pending.encode(), fsync=False)  # a hold lost in a crash is lost with its request
+            write_atomic(path, pending.encode(), fsync=self.fsync)  # before the message whose id it may reserve
         return None
 
     def complete(self, name: str, pending: str, done: str, ttl: float, now: float) -> None:
@@ -254,32 +295,56 @@ class FileKeyRecords(KeyRecords):
                 if path.name.startswith("."):
                     continue
                 with self._lock(path.name):
-                    if _live(self._read(path), now) is None:
+                    if _kept(self._read(path), now) is None:
                         path.unlink(missing_ok=True)
                         removed += 1
         return removed
 
 
 # -- the rule ----------------------------------------------------------------------------------
-def once(records: KeyRecords, name: str, run: Callable[[], Answer], fingerprint: Callable[[], str], ttl: float,
-         clock: Callable[[], float] = time.time, lease: float = LEASE) -> tuple[Answer, bool]:
+def once(records: KeyRecords, name: str, run: Callable[..., Answer], fingerprint: Callable[[], str], ttl: float,
+         clock: Callable[[], float] = time.time, lease: float = LEASE,
+         find: Callable[[str], Answer | None] | None = None) -> tuple[Answer, bool]:
     """``run()`` for the first request under ``name``; the recorded answer for a repeat. Returns (answer, replayed).
 
-    Raises Conflict (409) while the first request runs, Unprocessable (422)
-    for a repeat whose ``fingerprint()`` differs from the first's.
+    With ``find`` (``/msg``, ``/send``), the hold reserves an id and
+    ``run(reserved)`` creates under it; ``find(id)`` is the answer for what is
+    already stored under an id, or None. Raises Conflict (409) while the first
+    request runs and has stored nothing yet, Unprocessable (422) for a repeat
+    whose ``fingerprint()`` differs from the first's.
     """
-    pending = pending_value(new_id(), clock(), lease)
-    found = records.begin(name, pending, lease, clock())
+    now = clock()
+    digest = None
+    if find is None:
+        pending = pending_value(new_id(), now, lease)
+    else:
+        digest = fingerprint()
+        kept = records.peek(name)  # a dead request's hold: its reserved id is kept, and so is what it stored
+        reserved = kept.get("id") if kept is not None and kept.get("state") == "pending" else None
+        if isinstance(reserved, str) and kept is not None and kept.get("fingerprint") != digest:
+            raise Unprocessable(f"this {HEADER} was used for a different request; use a new key for a new request")
+        pending = pending_value(new_id(), now, lease, reserved if isinstance(reserved, str) else new_id(), digest, ttl)
+    found = records.begin(name, pending, lease, now)
     if found is not None:
         if found.get("state") != "done":
-            raise Conflict(f"a request with this {HEADER} is still being processed; try again in a moment")
-        if fingerprint() != found.get("fingerprint"):
+            stored = find(found["id"]) if find is not None and isinstance(found.get("id"), str) else None
+            if stored is None:
+                raise Conflict(f"a request with this {HEADER} is still being processed; try again in a moment")
+            if digest != found.get("fingerprint"):
+                raise Unprocessable(f"this {HEADER} was used for a different request; use a new key for a new request")
+            return stored, True  # the first request stored it; its answer is not recorded (yet, or ever: it died)
+        if (digest or fingerprint()) != found.get("fingerprint"):
             raise Unprocessable(f"this {HEADER} was used for a different request; use a new key for a new request")
         answer = found["answer"]
         return Answer(int(answer["status"]), str(answer["text"]), dict(answer["data"])), True
+    if find is not None:
+        stored = find(json.loads(pending)["id"])
+        if stored is not None:  # a request that died after storing it: its answer, recorded now
+            records.complete(name, pending, _done_value(digest or "", stored, clock(), ttl), ttl, clock())
+            return stored, True
     try:
-        answer = run()
-        digest = fingerprint()
+        answer = run() if find is None else run(json.loads(pending)["id"])
+        digest = digest or fingerprint()
     except BaseException:
         records.release(name, pending)
         raise

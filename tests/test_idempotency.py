@@ -87,6 +87,78 @@ def test_records_a_failed_first_request_frees_the_key_and_a_lapsed_hold_is_taken
         time.sleep(0.05)
 
 
+class _Crash(BaseException):
+    """The process dies here: no ``except`` of ours runs."""
+
+
+class _DiesBeforeRecording:
+    """``records`` whose first ``complete`` never happens: the request's process dies after storing, before its answer is recorded."""
+
+    def __init__(self, records):
+        self.records, self.died = records, False
+
+    def __getattr__(self, name):
+        return getattr(self.records, name)
+
+    def complete(self, *args, **kwargs):
+        if not self.died:
+            self.died = True
+            raise _Crash
+        return self.records.complete(*args, **kwargs)
+
+
+def test_records_a_message_stored_by_a_request_that_died_is_found_not_made_again(records):
+    name, stored = record_name("ip:1", "msg", "k"), {}
+
+    def run(reserved):
+        stored[reserved] = len(stored) + 1
+        return _answer(stored[reserved])
+
+    def find(message_id):
+        return _answer(stored[message_id]) if message_id in stored else None
+
+    dying = _DiesBeforeRecording(records)
+    with pytest.raises(_Crash):
+        once(dying, name, run, lambda: "fp", ttl=60, lease=0.5, find=find)
+    [reserved] = stored
+    # Its hold is still live: a retry gets the stored message's answer, not a 409 for the rest of the lease
+    assert once(dying, name, run, lambda: "fp", ttl=60, find=find) == (_answer(1), True)
+    from multimsg.errors import Unprocessable
+
+    with pytest.raises(Unprocessable):
+        once(dying, name, run, lambda: "another request", ttl=60, find=find)
+    time.sleep(0.6)  # the dead request's hold lapses: a retry takes it over and keeps the reserved id
+    assert once(dying, name, run, lambda: "fp", ttl=60, find=find) == (_answer(1), True)
+    assert once(records, name, run, lambda: "fp", ttl=60, find=find) == (_answer(1), True)  # recorded now: a plain replay
+    assert list(stored) == [reserved]
+
+
+def test_records_a_request_that_died_before_storing_leaves_its_id_to_the_retry(records):
+    name, made = record_name("ip:1", "send", "k"), []
+
+    def dies(reserved):
+        made.append(reserved)
+        raise _Crash  # before the message is stored: nothing under the id
+
+    from multimsg.errors import Conflict
+
+    with pytest.raises(_Crash):
+        once(_NoRelease(records), name, dies, lambda: "fp", ttl=60, lease=0.3, find=lambda message_id: None)
+    with pytest.raises(Conflict):  # held, and nothing stored yet: still being processed, as far as anyone can tell
+        once(records, name, made.append, lambda: "fp", ttl=60, find=lambda message_id: None)
+    time.sleep(0.4)
+    answer, replayed = once(records, name, lambda reserved: _answer(len(made.append(reserved) or made)), lambda: "fp",
+                            ttl=60, find=lambda message_id: None)
+    assert not replayed and made[0] == made[1]  # the retry creates it under the id the dead request reserved
+
+
+class _NoRelease(_DiesBeforeRecording):
+    """A request that dies mid-way releases nothing either."""
+
+    def release(self, *args, **kwargs):
+        pass
+
+
 def test_file_records_expire_and_are_swept(tmp_path):
     records = FileKeyRecords(tmp_path / "idempotency", fsync=False)
     name = record_name("ip:1", "msg", "k")
@@ -169,6 +241,46 @@ def test_a_bad_key_is_400_and_a_key_in_progress_is_409(backend_gateway, telegram
     busy = _msg(gw, "busy", **fields)
     assert busy.status_code == 409 and "still being processed" in busy.text
     assert _queued(gw) == 0
+
+
+def test_a_message_stored_by_a_request_that_died_before_its_answer_was_recorded_is_answered_not_sent_twice(
+        backend_gateway, telegram, redis_url):
+    from multimsg.ids import new_id
+    from multimsg.model import Message
+
+    gw = backend_gateway()
+    data_id = gw.upload_id(b"a crash mid-request", filename="t.txt")
+    given = {"id": data_id, "serv": "telegram", "dest": "65", "type": "text"}
+    first = _msg(gw, "lost-1", **{**given, "dest": "66"})  # an ordinary message beside it
+    client, now, reserved = _client_of(gw), time.time(), new_id()
+    # What a first request that died after storing its message leaves: its durable hold reserving the id, the message under it
+    name = record_name(client, "msg", "crashed")
+    if backend_gateway.backend == "redis":
+        from multimsg.queue.backends.redis import RedisStore, connect
+        from multimsg.queue.backends.redis_idempotency import RedisKeyRecords
+        from multimsg.queue.backends.redis_spool import RedisSpool
+
+        records, store = RedisKeyRecords(connect(redis_url), "mm"), RedisStore(connect(redis_url), "mm")
+        spool = RedisSpool(connect(redis_url), "mm", ttl=3600, blob_max=1 << 20)
+    else:
+        from multimsg.layout import Layout
+        from multimsg.queue.backends.files import FileSpool
+        from multimsg.queue.backends.tiny import TinyStore
+
+        records, store = FileKeyRecords(gw.home / "idempotency"), TinyStore(Layout(gw.home))
+        spool = FileSpool(Layout(gw.home), ttl=3600)
+    hold = pending_value(new_id(), now, 60, reserved, Fingerprint.of_fields("msg", given), 3600)
+    assert records.begin(name, hold, 60, now) is None
+    spool.attach(client, data_id, reserved)
+    store.add(Message(id=reserved, client=client, data_id=data_id, serv="telegram", dest="65", type="text", filename="t.txt",
+                      created_at=now, updated_at=now, next_attempt_at=now))
+    retry = _msg(gw, "crashed", **given)
+    assert retry.status_code == 200 and retry.text == reserved and retry.headers.get("Idempotent-Replayed") == "true"
+    assert _msg(gw, "crashed", **given).text == reserved  # recorded now
+    assert _msg(gw, "crashed", **{**given, "dest": "67"}).status_code == 422
+    assert _queued(gw) == 2 and first.status_code == 200
+    assert gw.drain()["delivered"] == 2
+    assert sorted(str(r["dest"]) for r in telegram.wait_for(count=2)) == ["65", "66"]
 
 
 def _client_of(gw) -> str:

@@ -182,19 +182,28 @@ def endpoint(*methods: str, identify: bool = False, rate_limit: bool = False) ->
     return decorate
 
 
-def once(request: flask.Request, scope: str, run: Callable[[], Reply], fingerprint: Callable[[], str]) -> Reply:
-    """``run()``, or with an ``Idempotency-Key`` header the first answer to it (``multimsg.idempotency``)."""
+def once(request: flask.Request, scope: str, run: Callable[..., Reply], fingerprint: Callable[[], str],
+         creates_message: bool = False) -> Reply:
+    """``run()``, or with an ``Idempotency-Key`` header the first answer to it (``multimsg.idempotency``).
+
+    ``creates_message``: ``run(message_id)`` queues a message under the id the key's hold reserved.
+    """
     from ..idempotency import HEADER, REPLAYED_HEADER, Answer, parse_key
 
     key = parse_key(request.headers.get(HEADER))
     if key is None:
         return run()
+    client = client_of(request)
 
-    def first() -> Answer:
-        reply = run()
+    def first(*reserved: str) -> Answer:
+        reply = run(*reserved)
         return Answer(reply.status, reply.text, reply.data)
 
-    answer, replayed = gateway().once(client_of(request), scope, key, first, fingerprint)
+    def find(message_id: str) -> Answer | None:
+        found = gateway().queued(client, message_id)
+        return None if found is None else Answer(200, found, {"id": found})
+
+    answer, replayed = gateway().once(client, scope, key, first, fingerprint, find if creates_message else None)
     return Reply(answer.text, answer.data, answer.status, headers={REPLAYED_HEADER: "true"} if replayed else None)
 
 

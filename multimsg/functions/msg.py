@@ -16,8 +16,8 @@ def msg(request):
 
     given = fields(request, MSG_FIELDS + MSG_OPTIONS + (MSG_CALLBACK, MSG_AT, MSG_CONVERT))
 
-    def queue() -> Reply:
-        message_id = gateway().enqueue(client_of(request), given)
+    def queue(message_id: str | None = None) -> Reply:
+        message_id = gateway().enqueue(client_of(request), given, message_id)
         return Reply(message_id, {"id": message_id})
 
-    return once(request, "msg", queue, lambda: Fingerprint.of_fields("msg", given))
+    return once(request, "msg", queue, lambda: Fingerprint.of_fields("msg", given), creates_message=True)

@@ -24,8 +24,9 @@ def send(request):
     data, filename, wrapped_key = upload_parts(request)
     message = fields(request, MSG_FIELDS + MSG_OPTIONS + (MSG_CALLBACK, MSG_AT, MSG_CONVERT))
 
-    def queue() -> Reply:
-        message_id = gateway().send(client_of(request), data, filename, wrapped_key, message)
+    def queue(message_id: str | None = None) -> Reply:
+        data.seek(0)  # the fingerprint may have read it first
+        message_id = gateway().send(client_of(request), data, filename, wrapped_key, message, message_id)
         return Reply(message_id, {"id": message_id})
 
     def fingerprint() -> str:
@@ -36,4 +37,4 @@ def send(request):
         digest.reader(data)
         return digest.hexdigest()
 
-    return once(request, "send", queue, fingerprint)
+    return once(request, "send", queue, fingerprint, creates_message=True)

@@ -110,6 +110,9 @@ class FileSpool(Spool):
             os.link(source, target)
         except FileNotFoundError:
             raise NotFound("data id has expired; upload the file again") from None
+        except FileExistsError:  # left by a request that died before its message was stored (its reserved id is used again)
+            os.unlink(target)
+            os.link(source, target)
         except OSError:
             # Too many links to one file (ext4 allows ~65,000), or a filesystem
             # without hard links: the message gets its own copy instead.
