@@ -314,16 +314,18 @@ def once(records: KeyRecords, name: str, run: Callable[..., Answer], fingerprint
     whose ``fingerprint()`` differs from the first's.
     """
     now = clock()
-    digest = None
+    digest = reserved = None
     if find is None:
         pending = pending_value(new_id(), now, lease)
     else:
         digest = fingerprint()
         kept = records.peek(name)  # a dead request's hold: its reserved id is kept, and so is what it stored
-        reserved = kept.get("id") if kept is not None and kept.get("state") == "pending" else None
-        if isinstance(reserved, str) and kept is not None and kept.get("fingerprint") != digest:
-            raise Unprocessable(f"this {HEADER} was used for a different request; use a new key for a new request")
-        pending = pending_value(new_id(), now, lease, reserved if isinstance(reserved, str) else new_id(), digest, ttl)
+        if kept is not None and kept.get("state") == "pending" and isinstance(kept.get("id"), str):
+            if kept.get("fingerprint") != digest:
+                raise Unprocessable(f"this {HEADER} was used for a different request; use a new key for a new request")
+            reserved = kept["id"]
+        reserved = reserved or new_id()
+        pending = pending_value(new_id(), now, lease, reserved, digest, ttl)
     found = records.begin(name, pending, lease, now)
     if found is not None:
         if found.get("state") != "done":
@@ -337,13 +339,13 @@ def once(records: KeyRecords, name: str, run: Callable[..., Answer], fingerprint
             raise Unprocessable(f"this {HEADER} was used for a different request; use a new key for a new request")
         answer = found["answer"]
         return Answer(int(answer["status"]), str(answer["text"]), dict(answer["data"])), True
-    if find is not None:
-        stored = find(json.loads(pending)["id"])
+    if find is not None and reserved is not None and digest is not None:
+        stored = find(reserved)
         if stored is not None:  # a request that died after storing it: its answer, recorded now
-            records.complete(name, pending, _done_value(digest or "", stored, clock(), ttl), ttl, clock())
+            records.complete(name, pending, _done_value(digest, stored, clock(), ttl), ttl, clock())
             return stored, True
     try:
-        answer = run() if find is None else run(json.loads(pending)["id"])
+        answer = run() if reserved is None else run(reserved)
         digest = digest or fingerprint()
     except BaseException:
         records.release(name, pending)

@@ -300,13 +300,13 @@ class TinyStore(TinyHistory, MessageStore):
         if txn.noted:
             self._mark(f"{self.noted_dir}/{shard}")  # before, too: a crash leaves the mark, and the move is done again
         copies = self._history_changes(txn)
-        pending = (self._pending_root + os.sep + shard
-                   if copies or any(figures.changes_figures(before, after) for before, after in txn.events) else None)
+        counts = any(figures.changes_figures(before, after) for before, after in txn.events)
+        pending = self._pending_root + os.sep + shard if copies or counts else None
         if pending:
             self._mark(pending)  # before: a crash leaves the mark, and the next sweep writes the figures and copies again
         self._write_table(storage, txn.table)
         self._set_due(shard, txn.earliest_due(), indexed)
-        counted = self._count(shard, txn)
+        counted = not counts or self._count(shard, txn)
         if self._history_copies(txn, copies) and counted and pending:
             _unlink(pending)
 
@@ -358,9 +358,7 @@ class TinyStore(TinyHistory, MessageStore):
                     txn.recovering = True
 
     def _count(self, shard: str, txn: _Txn) -> bool:
-        """Write the shard's figures after ``txn``'s changes; False if they could not be."""
-        if not any(figures.changes_figures(before, after) for before, after in txn.events):
-            return True  # leases only: nothing to read or write
+        """Write the shard's figures after ``txn``'s changes (some of which change them); False if they could not be."""
         try:
             document = self.counters.read(shard)
             if document is None:
