@@ -129,6 +129,22 @@ def test_figures_follow_every_change_in_the_same_step(store):
     assert states(store)["delivered"] == 0
 
 
+def test_the_sweeps_scans_give_every_stored_id_and_exactly_the_final_messages(store):
+    now = time.time()
+    queued, leased, delivered, failed = (message(now=now) for _ in range(4))
+    for m in (queued, leased, delivered, failed):
+        store.add(m)
+    claims = {c.id: c for c in store.claim_due(now, 60)}
+    store.finish(claims[delivered.id], {"state": State.DELIVERED}, now)
+    store.finish(claims[failed.id], {"state": State.FAILED}, now)
+    assert store.message_ids() == {m.id for m in store.messages()} == {queued.id, leased.id, delivered.id, failed.id}
+    assert sorted(m.id for m in store.final_messages()) == sorted([delivered.id, failed.id])
+    assert {m.id: m.state for m in store.final_messages()} == {delivered.id: State.DELIVERED, failed.id: State.FAILED}
+    store.archive(delivered.id, now)
+    assert store.message_ids() == {queued.id, leased.id, failed.id}
+    assert [m.id for m in store.final_messages()] == [failed.id]
+
+
 # -- leases ------------------------------------------------------------------------------------
 def test_a_claim_is_a_lease_with_a_unique_token(store):
     now = time.time()

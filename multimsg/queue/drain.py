@@ -228,7 +228,7 @@ class Drain:
             if due_for_archive(message) and self.store.archive(message.id, now, if_=due_for_archive) is not None:
                 self.spool.release(message.client, message.id)
                 archived += 1
-        live = [m.id for m in self.store.messages()]
+        live = self.store.message_ids()
         removed = self.spool.sweep(now, live, t.leftovers_age) + self.store.sweep(now, t.leftovers_age)
         removed += sum(sweep(now) for sweep in self.sweepers)
         pruned = self._prune_archive(now)

@@ -147,6 +147,10 @@ class MessageStore(ABC):
     def messages(self) -> Iterator[Message]:
         """Every stored message: a scan, for rebuilding figures and imports, never for a request."""
 
+    def message_ids(self) -> set[str]:
+        """The id of every stored message (the sweep's: which content links are still used); a scan, like ``messages``."""
+        return {m.id for m in self.messages()}
+
     @abstractmethod
     def rebuild(self, changed_only: bool = False) -> int:
         """Recount figures and the due index from the records; returns how many messages were counted.
