@@ -11,6 +11,7 @@ What ``PlatformSession`` prepares and merges is compared with what a plain
 
 from __future__ import annotations
 
+import socketserver
 import threading
 import urllib.error
 import urllib.request
@@ -231,3 +232,89 @@ def test_the_environment_is_merged_as_requests_merges_it(proxy_env, monkeypatch,
     ours = PlatformSession().merge_environment_settings(url, {}, None, None, None)
     theirs = requests.Session().merge_environment_settings(url, {}, None, None, None)
     assert {**ours, "proxies": dict(ours["proxies"])} == {**theirs, "proxies": dict(theirs["proxies"])}
+
+
+class RawRecorder:
+    """A loopback HTTP server that keeps each request's bytes as they arrived and answers ``answer`` (raw bytes)."""
+
+    def __init__(self, answer: bytes) -> None:
+        self.requests: list[bytes] = []
+        recorder = self
+
+        class Handler(socketserver.StreamRequestHandler):
+            def handle(self) -> None:
+                while True:
+                    head = b""
+                    while not head.endswith(b"\r\n\r\n"):
+                        line = self.rfile.readline()
+                        if not line:
+                            return
+                        head += line
+                    length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                                   if line.lower().startswith(b"content-length:")), 0)
+                    recorder.requests.append(head + self.rfile.read(length))
+                    self.wfile.write(answer)
+
+        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+# The shapes PlatformSession prepares itself (``_direct``), and shapes beside them that take requests' general path.
+DIRECT_SHAPES = {
+    **{name: SHAPES[name] for name in ("telegram-form", "form-list-none-bytes", "whatsapp-json", "bytes-and-removed-header",
+                                       "form-with-own-type", "empty-form-and-json")},
+    "no-body": {},
+    "json-and-form": {"data": {"a": "1"}, "json": {"b": 2}},
+    "nan-json": {"json": {"a": 1.5}},
+}
+ANSWER = (b"HTTP/1.1 201 Created\r\nContent-Type: application/json; charset=utf-8\r\nX-Thing: 1\r\n"
+          b"Content-Length: 11\r\n\r\n{\"ok\":true}")
+
+
+@pytest.fixture(scope="module")
+def recorder():
+    server = RawRecorder(ANSWER)
+    yield server
+    server.close()
+
+
+@pytest.mark.parametrize("path", ["/bot1:T-x_y/sendMessage", "/v23.0/1/messages?a=1&b=/c", "/a%20b", "/x/../y", "/.well-known"])
+@pytest.mark.parametrize("shape", DIRECT_SHAPES.values(), ids=DIRECT_SHAPES.keys())
+def test_a_request_goes_out_byte_for_byte_as_requests_sends_it(proxy_env, recorder, shape, path):
+    proxy_env()
+    recorder.requests.clear()
+    answers = []
+    for session in (PlatformSession(), requests.Session()):
+        response = session.post(recorder.url + path, timeout=5, **shape)
+        answers.append((response.status_code, response.reason, dict(response.headers), response.content,
+                        response.encoding, response.url, response.json(), response.history, dict(response.cookies)))
+    ours, theirs = recorder.requests
+    assert ours == theirs
+    assert answers[0] == answers[1]
+
+
+def test_cookies_a_platform_sets_are_kept_and_sent_back_as_requests_does(proxy_env):
+    proxy_env()
+    server = RawRecorder(b"HTTP/1.1 200 OK\r\nSet-Cookie: __cf_bm=abc; Path=/\r\nContent-Length: 2\r\n\r\n{}")
+    jars = []
+    try:
+        for session in (PlatformSession(), requests.Session()):
+            session.post(server.url + "/api/chat.postMessage", json={"text": "1"}, timeout=5)
+            session.post(server.url + "/api/chat.postMessage", json={"text": "2"}, timeout=5)
+            jars.append(session.cookies.get_dict())
+    finally:
+        server.close()
+    assert jars == [{"__cf_bm": "abc"}, {"__cf_bm": "abc"}]
+    assert server.requests[0:2] == server.requests[2:4] and b"Cookie: __cf_bm=abc" in server.requests[1]
+
+
+def test_an_unreachable_platform_raises_requests_own_error():
+    port = free_port()
+    with pytest.raises(requests.ConnectionError):
+        PlatformSession().post(f"http://127.0.0.1:{port}/x", json={}, timeout=2)

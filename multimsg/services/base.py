@@ -42,15 +42,18 @@ import re
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from datetime import timedelta
 from enum import StrEnum
 from typing import Any, Callable, ClassVar, NamedTuple, Sequence, cast
 from urllib.parse import urlencode, urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
-from requests.cookies import RequestsCookieJar, merge_cookies
+from requests.compat import json as complexjson
+from requests.cookies import RequestsCookieJar, extract_cookies_to_jar, merge_cookies
+from requests.sessions import preferred_clock
 from requests.structures import CaseInsensitiveDict
-from requests.utils import get_environ_proxies, get_netrc_auth
+from requests.utils import check_header_validity, get_environ_proxies, get_netrc_auth
 
 from ..config import ServiceConfig, service_config
 from ..content import Content
@@ -99,6 +102,10 @@ CONTENT_REFUSED = (InvalidInput, TooLarge)
 MB = 1000 * 1000  # platforms state limits in MB; the decimal reading is the stricter one
 POOL_SIZE = 64  # connections kept per host: the drain sends from a thread pool
 ORIGINS_KEPT = 64  # hosts whose environment a session remembers (a service talks to one or two)
+# A URL that requests' prepare_url (requote_uri) and urllib3's parse_url give back unchanged: a lower-case http(s)
+# origin with a plain port, a path, no percent escape, fragment, login, dot segment or character they would quote.
+_PLAIN_URL = re.compile(r"https?://[a-z0-9-]+(?:\.[a-z0-9-]+)*(?::[1-9][0-9]{0,4})?(?:/(?!\.)[A-Za-z0-9_.~!$&'()*+,;=:@-]*)+"
+                        r"(?:\?[A-Za-z0-9_.~!$&'()*+,;=:@/?-]*)?\Z")
 
 
 class _Environment(NamedTuple):
@@ -119,10 +126,14 @@ class PlatformSession(requests.Session):
     checks on Python 3.11): together about a third of the CPU of a platform
     request (``python3 -m bench.service_request``). Here the environment is
     read at a session's first request to each scheme://host:port and kept,
-    and a ``data=`` dict is encoded by ``form_encoded``; everything else is
-    requests' own code (preparing the request, adapters, redirects, cookies,
-    errors). Settings the services never make (session params, auth or hooks;
-    proxies or cookies given per request) take requests' general path.
+    and a ``data=`` dict is encoded by ``form_encoded``. The services' plain
+    request (a form, bytes or JSON to a plain URL, nothing from the session's
+    cookies, auth or proxies) is prepared directly (``_direct``) and handed to
+    requests' adapter, which sends it and builds the response; redirects and
+    cookies are requests' own code, and the bytes that go out are the same
+    (``tests/test_services_http.py``). Settings the services never make
+    (session params, auth or hooks; proxies or cookies given per request)
+    take requests' general path.
     """
 
     def __init__(self) -> None:
@@ -150,17 +161,112 @@ class PlatformSession(requests.Session):
         headers.update(given)
         for key in [key for key, value in headers.items() if value is None]:
             del headers[key]
-        data = request.data
+        data, form_type = request.data, False
         if type(data) is dict and not request.files:
             data = form_encoded(data)
-            if data and "content-type" not in headers:
-                headers["Content-Type"] = "application/x-www-form-urlencoded"
+            form_type = bool(data) and "content-type" not in headers
         auth = request.auth or (self._environment(url).netrc if self.trust_env else None)
         prepared = requests.PreparedRequest()
         prepared.prepare(method=cast(str, request.method).upper(), url=url, headers=headers, files=request.files, data=data,
                          json=request.json, params=request.params or None, auth=auth,
                          cookies=merge_cookies(RequestsCookieJar(), self.cookies), hooks=request.hooks)
+        if form_type:  # where prepare_body puts it: after the Content-Length
+            prepared.headers["Content-Type"] = "application/x-www-form-urlencoded"
         return prepared
+
+    def request(self, method: str, url: str | bytes, params: Any = None, data: Any = None, headers: Any = None,
+                cookies: Any = None, files: Any = None, auth: Any = None, timeout: Any = None, allow_redirects: bool = True,
+                proxies: Any = None, hooks: Any = None, stream: bool | None = None, verify: bool | str | None = None,
+                cert: Any = None, json: Any = None) -> requests.Response:
+        """requests' ``Session.request``; the services' plain shape of request is prepared directly (``_direct``)."""
+        if (not params and not files and auth is None and cookies is None and hooks is None and not proxies and not stream
+                and verify in (None, True) and cert is None and allow_redirects and type(method) is str
+                and type(url) is str and _PLAIN_URL.match(url) and (headers is None or type(headers) is dict)):
+            prepared = self._direct(method, url, data, headers, json)
+            if prepared is not None:
+                environment = self._environment(url)
+                return self._send_direct(prepared, timeout, environment.ca_bundle or True)
+        return super().request(method, url, params=params, data=data, headers=headers, cookies=cookies, files=files,
+                               auth=auth, timeout=timeout, allow_redirects=allow_redirects, proxies=proxies, hooks=hooks,
+                               stream=stream, verify=verify, cert=cert, json=json)
+
+    def _direct(self, method: str, url: str, data: Any, headers: dict | None, json_: Any) -> requests.PreparedRequest | None:
+        """The request ``PreparedRequest.prepare`` would make of a plain URL with a form, bytes or JSON body and str
+        headers, when nothing of the session or the environment takes part (no proxy, netrc login, cookie, session
+        auth, params or hooks; the session's own verify and stream); None: requests' general path prepares it.
+
+        What is left of ``prepare`` for such a request: the session's headers merged with the given (None removes
+        one), each checked as requests checks it; the body encoded (a form by ``form_encoded``, JSON by requests'
+        own ``complexjson.dumps``), its Content-Length and Content-Type set as ``prepare_body`` sets them. The URL is
+        one ``prepare_url`` and urllib3 give back unchanged (``_PLAIN_URL``). A test compares the bytes each sends.
+        """
+        if (self.params or self.auth is not None or self.hooks.get("response") or self.proxies or not self.trust_env
+                or self.stream or self.cert is not None or self.verify is not True or len(self.cookies)):
+            return None
+        environment = self._environment(url)
+        if environment.proxies or environment.netrc is not None:
+            return None
+        merged: CaseInsensitiveDict = CaseInsensitiveDict(self.headers)
+        if headers:
+            merged.update(headers)
+        prepared_headers: CaseInsensitiveDict = CaseInsensitiveDict()
+        for name, value in merged.items():
+            if value is None:
+                continue
+            if type(name) is not str:
+                return None
+            check_header_validity((name, value))
+            prepared_headers[name] = value
+        method = method.upper()
+        content_type = None
+        if data:
+            if type(data) is dict:
+                body: Any = form_encoded(data)
+                content_type = "application/x-www-form-urlencoded"
+            elif type(data) is bytes:
+                body = data
+            else:
+                return None
+            if not body:
+                return None
+        elif json_ is not None:
+            try:
+                body = complexjson.dumps(json_, allow_nan=False).encode("utf-8")
+            except ValueError:
+                return None  # requests raises its InvalidJSONError
+            content_type = "application/json"
+        else:
+            body = None
+        if body is not None:
+            prepared_headers["Content-Length"] = str(len(body))
+        elif method not in ("GET", "HEAD") and prepared_headers.get("Content-Length") is None:
+            prepared_headers["Content-Length"] = "0"
+        if content_type and "content-type" not in prepared_headers:
+            prepared_headers["Content-Type"] = content_type
+        prepared = requests.PreparedRequest()
+        prepared.method, prepared.url, prepared.headers, prepared.body = method, url, prepared_headers, body
+        prepared._cookies = RequestsCookieJar()
+        prepared.hooks = {"response": []}
+        return prepared
+
+    def _send_direct(self, prepared: requests.PreparedRequest, timeout: Any, verify: bool | str) -> requests.Response:
+        """``Session.send`` of a request ``_direct`` prepared: the adapter's send (its errors, its response), the
+        elapsed time, cookies kept when the answer sets any, redirects followed by requests' own code, the body read."""
+        settings: dict[str, Any] = {"stream": False, "timeout": timeout, "verify": verify, "cert": None, "proxies": {}}
+        adapter = self.get_adapter(url=cast(str, prepared.url))
+        start = preferred_clock()
+        response = adapter.send(prepared, **settings)
+        response.elapsed = timedelta(seconds=preferred_clock() - start)
+        if "set-cookie" in response.headers or "set-cookie2" in response.headers:
+            extract_cookies_to_jar(self.cookies, prepared, response.raw)
+        if response.is_redirect:
+            history = list(self.resolve_redirects(response, prepared, **settings))
+            if history:
+                history.insert(0, response)
+                response = history.pop()
+                response.history = history
+        response.content  # noqa: B018  (read now, as requests does when not streaming)
+        return response
 
     def merge_environment_settings(self, url: str, proxies: dict[str, str] | None, stream: bool | None, verify: bool | str | None,
                                    cert: Any) -> dict[str, Any]:
