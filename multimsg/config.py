@@ -252,6 +252,9 @@ class Settings:
                                       "service instances (0: one per core; never more than there are instances)")
     drain_share: tuple[int, int] | None = setting("MULTIMSG_DRAIN_SHARE", None, _share,
                                                   help="I/N: this process drains only share I (from 0) of N (each runner drain child has one)")
+    drain_pin: bool = setting("MULTIMSG_DRAIN_PIN", True, bool,
+                              help="each drain child of the runner keeps to one core (its index-th, round robin): its threads "
+                                   "hand the interpreter lock to each other without waking the other core")
     drain_token: str | None = setting("MULTIMSG_DRAIN_TOKEN", None, secret=True)
     drain_lock: bool = setting("MULTIMSG_DRAIN_LOCK", True, bool, help="one pass at a time per data folder (an optimisation; leases keep several safe)")
     lease: float = setting("MULTIMSG_LEASE", 60.0, float, help="seconds a drain pass holds a message it claimed (extended while it sends)")

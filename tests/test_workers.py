@@ -116,6 +116,36 @@ def test_two_drain_children_each_send_for_their_own_instances_and_each_message_o
     # which drain leases which instance's messages: test_backend_contract.py::test_drains_with_shares_*
 
 
+def cores_allowed(pid: int) -> str:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return next(line.split(":", 1)[1].strip() for line in status.splitlines() if line.startswith("Cpus_allowed_list:"))
+
+
+def pinned_drains(gw: Gateway) -> list[str]:
+    """The one core each child keeps to, for the children that keep to one (the drains); empty until both do."""
+    kids = children(gw.proc.pid)
+    single = sorted(allowed for allowed in map(cores_allowed, kids) if allowed.isdigit())
+    return single if len(kids) == 4 and len(single) == 2 else []
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="pinning needs two cores to choose from")
+def test_each_drain_child_keeps_to_a_core_of_its_own_and_the_http_workers_to_none(runner, telegram, whatsapp):
+    gw = runner(MULTIMSG_DRAIN_INTERVAL="0.2", MULTIMSG_DRAIN_WORKERS="2")
+    everything = cores_allowed(os.getpid())
+    cores = wait_until(lambda: pinned_drains(gw), 20, "both drains keeping to one core")
+    assert len(set(cores)) == 2  # each its own
+    assert [cores_allowed(pid) for pid in workers_seen(gw.url)] == [everything, everything]
+    assert gw.log().count("this drain process runs on core") == 2
+
+
+def test_pinning_can_be_turned_off(runner, telegram, whatsapp):
+    gw = runner(MULTIMSG_DRAIN_INTERVAL="0.2", MULTIMSG_DRAIN_WORKERS="2", MULTIMSG_DRAIN_PIN="0")
+    wait_until(lambda: "share 2/2" in gw.log(), 30, "the drains' first passes")
+    everything = cores_allowed(os.getpid())
+    assert [cores_allowed(pid) for pid in children(gw.proc.pid)] == [everything] * 4
+    assert "runs on core" not in gw.log()
+
+
 def send_texts(gw: Gateway, wanted: list[tuple[str, str, str]], at: float | None = None) -> set[str]:
     """POST /send one text per (serv, dest, text), 8 at a time (scheduled for ``at``, if given); the message ids."""
     scheduled = {} if at is None else {"at": (None, f"{at:.3f}")}
