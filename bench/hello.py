@@ -14,6 +14,7 @@ import sys
 import flask
 
 from multimsg import runner
+from multimsg.config import env_bool
 
 
 def main() -> None:
@@ -29,7 +30,12 @@ def main() -> None:
     from multimsg.supervisor import Child, Supervisor, bind
 
     sockets = bind("127.0.0.1", args.port)
-    children = [Child(f"hello {n}", lambda: runner._serve_waitress(app, "", 0, sockets)) for n in range(args.workers)]
+    def serve(n: int) -> None:
+        if env_bool("MULTIMSG_WORKER_PIN", True):  # as the runner's workers (the same setting)
+            runner.pin_to_one_core(n, "hello worker")
+        runner._serve_waitress(app, "", 0, sockets)
+
+    children = [Child(f"hello {n}", lambda n=n: serve(n)) for n in range(args.workers)]
     sys.exit(Supervisor(children).run())
 
 

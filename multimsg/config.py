@@ -246,6 +246,9 @@ class Settings:
     port: int = setting("PORT", 8080, int, help="port the runner binds")
     workers: int = setting("MULTIMSG_WORKERS", 0, _workers,
                            help="processes the local runner serves HTTP from (0: one per core; 1: one process that also drains)")
+    worker_pin: bool = setting("MULTIMSG_WORKER_PIN", True, bool,
+                               help="each HTTP worker of the runner keeps to one core (its index-th, round robin), as the drain "
+                                    "children do (MULTIMSG_DRAIN_PIN)")
     drain_interval: float = setting("MULTIMSG_DRAIN_INTERVAL", 5.0, float)
     drain_workers: int = setting("MULTIMSG_DRAIN_WORKERS", 0, _workers,
                                  help="drain processes of the runner with several workers, each sending for its own share of the "

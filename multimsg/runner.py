@@ -90,23 +90,24 @@ def _drain_child(interval: float, index: int, count: int) -> None:
         os.environ["MULTIMSG_DRAIN_SHARE"] = f"{index}/{count}"  # read when this child builds its gateway...
         settings.cache_clear()  # ...from settings read again (the parent's were read before it was set)
     if settings().drain_pin:
-        pin_to_one_core(index)
+        pin_to_one_core(index, "drain process")
     timer = DrainTimer(interval)
     signal.signal(signal.SIGTERM, lambda *_: timer.stopped.set())  # after the pass in progress
     timer.run()
 
 
-def pin_to_one_core(index: int) -> int | None:
+def pin_to_one_core(index: int, what: str) -> int | None:
     """Keep this process (and the threads it starts) on one of the cores it may use, the ``index``-th (round robin).
 
-    A drain process is bound by its interpreter lock: dozens of sending
-    threads hand it to each other at every system call (each file write of an
-    outcome, each socket read), some 190 futex calls and 120 context switches
-    a message on 2 cores. Spread over both cores, every handoff wakes a thread
-    on the other core, which then mostly finds the lock taken again; on one
-    core the handoffs are plain switches. The process never uses more than
-    one core anyway. Measured with ``python3 -m bench.accounts``: 3.5 to 3.7
-    ms of CPU a message pinned, 4.6 to 4.9 unpinned, in alternating runs.
+    A drain process, or an HTTP worker, is bound by its interpreter lock: its
+    threads (dozens sending, sixteen serving) hand it to each other at every
+    system call (each file write, each socket read); a drain made some 190
+    futex calls and 120 context switches a message on 2 cores. Spread over
+    both cores, every handoff wakes a thread on the other core, which then
+    mostly finds the lock taken again; on one core the handoffs are plain
+    switches. The process never uses more than one core anyway. Measured in
+    alternating runs: ``bench.accounts`` 3.9 against 4.9 ms of CPU a message,
+    ``bench.intake`` ``/msg`` 3.8 against 4.6 ms a request.
     Returns the core, or None where affinity cannot be set (not Linux, one core).
     """
     try:
@@ -117,12 +118,14 @@ def pin_to_one_core(index: int) -> int | None:
         os.sched_setaffinity(0, {core})
     except (AttributeError, OSError):  # no sched_setaffinity here, or refused
         return None
-    log.info("this drain process runs on core %d", core)
+    log.info("this %s runs on core %d", what, core)
     return core
 
 
-def _serve_worker(app, sockets: list[socket.socket]) -> None:
+def _serve_worker(app, sockets: list[socket.socket], index: int = 0) -> None:
     """One HTTP worker of several: its own gateway (store, spool, keys) built before it takes a connection."""
+    if settings().worker_pin:
+        pin_to_one_core(index, "HTTP worker")
     gateway().public_key()
     _serve_waitress(app, "", 0, sockets)
 
@@ -133,7 +136,7 @@ def _serve_workers(app, host: str, port: int, workers: int) -> None:
 
     sockets = bind(host, port)
     share_between_processes()  # one count of each client's requests for all the workers
-    children = [Child(f"worker {n}", lambda: _serve_worker(app, sockets)) for n in range(1, workers + 1)]
+    children = [Child(f"worker {n}", lambda n=n: _serve_worker(app, sockets, n - 1)) for n in range(1, workers + 1)]
     s = settings()
     if s.drain_interval > 0:
         count = drain_processes(s)  # each its own share of the instances: one core is not enough for several busy accounts

@@ -121,25 +121,26 @@ def cores_allowed(pid: int) -> str:
     return next(line.split(":", 1)[1].strip() for line in status.splitlines() if line.startswith("Cpus_allowed_list:"))
 
 
-def pinned_drains(gw: Gateway) -> list[str]:
-    """The one core each child keeps to, for the children that keep to one (the drains); empty until both do."""
-    kids = children(gw.proc.pid)
-    single = sorted(allowed for allowed in map(cores_allowed, kids) if allowed.isdigit())
-    return single if len(kids) == 4 and len(single) == 2 else []
+def each_on_one_core(pids: set[int]) -> list[str]:
+    """The one core each of ``pids`` keeps to; empty until every one keeps to one."""
+    cores = sorted(map(cores_allowed, pids))
+    return cores if pids and all(core.isdigit() for core in cores) else []
 
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="pinning needs two cores to choose from")
-def test_each_drain_child_keeps_to_a_core_of_its_own_and_the_http_workers_to_none(runner, telegram, whatsapp):
+def test_each_http_worker_and_each_drain_child_keeps_to_a_core_of_its_own(runner, telegram, whatsapp):
     gw = runner(MULTIMSG_DRAIN_INTERVAL="0.2", MULTIMSG_DRAIN_WORKERS="2")
-    everything = cores_allowed(os.getpid())
-    cores = wait_until(lambda: pinned_drains(gw), 20, "both drains keeping to one core")
-    assert len(set(cores)) == 2  # each its own
-    assert [cores_allowed(pid) for pid in workers_seen(gw.url)] == [everything, everything]
-    assert gw.log().count("this drain process runs on core") == 2
+    workers = workers_seen(gw.url)
+    drains = wait_until(lambda: (kids := children(gw.proc.pid)) and len(kids) == 4 and kids - workers, 20, "the drain children")
+    assert len(set(wait_until(lambda: each_on_one_core(workers), 20, "the workers keeping to one core each"))) == 2
+    assert len(set(wait_until(lambda: each_on_one_core(drains), 20, "the drains keeping to one core each"))) == 2
+    assert cores_allowed(gw.proc.pid) == cores_allowed(os.getpid())  # the parent: every core
+    log = gw.log()
+    assert log.count("this HTTP worker runs on core") == 2 and log.count("this drain process runs on core") == 2
 
 
 def test_pinning_can_be_turned_off(runner, telegram, whatsapp):
-    gw = runner(MULTIMSG_DRAIN_INTERVAL="0.2", MULTIMSG_DRAIN_WORKERS="2", MULTIMSG_DRAIN_PIN="0")
+    gw = runner(MULTIMSG_DRAIN_INTERVAL="0.2", MULTIMSG_DRAIN_WORKERS="2", MULTIMSG_DRAIN_PIN="0", MULTIMSG_WORKER_PIN="0")
     wait_until(lambda: "share 2/2" in gw.log(), 30, "the drains' first passes")
     everything = cores_allowed(os.getpid())
     assert [cores_allowed(pid) for pid in children(gw.proc.pid)] == [everything] * 4
