@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -215,6 +216,30 @@ def test_the_service_rate_is_kept_in_every_sliding_second(make_gateway, whatsapp
     stats = whatsapp.stats()
     assert stats["accepted"] == 30 and stats["rate_limited"] == 0 and stats["max_in_any_window"] <= 10
     assert gateway.state(ids[0])["state"] == "delivered"
+
+
+def test_a_drain_that_stands_still_does_not_send_the_slots_it_missed_in_a_burst(make_gateway, whatsapp):
+    # Senders sleep until slots they reserved ahead; a process stopped past them woke them all at once.
+    whatsapp.configure(rate=40, latency=0.1)
+    gateway = make_gateway(env={"MULTIMSG_WPP1_RATE": "40", "MULTIMSG_PACE_MARGIN": "0.8", "MULTIMSG_WPP1_CONCURRENCY": "30",
+                                "MULTIMSG_RATE_LIMIT": "0"})
+    ids = [gateway.send(f"n{n}".encode(), "wpp1", str(next(_numbers))) for n in range(150)]
+    summary: dict = {}
+    passing = threading.Thread(target=lambda: summary.update(gateway.drain()))
+    passing.start()
+    deadline = time.monotonic() + 30
+    while whatsapp.stats()["accepted"] < 20 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    for _ in range(2):  # stand still twice, mid-drain, long past the reserved slots
+        os.kill(gateway.proc.pid, signal.SIGSTOP)
+        time.sleep(0.6)
+        os.kill(gateway.proc.pid, signal.SIGCONT)
+        time.sleep(1.2)
+    passing.join(60)
+    assert summary.get("delivered") == 150, summary
+    stats = whatsapp.stats()
+    assert stats["rate_limited"] == 0 and stats["max_in_any_window"] <= 40, stats
+    assert gateway.state(ids[-1])["state"] == "delivered"
 
 
 def test_a_destination_that_must_wait_holds_up_nobody(make_gateway, telegram):
