@@ -90,10 +90,11 @@ def run(seconds: float, drains: int, backend: str = "embedded") -> dict:
                            "max_in_any_window": max_in_window(times[serv])}
     return {
         "machine": machine(), "backend": backend, "emulator_latency_s": LATENCY, "messages": seeded, "drain_processes": drains,
-        "seconds": round(drained.seconds, 2), "rate": round(seeded / drained.seconds, 2),
+        "seconds": round(drained.seconds, 2), "rate": round((drained.messages or seeded) / drained.seconds, 2),
         "together_s": round(together_to - together_from, 2),
+        "sending_s": round(max(t[-1] for t in times.values()) - min(t[0] for t in times.values()), 2),
         "rate_together": round(sum(i["rate_together"] for i in instances.values()), 2),
-        "runner_cpu_ms_per_message": round(1000 * drained.cpu / seeded, 2),
+        "runner_cpu_ms_per_message": round(1000 * drained.cpu / (drained.messages or seeded), 2),
         "runner_cpu_share": round(drained.cpu / drained.seconds, 2),
         "instances": instances,
     }
@@ -109,7 +110,7 @@ def table(figures: dict) -> str:
     rows.append(f"| all | | {limit} | {figures['messages']} | {figures['rate_together']} | "
                 f"{round(100 * figures['rate_together'] / limit, 1)} | {sum(i['rate_limited'] for i in figures['instances'].values())} | |")
     return "\n".join(rows) + (
-        f"\n\nall sending together for {figures['together_s']} s of {figures['seconds']} s; "
+        f"\n\nall sending together for {figures['together_s']} s of {figures['sending_s']} s from the first delivery to the last; "
         f"runner CPU {figures['runner_cpu_ms_per_message']} ms per message ({figures['runner_cpu_share']} cores busy), "
         f"{figures['drain_processes']} drain process(es)")
 

@@ -119,6 +119,7 @@ class Drained:
     seconds: float
     cpu: float
     passes: list[dict]
+    messages: int | None = None  # delivered within ``seconds`` (and ``cpu``), when not the whole backlog
 
 
 def drain_all(gateway: Gateway, seeded: int) -> Drained:
@@ -139,19 +140,22 @@ def drained_by_children(gateway: Gateway, emulators: Iterable, seeded: int, time
 
     The time runs from the call (made right after the runner started) to the
     last acceptance (the emulators' own clock); the CPU is the whole runner's
-    (every process of its tree). The emulators are asked every half second: a
+    (every process of its tree) over the same span, and ``messages`` those
+    delivered within it (the drain children start sending before the runner
+    answers its first health check). The emulators are asked every half second: a
     stats answer goes through every request received, and asking six of them
     ten times a second took CPU from the runner being measured.
     """
     emulators = list(emulators)
     started, cpu = time.monotonic(), tree_cpu(gateway.proc.pid)
+    before = sum(emulator.stats()["accepted"] for emulator in emulators)
     while sum(emulator.stats()["accepted"] for emulator in emulators) < seeded:
         if time.monotonic() - started > timeout:
             raise RuntimeError(f"the backlog was not drained within {timeout:g} s")
         time.sleep(0.5)
     spent = tree_cpu(gateway.proc.pid) - cpu
     last = max(emulator.stats()["last_t"] or 0.0 for emulator in emulators)
-    return Drained(last - started, spent, [])
+    return Drained(last - started, spent, [], seeded - before)
 
 
 def tree_cpu(pid: int) -> float:
