@@ -30,6 +30,7 @@ def main() -> None:
     from multimsg.supervisor import Child, Supervisor, bind
 
     sockets = bind("127.0.0.1", args.port)
+
     def serve(n: int) -> None:
         if env_bool("MULTIMSG_WORKER_PIN", True):  # as the runner's workers (the same setting)
             runner.pin_to_one_core(n, "hello worker")

@@ -182,15 +182,16 @@ class PlatformSession(requests.Session):
         if (not params and not files and auth is None and cookies is None and hooks is None and not proxies and not stream
                 and verify in (None, True) and cert is None and allow_redirects and type(method) is str
                 and type(url) is str and _PLAIN_URL.match(url) and (headers is None or type(headers) is dict)):
-            prepared = self._direct(method, url, data, headers, json)
+            environment = self._environment(url)
+            prepared = self._direct(method, url, data, headers, json, environment)
             if prepared is not None:
-                environment = self._environment(url)
                 return self._send_direct(prepared, timeout, environment.ca_bundle or True)
         return super().request(method, url, params=params, data=data, headers=headers, cookies=cookies, files=files,
                                auth=auth, timeout=timeout, allow_redirects=allow_redirects, proxies=proxies, hooks=hooks,
                                stream=stream, verify=verify, cert=cert, json=json)
 
-    def _direct(self, method: str, url: str, data: Any, headers: dict | None, json_: Any) -> requests.PreparedRequest | None:
+    def _direct(self, method: str, url: str, data: Any, headers: dict | None, json_: Any,
+                environment: _Environment) -> requests.PreparedRequest | None:
         """The request ``PreparedRequest.prepare`` would make of a plain URL with a form, bytes or JSON body and str
         headers, when nothing of the session or the environment takes part (no proxy, netrc login, cookie, session
         auth, params or hooks; the session's own verify and stream); None: requests' general path prepares it.
@@ -203,7 +204,6 @@ class PlatformSession(requests.Session):
         if (self.params or self.auth is not None or self.hooks.get("response") or self.proxies or not self.trust_env
                 or self.stream or self.cert is not None or self.verify is not True or len(self.cookies)):
             return None
-        environment = self._environment(url)
         if environment.proxies or environment.netrc is not None:
             return None
         merged: CaseInsensitiveDict = CaseInsensitiveDict(self.headers)

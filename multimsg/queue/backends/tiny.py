@@ -483,7 +483,12 @@ class TinyStore(TinyHistory, MessageStore):
         except FileNotFoundError:  # the first shard due in this minute (or the mark itself was removed)
             ensure_private_dir(Path(os.path.dirname(path)))
             self._touch(self._mark_source)
-            self._mark(path)
+            try:
+                os.link(self._mark_source, path)
+            except FileExistsError:
+                pass
+            except OSError:
+                self._touch(path)
         except OSError:  # no hard links here, or too many to one file
             self._touch(path)
 
@@ -799,27 +804,25 @@ class TinyStore(TinyHistory, MessageStore):
             txn.remove(found[0], message)
             return message
 
-    def messages(self) -> Iterator[Message]:
+    def _tables(self) -> Iterator[dict[str, Any]]:
+        """Each shard's records (read without its lock; unreadable and empty shards left out): the scans'."""
         for shard in self.shards():
             table = self._read_unlocked(shard)
             if table:
-                yield from self._parsed(table)
+                yield table
+
+    def messages(self) -> Iterator[Message]:
+        for table in self._tables():
+            yield from self._parsed(table)
 
     def final_messages(self) -> Iterator[Message]:
         # Only the records not queued are built: behind a backlog, nearly every record is queued (a sweep with 7,600
         # stored spent 0.4 s of CPU building them all, and more in ``messages`` for their ids, now ``message_ids``).
-        for shard in self.shards():
-            table = self._read_unlocked(shard)
-            if table:
-                yield from (m for m in self._parsed({k: r for k, r in table.items() if _not_queued(r)}) if m.final)
+        for table in self._tables():
+            yield from (m for m in self._parsed({k: r for k, r in table.items() if _not_queued(r)}) if m.final)
 
     def message_ids(self) -> set[str]:
-        ids: set[str] = set()
-        for shard in self.shards():
-            table = self._read_unlocked(shard)
-            if table:
-                ids.update(r["id"] for r in table.values() if isinstance(r, dict) and isinstance(r.get("id"), str))
-        return ids
+        return {r["id"] for table in self._tables() for r in table.values() if isinstance(r, dict) and isinstance(r.get("id"), str)}
 
     def rebuild(self, changed_only: bool = False) -> int:
         """Copy every record to its client's history again, recount the figures and refile the due index, shard by shard.
