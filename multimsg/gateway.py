@@ -213,11 +213,13 @@ class Gateway:
         _require(fields, SEND_FIELDS)
         planned = self._plan(client, fields)
         check_quota(self.spool, client, data, self.quota)
+        message_id = message_id or new_id()
         with _plaintext(self.keys, data, wrapped_key, self.replay) as plain:
             options = self._check_content(planned, _StreamContent(plain), fields)
             plain.seek(0)
-            info = self.spool.put(client, copy_stream(plain), clean_filename(filename))
-        return self._queue(client, info.data_id, info.filename, planned, options, self.spool.content(client, info.data_id), message_id)
+            info = self.spool.put_message(client, copy_stream(plain), clean_filename(filename), message_id)
+        content = self.spool.message_content(client, message_id)
+        return self._queue(client, info.data_id, info.filename, planned, options, content, message_id, attached=True)
 
     # -- what /msg and /send share ----------------------------------------
     def _plan(self, client: str, fields: dict) -> "_Planned":
@@ -243,8 +245,11 @@ class Gateway:
         return convert.check(planned.service, planned.type, content, _options(fields), fields.get(MSG_CONVERT))
 
     def _queue(self, client: str, data_id: str, upload_filename: str, planned: "_Planned", options: dict, content: Content,
-               message_id: str | None = None) -> str:
-        """Queue the checked message durably for the client's upload ``data_id`` (its ``content``); returns its id."""
+               message_id: str | None = None, attached: bool = False) -> str:
+        """Queue the checked message durably for the client's upload ``data_id`` (its ``content``); returns its id.
+
+        ``attached``: the content is already the message's own (``Spool.put_message``).
+        """
         now = time.time()
         message = Message(
             id=message_id or new_id(), client=client, data_id=data_id, serv=planned.service.name, dest=planned.dest, type=planned.type,
@@ -252,7 +257,8 @@ class Gateway:
             state=State.QUEUED, created_at=now, updated_at=now, next_attempt_at=max(planned.due, now), callback=planned.callback,
             scheduled_for=planned.due if planned.due > now else None,
         )
-        self.spool.attach(client, data_id, message.id)
+        if not attached:
+            self.spool.attach(client, data_id, message.id)
         try:
             self.store.add(message)
         except BaseException:

@@ -1,7 +1,8 @@
 """The per-client spool quota (``MULTIMSG_CLIENT_QUOTA``, bytes; 1 GB by default, 0 turns it off).
 
 Before an upload is stored, the bytes the spool already holds for the client
-(its live uploads: ``Spool.usage``, a running count) plus the size of
+(``Spool.usage``, a running count: its live uploads, and on the embedded
+backend its messages' content that no upload shares) plus the size of
 the incoming upload must fit in the quota; otherwise ``QuotaExceeded`` (413,
 with "quota" in the reason) and nothing is stored. Space comes back as uploads
 expire (MULTIMSG_DATA_TTL) and as final states are reported. Uploads of one

@@ -446,6 +446,36 @@ def test_the_sweep_removes_orphan_message_references(any_spool):
         spool.message_content(CLIENT, "B" * 16).read()
 
 
+def test_a_messages_own_content_is_stored_counted_and_released(any_spool):
+    """``put_message`` (POST /send): the message's content with no upload to attach; counted against the quota."""
+    spool = any_spool
+    info = spool.put_message(CLIENT, [b"hola ", b"send"], "s.txt", "S" * 16)
+    assert (info.size, info.filename) == (9, "s.txt")
+    assert spool.message_content(CLIENT, "S" * 16).read() == b"hola send"
+    assert spool.usage(CLIENT) == 9
+    spool.sweep(time.time(), live=["S" * 16], older_than=0)  # a stored message's content is not an orphan
+    assert spool.message_content(CLIENT, "S" * 16).read() == b"hola send"
+    assert spool.usage(CLIENT) == 9  # the embedded spool's recount agrees with its running count
+    spool.release(CLIENT, "S" * 16)
+    with pytest.raises(FileNotFoundError):
+        spool.message_content(CLIENT, "S" * 16).read()
+    if isinstance(spool, FileSpool):  # no upload is left behind, and the space is back at once
+        assert spool.usage(CLIENT) == 0
+        assert [p.name for p in spool.layout.client_spool(CLIENT).iterdir() if not p.name.startswith(".")] == ["msg"]
+
+
+def test_the_embedded_spool_counts_a_messages_content_once_its_upload_has_expired(tmp_path):
+    layout = Layout(tmp_path / "home")
+    spool = FileSpool(layout, ttl=60, fsync=False)
+    info = spool.put(CLIENT, [b"x" * 100], "x.txt")
+    spool.attach(CLIENT, info.data_id, "A" * 16)
+    assert spool.usage(CLIENT) == 100  # the upload and its message's link are one file, counted once
+    spool.sweep(time.time() + 120, live=["A" * 16])  # the upload expires; the queued message keeps the bytes
+    assert spool.usage(CLIENT) == 100
+    spool.release(CLIENT, "A" * 16)
+    assert spool.usage(CLIENT) == 0
+
+
 # -- the engine, in-process, over each backend -----------------------------------------------------------
 class Counting(ServiceBase):
     """A service that records every send; our own engine's counterpart in these in-process tests."""

@@ -319,8 +319,9 @@ def _fingerprint_shown(runner: Gateway) -> str:
     return match[1]
 
 
-def _uploads(runner: Gateway) -> int:
-    return len(list((runner.home / "spool").glob("*/*.json")))
+def _contents(runner: Gateway) -> int:
+    """The messages whose content the spool holds (``multimsg send`` uses POST /send: one file each, in ``msg/``)."""
+    return len(list((runner.home / "spool").glob("*/msg/*")))
 
 
 def test_send_refuses_a_server_key_that_is_not_the_pinned_fingerprint(gateway, telegram, tmp_path):
@@ -335,14 +336,14 @@ def test_send_refuses_a_server_key_that_is_not_the_pinned_fingerprint(gateway, t
     digest = __import__("base64").b64decode(fp[7:] + "=")
     assert multimsg(*send, "--key-fingerprint", digest.hex()).returncode == 0  # hex works too
     assert multimsg(*send, env={"MULTIMSG_KEY_FINGERPRINT": fp}).returncode == 0
-    assert _uploads(gateway) == 3
+    assert _contents(gateway) == 3
 
     other = "SHA256:" + "A" * 43
     for refused in (multimsg(*send, "--key-fingerprint", other), multimsg(*send, env={"MULTIMSG_KEY_FINGERPRINT": other})):
         out, err = text(refused)
         assert refused.returncode == 9, err
         assert fp in err and "not the pinned one" in err and err.count("\n") == 1
-    assert _uploads(gateway) == 3  # nothing was sent to a server with another key
+    assert _contents(gateway) == 3  # nothing was sent to a server with another key
     bad = multimsg(*send, "--key-fingerprint", "nonsense")
     assert bad.returncode == 10 and "not a key fingerprint" in bad.stderr.decode()
 
@@ -365,12 +366,12 @@ def test_the_first_key_seen_is_pinned_per_server_and_a_change_is_refused(make_ga
 
     rotated = multimsg("keys", "rotate", env={"MULTIMSG_HOME": str(runner.home)})
     assert rotated.returncode == 0, rotated.stderr
-    before = _uploads(runner)
+    before = _contents(runner)
     changed = multimsg(*send, "--server", runner.url, env=env)
     out, err = text(changed)
     assert changed.returncode == 9, err
     assert "key changed" in err and str(known) in err and _fingerprint_shown(runner) in err
-    assert _uploads(runner) == before
+    assert _contents(runner) == before
     # The operator confirmed the rotation: forget the line, and the new key is pinned.
     known.write_text("".join(line + "\n" for line in known.read_text().splitlines() if not line.startswith(runner.url + " ")))
     assert multimsg(*send, "--server", runner.url, env=env).returncode == 0

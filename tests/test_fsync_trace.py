@@ -1,4 +1,4 @@
-"""A message accepted by /msg is on disk before the answer: checked on the system calls.
+"""A message accepted by /msg (and an upload, and a /send) is on disk before the answer: checked on the system calls.
 
 The runner's process is traced with strace around one ``POST /msg``
 (after its upload). From the trace: some file under ``store/`` of the data
@@ -127,10 +127,15 @@ def worker_pid(master: int) -> int:
 
 def trace_one_msg(runner, tmp_path: Path, data_id: str) -> tuple[str, str]:
     """strace the worker around one POST /msg; (the trace, the answer's body)."""
+    return trace_one(runner, tmp_path, "/msg", data={"id": data_id, "serv": "telegram", "dest": "4242", "type": "text"})
+
+
+def trace_one(runner, tmp_path: Path, path: str, **request) -> tuple[str, str]:
+    """strace the worker around one POST to ``path``; (the trace, the answer's body)."""
     options = ["-ttt", "-T", "-yy", "-s", "128", "-e", f"trace={TRACED}"]
     with traced(worker_pid(runner.proc.pid), options, tmp_path, "tracing the worker's fsyncs") as out:
         with session_from(None) as client:  # a new connection, accepted while traced
-            answer = client.post(runner.url + "/msg", data={"id": data_id, "serv": "telegram", "dest": "4242", "type": "text"}, timeout=30)
+            answer = client.post(runner.url + path, timeout=30, **request)
         assert answer.status_code == 200, answer.text
         time.sleep(0.3)  # strace prints a call when it returns
     return out.read_text(errors="replace"), answer.text
@@ -149,3 +154,23 @@ def test_the_store_file_and_folder_are_fsynced_before_msg_answers(make_gateway, 
     else:  # the check can fail: without fsync it finds the fsyncs missing
         assert any("fsync" in p for p in problems), f"MULTIMSG_FSYNC=0 and the check found nothing missing:\n{trace[-6000:]}"
     assert os.path.isdir(runner.home / "store") and runner.cons(message_id).text == "queued"
+
+
+@pytest.mark.parametrize("fsync", ["on", "off"])
+def test_an_upload_and_a_send_are_fsynced_before_they_answer(make_gateway, tmp_path, fsync):
+    """/data: the content and its folder; /send: the message's own content file and its folder, and the record."""
+    runner = make_gateway(env={"MULTIMSG_FSYNC": "1" if fsync == "on" else "0", "MULTIMSG_RATE_LIMIT": "0"})
+    runner.upload_id(b"the first upload makes the client's folders")
+    client_dir = next((runner.home / "spool").resolve().iterdir())
+    upload = {"files": {"data": ("a.txt", b"an upload on disk before the answer")}}
+    send = {"files": {"data": ("b.txt", b"a send on disk before the answer"), "serv": (None, "telegram"),
+                      "dest": (None, "4242"), "type": (None, "text")}}
+    runner.send(b"the first send makes msg/", "telegram", "4242")  # makes msg/ (a folder made in the traced request would need its parent fsynced)
+    checks = [("/data", upload, client_dir), ("/send", send, client_dir / "msg"), ("/send", send, (runner.home / "store").resolve())]
+    for path, request, folder in checks:
+        calls = parse(trace_one(runner, tmp_path, path, **request)[0])
+        problems = durability_problems(calls, folder)
+        if fsync == "on":
+            assert not problems, f"{path}, {folder}: " + "\n".join(problems)
+        else:
+            assert any("fsync" in p for p in problems), f"{path}, {folder}: MULTIMSG_FSYNC=0 and the check found nothing missing"

@@ -253,9 +253,20 @@ class SealedSpool(Spool):
         self.inner, self.keys = inner, keys
 
     def put(self, client: str, chunks: Iterable[bytes], filename: str) -> DataInfo:
+        return self._sealed(self.inner.put, client, chunks, filename)
+
+    def put_message(self, client: str, chunks: Iterable[bytes], filename: str, message_id: str) -> DataInfo:
+        def put(client: str, chunks: Iterable[bytes], filename: str) -> DataInfo:
+            return self.inner.put_message(client, chunks, filename, message_id)
+
+        return self._sealed(put, client, chunks, filename)
+
+    def _sealed(self, put: Callable[[str, Iterable[bytes], str], DataInfo], client: str, chunks: Iterable[bytes],
+                filename: str) -> DataInfo:
+        """``put`` the content and file name sealed with a fresh data key; the info speaks of the plaintext."""
         keys, data_key, header = self.keys.load(), AESGCM.generate_key(bit_length=256), Header.new()
         header.slots[0] = header.seal_key(keys.current, data_key)
-        info = self.inner.put(client, _encrypt(data_key, header, chunks), _seal_name(data_key, filename))
+        info = put(client, _encrypt(data_key, header, chunks), _seal_name(data_key, filename))
         return DataInfo(info.data_id, plain_size(info.size, header.chunk), filename, info.created_at)
 
     def get(self, client: str, data_id: str) -> DataInfo:

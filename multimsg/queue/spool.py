@@ -2,7 +2,8 @@
 
 A ``Spool`` stores an upload (``put``), finds it again for its client
 (``get``), gives a message its own reference to it (``attach``, so that the
-upload may expire while queued messages keep their content), hands out the
+upload may expire while queued messages keep their content), stores a
+message's content with no upload (``put_message``, for ``POST /send``), hands out the
 content of a message (``message_content``) and forgets it (``release``). ``rewrite_heads`` changes
 the first bytes of every stored object in place, durably (the re-wrap of
 data keys by ``queue/sealed.py``, which wraps any spool so that all of it
@@ -52,6 +53,17 @@ class Spool(ABC):
     def attach(self, client: str, data_id: str, message_id: str) -> None:
         """Give a message its own reference to the upload's content."""
 
+    def put_message(self, client: str, chunks: Iterable[bytes], filename: str, message_id: str) -> DataInfo:
+        """Store content durably as the message's own (``POST /send``), counted in ``usage`` until released.
+
+        By default an upload that the message is attached to (``put`` then
+        ``attach``); a backend that can stores the message's content alone,
+        with no upload beside it.
+        """
+        info = self.put(client, chunks, filename)
+        self.attach(client, info.data_id, message_id)
+        return info
+
     @abstractmethod
     def message_content(self, client: str, message_id: str) -> Content:
         """The content of a message; FileNotFoundError if it is gone."""
@@ -62,7 +74,7 @@ class Spool(ABC):
 
     @abstractmethod
     def usage(self, client: str) -> int:
-        """Bytes the client's live uploads take (for the per-client quota)."""
+        """Bytes the client's content takes (for the per-client quota): its live uploads, and what a backend counts beside them."""
 
     @abstractmethod
     def sweep(self, now: float, live: "Iterable[str] | None" = None, older_than: float = 3600.0) -> int:
