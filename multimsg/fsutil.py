@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import BinaryIO, Callable, ContextManager, Iterable
 
 __all__ = ["write_atomic", "write_stream_atomic", "copy_stream", "append_durable", "append_grouped", "ensure_private_dir",
-           "fsync_dir", "read_file", "write_file"]
+           "fsync_dir", "read_fd", "read_file", "write_file"]
 
 _CHUNK = 1 << 20
 log = logging.getLogger("multimsg.fsutil")
@@ -162,12 +162,17 @@ def read_file(path: str | Path) -> bytes:
     """The whole content of a small file: open, read, close (no buffering layer, no tty check, no seeks)."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        parts = []
-        while chunk := os.read(fd, 1 << 16):
-            parts.append(chunk)
-        return b"".join(parts)
+        return read_fd(fd)
     finally:
         os.close(fd)
+
+
+def read_fd(fd: int) -> bytes:
+    """All that is left to read from the open file ``fd``."""
+    parts = []
+    while chunk := os.read(fd, 1 << 16):
+        parts.append(chunk)
+    return b"".join(parts)
 
 
 def write_file(path: str | Path, chunks: Iterable[bytes], *, fsync: bool) -> int:

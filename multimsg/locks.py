@@ -12,6 +12,9 @@ the project used before, polls a contended lock every 50 ms, and costs some
   uncontended slot is two ``fcntl`` calls. These are open-file-description
   locks (``F_OFD_SETLKW``), so they are never dropped by another ``close`` of
   the same file in the process, and there is no false deadlock detection.
+- ``Locks.keyed(name)``: a lock by name, as a byte of the same file at the
+  name's hash (the per-client history and usage locks, taken on every
+  request: no file to open and close).
 - ``Locks.named(name)``: a lock of its own file, ``locks/<name>.lock``
   (``flock``): open, lock, unlock, close.
 
@@ -23,6 +26,7 @@ holder does network I/O or waits for anything else while it holds a lock.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
 import struct
 import threading
@@ -32,6 +36,7 @@ from typing import Iterator
 
 __all__ = ["Locks", "LockTimeout", "locks_of"]
 
+_KEYED = 1 << 48  # keyed locks' bytes start here, above any slot number (a shard's, up to 12 hex digits)
 _generation = 0  # bumped in a forked child: its copies of the parent's locks and file are not its own
 
 
@@ -89,13 +94,29 @@ class Locks:
     @contextmanager
     def slot(self, number: int) -> Iterator[None]:
         """Hold numbered lock ``number`` (0 or more)."""
-        with self._in_process(f"slot-{number}"):
-            fd = self._slots()
-            fcntl.fcntl(fd, fcntl.F_OFD_SETLKW, _range(fcntl.F_WRLCK, number))
-            try:
-                yield
-            finally:
-                fcntl.fcntl(fd, fcntl.F_OFD_SETLK, _range(fcntl.F_UNLCK, number))
+        with self._in_process(f"slot-{number}"), self._byte(number):
+            yield
+
+    @contextmanager
+    def keyed(self, name: str) -> Iterator[None]:
+        """Hold the lock ``name`` as a byte of ``locks/slots.lock`` (two ``fcntl`` calls): for the hot per-client locks.
+
+        The byte is at the name's 40-bit hash above every slot number, so two
+        names share a byte with odds of one in a trillion (they would only
+        wait for each other). Unlike ``named``, no file of its own shows it.
+        """
+        offset = _KEYED + int.from_bytes(hashlib.blake2b(name.encode(), digest_size=5).digest(), "big")
+        with self._in_process(name), self._byte(offset):
+            yield
+
+    @contextmanager
+    def _byte(self, offset: int) -> Iterator[None]:
+        fd = self._slots()
+        fcntl.fcntl(fd, fcntl.F_OFD_SETLKW, _range(fcntl.F_WRLCK, offset))
+        try:
+            yield
+        finally:
+            fcntl.fcntl(fd, fcntl.F_OFD_SETLK, _range(fcntl.F_UNLCK, offset))
 
     @contextmanager
     def named(self, name: str) -> Iterator[None]:

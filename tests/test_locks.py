@@ -24,7 +24,8 @@ import sys, time
 from pathlib import Path
 from multimsg.locks import Locks
 locks = Locks(Path(sys.argv[1]))
-with (locks.slot(int(sys.argv[2])) if sys.argv[2] != "named" else locks.named("usage-x")):
+which = sys.argv[2]
+with (locks.named("usage-x") if which == "named" else locks.keyed("usage-x") if which == "keyed" else locks.slot(int(which))):
     print("held", flush=True)
     sys.stdin.readline()  # held until the test writes a line (or closes stdin)
 """
@@ -49,15 +50,19 @@ def waiter(enter) -> tuple[threading.Thread, threading.Event]:
     return thread, acquired
 
 
-@pytest.mark.parametrize("which", ["7", "named"])
+@pytest.mark.parametrize("which", ["7", "named", "keyed"])
 def test_a_lock_held_by_another_process_makes_the_waiter_sleep_until_it_is_released(tmp_path, which):
     proc = holder(tmp_path, which)
     locks = Locks(tmp_path)
     try:
-        thread, acquired = waiter(lambda: locks.slot(7) if which == "7" else locks.named("usage-x"))
+        thread, acquired = waiter(lambda: {"7": lambda: locks.slot(7), "named": lambda: locks.named("usage-x"),
+                                           "keyed": lambda: locks.keyed("usage-x")}[which]())
         assert not acquired.wait(0.5)  # held elsewhere: still waiting
         if which == "7":
             with locks.slot(8):  # another number is free meanwhile
+                pass
+        if which == "keyed":
+            with locks.keyed("usage-y"), locks.slot(7):  # another name, and the slots, are free meanwhile
                 pass
         assert proc.stdin is not None
         proc.stdin.write("go\n")

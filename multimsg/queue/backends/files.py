@@ -23,8 +23,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterable, Iterator
 
+from ...content import HEAD
 from ...errors import NotFound
-from ...fsutil import copy_stream, ensure_private_dir, fsync_dir, read_file, write_file, write_stream_atomic
+from ...fsutil import copy_stream, ensure_private_dir, fsync_dir, read_fd, read_file, write_file, write_stream_atomic
 from ...ids import is_id, new_id
 from ...layout import Layout, client_dir_name
 from ...locks import locks_of
@@ -61,6 +62,23 @@ class FileContent(Content):
 
     def open(self) -> BinaryIO:
         return open(self.path, "rb")
+
+    def head(self, n: int = HEAD) -> bytes:
+        return self.read(n)
+
+    def read(self, limit: int | None = None) -> bytes:
+        # One open, reads and a close: a buffered file also asks for its size, whether it is a terminal, and its position.
+        fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            if limit is None:
+                return read_fd(fd)
+            parts, left = [], limit
+            while left > 0 and (chunk := os.read(fd, min(left, 1 << 16))):
+                parts.append(chunk)
+                left -= len(chunk)
+            return b"".join(parts)
+        finally:
+            os.close(fd)
 
     @contextmanager
     def local_path(self) -> Iterator[Path]:
@@ -143,7 +161,7 @@ class FileSpool(Spool):
         return self._info(data_id, meta), content
 
     def attach(self, client: str, data_id: str, message_id: str) -> None:
-        self._meta(client, data_id)
+        # Its caller has just looked the upload up (``lookup``); an upload removed since fails the link.
         source = self.layout.client_spool(client) / data_id
         target = self._dir(client, "msg") / message_id
         try:
@@ -210,7 +228,7 @@ class FileSpool(Spool):
         return self.layout.client_spool(client) / ".usage"
 
     def _add_usage(self, client: str, delta: int) -> None:
-        with self.locks.named(f"usage-{client_dir_name(client)}"):
+        with self.locks.keyed(f"usage-{client_dir_name(client)}"):
             _write_usage(self._usage_path(client), max(0, self.usage(client) + delta))
 
     def usage(self, client: str) -> int:

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, ContextManager, Iterator
 from ... import jsonbytes
 from ...errors import StorageFull, Unavailable
 from ...fsutil import append_grouped, ensure_private_dir
-from ...locks import LockTimeout
+from ...locks import Locks, LockTimeout
 from ...model import BadRecord, Message
 from ..store import Damaged, StoreUnwritable
 
@@ -50,6 +50,7 @@ class TinyHistory:
     history_dir: Path
     history_window: float
     fsync: bool
+    locks: Locks
 
     def _lock(self, name: str) -> ContextManager[None]:
         raise NotImplementedError
@@ -64,7 +65,7 @@ class TinyHistory:
         folder = self._history_folder(client)
         # Each line starts with a newline: a line torn by a crash never swallows the next one.
         lines = b"".join(b"\n" + jsonbytes.dumps(e) for e in entries)
-        path, lock = folder / f"{day(at)}.jsonl", partial(self._lock, f"history-{folder.name}")
+        path, lock = folder / f"{day(at)}.jsonl", partial(self.locks.keyed, f"history-{folder.name}")
         try:
             try:  # with the other threads appending to the file now: one write and one fsync (fsutil)
                 append_grouped(path, lines, fsync=self.fsync and durable, lock=lock)
