@@ -6,7 +6,8 @@
       keys/private.pem, public.pem     server key pair (private 0600)
       store/<shard>.json               TinyDB files, one per shard of message ids
       spool/<client>/<data_id>         uploaded content, sealed at rest (queue/sealed.py), + <data_id>.json meta
-      spool/<client>/msg/<message_id>  the message's own link to its content
+      spool/<client>/msg/<message_id>  the message's own link to its content (a /send's: its content itself)
+      spool/<client>/.usage            bytes the client's content takes (the quota's running count)
       archive/messages-YYYY-MM.jsonl   archived records, append-only
       history/<client digest>/<day>.jsonl  each client's history index (ids, archived copies)
       locks/*.lock, locks/slots.lock    lock files (multimsg/locks.py; folder 0700)
