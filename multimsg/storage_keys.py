@@ -21,6 +21,7 @@ import hashlib
 import logging
 import os
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 from filelock import FileLock
@@ -35,7 +36,9 @@ KEY_SIZE = 32
 ID_SIZE = 8
 
 
+@lru_cache(maxsize=64)
 def key_id(key: bytes) -> bytes:
+    # Asked a few times for every stored file opened (a keyring holds a few keys): worked out once per key.
     return hashlib.sha256(b"multimsg storage key\0" + key).digest()[:ID_SIZE]
 
 
