@@ -470,6 +470,8 @@ def test_the_embedded_spool_counts_a_messages_content_once_its_upload_has_expire
     info = spool.put(CLIENT, [b"x" * 100], "x.txt")
     spool.attach(CLIENT, info.data_id, "A" * 16)
     assert spool.usage(CLIENT) == 100  # the upload and its message's link are one file, counted once
+    spool.sweep(time.time(), live=["A" * 16])
+    assert spool.usage(CLIENT) == 100  # by the sweep's recount too
     spool.sweep(time.time() + 120, live=["A" * 16])  # the upload expires; the queued message keeps the bytes
     assert spool.usage(CLIENT) == 100
     spool.release(CLIENT, "A" * 16)

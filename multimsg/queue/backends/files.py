@@ -237,23 +237,49 @@ class FileSpool(Spool):
         except (FileNotFoundError, ValueError):
             return 0
 
-    def _recount_usage(self, client_folder: Path) -> None:
-        total = 0
-        links = client_folder / "msg"
-        for folder, own_only in ((client_folder, False), (links, True)):
+    @staticmethod
+    def _uploads(client_folder: Path) -> tuple[int, set[int]]:
+        """The bytes of the folder's uploads, and their inode numbers."""
+        total, inodes = 0, set()
+        for entry in os.scandir(client_folder):
+            if is_id(entry.name) and entry.is_file(follow_symlinks=False):
+                try:
+                    total += entry.stat(follow_symlinks=False).st_size
+                except FileNotFoundError:
+                    continue
+                inodes.add(entry.inode())
+        return total, inodes
+
+    @staticmethod
+    def _sweep_links(links: Path, keep: set[str] | None, now: float, older_than: float, uploads: set[int]) -> tuple[int, int]:
+        """One pass over ``msg/``: removes the files of messages not in ``keep`` (older than ``older_than``);
+        (the bytes of the content left there that no upload shares, how many were removed).
+
+        ``uploads``: the inode numbers of the client's uploads. A link to one of them is counted with its
+        upload; the others (a /send's content, or a link whose upload expired) are counted here. The
+        inode number comes with the folder's listing: only those others, and orphans, cost an ``lstat``.
+        """
+        own = removed = 0
+        try:
+            entries = list(os.scandir(links))
+        except (FileNotFoundError, NotADirectoryError):
+            return 0, 0
+        for entry in entries:
+            name = entry.name
+            orphan = keep is not None and (name.endswith(".tmp") or name not in keep)
+            if not orphan and (entry.inode() in uploads or not is_id(name)):
+                continue
             try:
-                entries = list(os.scandir(folder))
+                stat = entry.stat(follow_symlinks=False)
             except FileNotFoundError:
                 continue
-            for entry in entries:
-                if is_id(entry.name) and entry.is_file(follow_symlinks=False):
-                    try:
-                        stat = entry.stat(follow_symlinks=False)
-                    except FileNotFoundError:
-                        continue
-                    if not own_only or stat.st_nlink == 1:
-                        total += stat.st_size
-        _write_usage(client_folder / ".usage", total)
+            if orphan:
+                if now - max(stat.st_mtime, stat.st_ctime) > older_than:  # ctime: when a link was last made
+                    _unlink(entry.path)  # a message that was never stored, or already archived
+                    removed += 1
+                continue
+            own += stat.st_size
+        return own, removed
 
     def sweep(self, now: float, live: Iterable[str] | None = None, older_than: float = 3600.0) -> int:
         removed = 0
@@ -291,13 +317,10 @@ class FileSpool(Spool):
                     path.unlink(missing_ok=True)  # its sidecar was never written (a full disk, a crash)
                     removed += 1
             try:
-                self._recount_usage(folder)  # outside the request path: drift from a crash is fixed here
+                uploads, inodes = self._uploads(folder)
+                own, orphans = self._sweep_links(folder / "msg", keep, now, older_than, inodes)
+                removed += orphans
+                _write_usage(folder / ".usage", uploads + own)  # outside the request path: drift from a crash is fixed here
             except OSError:
                 pass
-            links = folder / "msg"
-            if keep is not None and links.is_dir():
-                for path in list(links.iterdir()):
-                    if (path.name.endswith(".tmp") or path.name not in keep) and old(path):
-                        path.unlink(missing_ok=True)  # a message that was never stored, or already archived
-                        removed += 1
         return removed
