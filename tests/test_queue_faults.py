@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import errno
 import json
-import os  # noqa: F401
+import os
 import threading
 import time
 
@@ -215,6 +215,10 @@ def test_the_sweep_removes_leftovers_of_crashes(tmp_path):
     spool.attach(CLIENT, info.data_id, "O" * 16)  # linked, then the process died before the record was stored
     (folder / ".upload.123.tmp").write_bytes(b"x" * 1000)  # an upload killed half way
     (folder / ("N" * 16)).write_bytes(b"no sidecar")  # the disk filled between data file and sidecar
+    (folder / ("T" * 16)).write_bytes(b"its sidecar is torn")  # killed while the sidecar was written (in place)
+    (folder / f"{'T' * 16}.json").write_bytes(b'{"filename": "x.t')
+    (folder / ("S" * 16)).write_bytes(b"a send's content")  # POST /send: written to msg/, killed before the record
+    os.replace(folder / ("S" * 16), folder / "msg" / ("S" * 16))
     from multimsg.queue.clock import SteadyClock
 
     later = SteadyClock(wall=lambda: time.time() + 7200)  # the sweep runs two hours later (ttl 1 h: the upload expires too)
@@ -224,6 +228,8 @@ def test_the_sweep_removes_leftovers_of_crashes(tmp_path):
     assert not (folder / "msg" / ("O" * 16)).exists()
     assert not (folder / ".upload.123.tmp").exists()
     assert not (folder / ("N" * 16)).exists()
+    assert not (folder / ("T" * 16)).exists() and not (folder / f"{'T' * 16}.json").exists()
+    assert not (folder / "msg" / ("S" * 16)).exists()
     assert (folder / info.data_id).exists()  # a live upload stays
 
 
