@@ -112,7 +112,7 @@ class _Appends:
         self.batch: _Batch | None = None  # the batch still taking lines
         self.writing = False
 
-    def append(self, path: Path, line: bytes, fsync: bool, lock: Callable[[], ContextManager[object]]) -> None:
+    def append(self, path: str | Path, line: bytes, fsync: bool, lock: Callable[[], ContextManager[object]]) -> None:
         with self.changed:
             batch = self.batch
             if batch is None:
@@ -143,7 +143,7 @@ class _Appends:
 _appends: "weakref.WeakValueDictionary[str, _Appends]" = weakref.WeakValueDictionary()
 
 
-def append_grouped(path: Path, line: bytes, *, fsync: bool = True, lock: Callable[[], ContextManager[object]]) -> None:
+def append_grouped(path: str | Path, line: bytes, *, fsync: bool = True, lock: Callable[[], ContextManager[object]]) -> None:
     """``append_durable`` shared with the threads appending to ``path`` at the same time (one write, one fsync).
 
     ``lock()`` is held around each write (the file's lock between processes);
@@ -226,7 +226,7 @@ def copy_stream(source: BinaryIO) -> Iterable[bytes]:
         yield chunk
 
 
-def append_durable(path: Path, line: bytes, *, fsync: bool = True) -> None:
+def append_durable(path: str | Path, line: bytes, *, fsync: bool = True) -> None:
     """Append one line to an append-only file (mode 0600); the caller holds its lock.
 
     All of ``line`` or nothing: a short write is continued, and on any failure

@@ -325,9 +325,11 @@ class Gateway:
     @staticmethod
     def _token_callback(client: str) -> str | None:
         """The per-token default (``multimsg token add NAME --callback URL``), in token identity mode."""
+        if not client.startswith("token:"):
+            return None
         from .tokens import token_callback
 
-        return token_callback(client) if client.startswith("token:") else None
+        return token_callback(client)
 
     # -- GET /messages -----------------------------------------------------
     def history(self, client: str, args: dict[str, str]):

@@ -92,12 +92,20 @@ class FileSpool(Spool):
         self.fsync = fsync
         self.locks = locks_of(layout.locks)
         self._made: set[Path] = set()  # folders known to exist (they are never removed while the process runs)
+        self._link_folders: dict[str, str] = {}
 
     def _dir(self, client: str, *under: str) -> Path:
         folder = self.layout.client_spool(client).joinpath(*under)
         if folder not in self._made:
             ensure_private_dir(folder)
             self._made.add(folder)
+        return folder
+
+    def _links(self, client: str) -> str:
+        """The client's ``msg/`` folder, made if need be (as a string: it is joined on every message)."""
+        folder = self._link_folders.get(client)
+        if folder is None:
+            folder = self._link_folders[client] = str(self._dir(client, "msg"))
         return folder
 
     def put(self, client: str, chunks: Iterable[bytes], filename: str) -> DataInfo:
@@ -122,11 +130,11 @@ class FileSpool(Spool):
 
     def put_message(self, client: str, chunks: Iterable[bytes], filename: str, message_id: str) -> DataInfo:
         """The message's own file ``msg/<message_id>`` (one write, one fsync): no upload, no sidecar, no link."""
-        path = f"{self._dir(client, 'msg')}/{message_id}"
+        path = f"{self._links(client)}/{message_id}"
         try:
             size = write_file(path, chunks, fsync=self.fsync)  # a file left by a request that died first is replaced
             if self.fsync:
-                fsync_dir(os.path.dirname(path))
+                fsync_dir(self._links(client))
         except BaseException:
             _unlink(path)
             raise
@@ -162,8 +170,8 @@ class FileSpool(Spool):
 
     def attach(self, client: str, data_id: str, message_id: str) -> None:
         # Its caller has just looked the upload up (``lookup``); an upload removed since fails the link.
-        source = self.layout.client_spool(client) / data_id
-        target = self._dir(client, "msg") / message_id
+        links = self._links(client)
+        source, target = f"{self.layout.client_spool(client)}/{data_id}", f"{links}/{message_id}"
         try:
             os.link(source, target)
         except FileNotFoundError:
@@ -178,7 +186,7 @@ class FileSpool(Spool):
                 write_stream_atomic(target, copy_stream(content), fsync=self.fsync)
             return
         if self.fsync:
-            fsync_dir(target.parent)
+            fsync_dir(links)
 
     def message_content(self, client: str, message_id: str) -> Content:
         return FileContent(self.layout.client_spool(client) / "msg" / message_id)

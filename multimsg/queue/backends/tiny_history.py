@@ -20,7 +20,7 @@ import hashlib
 import logging
 import os
 import time
-from functools import partial
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import TYPE_CHECKING, ContextManager, Iterator
 
@@ -41,7 +41,19 @@ log = logging.getLogger("multimsg.store")
 
 def day(at: float) -> str:
     """The day file a message made at ``at`` belongs to."""
-    return time.strftime("%Y-%m-%d", time.gmtime(max(0.0, at)))
+    return _day(int(max(0.0, at) // 86400))
+
+
+@lru_cache(maxsize=64)
+def _day(number: int) -> str:
+    # Asked a few times for every change: a UTC day is 86,400 seconds (time.gmtime ignores leap seconds).
+    return time.strftime("%Y-%m-%d", time.gmtime(number * 86400))
+
+
+@lru_cache(maxsize=1024)
+def _digest(client: str) -> str:
+    """The name of a client's history folder (asked twice for every change of its messages)."""
+    return hashlib.blake2b(client.encode(), digest_size=12).hexdigest()
 
 
 class TinyHistory:
@@ -59,18 +71,18 @@ class TinyHistory:
         raise NotImplementedError
 
     def _history_folder(self, client: str) -> Path:
-        return self.history_dir / hashlib.blake2b(client.encode(), digest_size=12).hexdigest()
+        return self.history_dir / _digest(client)
 
     def _history_append(self, client: str, at: float, entries: list[dict], durable: bool = True) -> None:
-        folder = self._history_folder(client)
+        digest = _digest(client)
         # Each line starts with a newline: a line torn by a crash never swallows the next one.
         lines = b"".join(b"\n" + jsonbytes.dumps(e) for e in entries)
-        path, lock = folder / f"{day(at)}.jsonl", partial(self.locks.keyed, f"history-{folder.name}")
+        path, lock = f"{self.history_dir}/{digest}/{day(at)}.jsonl", partial(self.locks.keyed, f"history-{digest}")
         try:
             try:  # with the other threads appending to the file now: one write and one fsync (fsutil)
                 append_grouped(path, lines, fsync=self.fsync and durable, lock=lock)
             except FileNotFoundError:  # the client's first message
-                ensure_private_dir(folder)
+                ensure_private_dir(self.history_dir / digest)
                 append_grouped(path, lines, fsync=self.fsync and durable, lock=lock)
         except LockTimeout:
             raise Unavailable("the history index is busy; try again") from None
