@@ -173,6 +173,8 @@ def endpoint(*methods: str, identify: bool = False, rate_limit: bool = False) ->
 
         @functools.wraps(handler)
         def http_function(request: flask.Request) -> flask.Response:
+            # functions-framework passes flask's request proxy: every attribute read through it costs a context lookup
+            request = getattr(request, "_get_current_object", lambda: request)()
             response = respond(request)  # a refused request's unread body is left to the server (see the module's doc)
             count_request(handler.__name__, response.status_code)  # GET /metrics
             return response
@@ -221,13 +223,14 @@ def fields(request: flask.Request, names: tuple[str, ...]) -> dict[str, str]:
             values[name] = str(value)
         return values
     values = {}
+    form, files = request.form, request.files  # each asked once: werkzeug's cached properties cost a lookup each time
     for name in names:
-        given = request.form.getlist(name)
+        given = form.getlist(name)
         if len(given) > 1:
             raise errors.InvalidInput(f"field '{name}' was given {len(given)} times; give it once")
         if given:
             values[name] = given[0]
-        elif name in request.files:
+        elif name in files:
             raise errors.InvalidInput(f"field '{name}' must be a text field, not a file")
     return values
 
