@@ -74,18 +74,23 @@ DECLARED_SECRETS: set[str] = set()  # service settings their class declares secr
 
 def config_path() -> tuple[Path, bool]:
     """The config file, and whether it was named explicitly (by MULTIMSG_CONFIG)."""
-    given = os.environ.get("MULTIMSG_CONFIG", "").strip()
-    if given:
-        return Path(given).expanduser(), True
-    home = os.environ.get("MULTIMSG_HOME", "").strip() or DEFAULT_HOME
-    return Path(home).expanduser() / "multimsg.toml", False
+    environ = os.environ
+    return _config_path(environ.get("MULTIMSG_CONFIG", ""), environ.get("MULTIMSG_HOME", ""), environ.get("HOME", ""))
+
+
+@lru_cache(maxsize=8)
+def _config_path(given: str, home: str, _user_home: str) -> tuple[Path, bool]:
+    # Asked twice on every /msg (the service instances): worked out once per value of the variables it depends on.
+    if given.strip():
+        return Path(given.strip()).expanduser(), True
+    return Path(home.strip() or DEFAULT_HOME).expanduser() / "multimsg.toml", False
 
 
 def file_values() -> dict[str, str]:
     """The config file's settings by variable name ({} when there is no file)."""
     path, explicit = config_path()
     try:
-        stat = path.stat()
+        stat = os.stat(path)
     except (FileNotFoundError, NotADirectoryError):
         if explicit:
             raise SystemExit(f"MULTIMSG_CONFIG: no such file: {path}") from None
