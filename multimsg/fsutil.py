@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import BinaryIO, Callable, ContextManager, Iterable
 
 __all__ = ["write_atomic", "write_stream_atomic", "copy_stream", "append_durable", "append_grouped", "ensure_private_dir",
-           "fsync_dir", "read_fd", "read_file", "write_file"]
+           "fsync_dir", "read_fd", "read_file", "unlink_quietly", "write_file"]
 
 _CHUNK = 1 << 20
 log = logging.getLogger("multimsg.fsutil")
@@ -167,12 +167,25 @@ def read_file(path: str | Path) -> bytes:
         os.close(fd)
 
 
-def read_fd(fd: int) -> bytes:
-    """All that is left to read from the open file ``fd``."""
-    parts = []
-    while chunk := os.read(fd, 1 << 16):
+def read_fd(fd: int, limit: int | None = None) -> bytes:
+    """What is left to read from the open file ``fd`` (at most ``limit`` bytes)."""
+    parts, left = [], limit
+    while left is None or left > 0:
+        chunk = os.read(fd, 1 << 16 if left is None else min(left, 1 << 16))
+        if not chunk:
+            break
         parts.append(chunk)
+        if left is not None:
+            left -= len(chunk)
     return b"".join(parts)
+
+
+def unlink_quietly(path: str | Path) -> None:
+    """Remove the file ``path``; one already gone is fine."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 def write_file(path: str | Path, chunks: Iterable[bytes], *, fsync: bool) -> int:

@@ -25,7 +25,7 @@ from typing import BinaryIO, Callable, Iterable, Iterator
 
 from ...content import HEAD
 from ...errors import NotFound
-from ...fsutil import copy_stream, ensure_private_dir, fsync_dir, read_fd, read_file, write_file, write_stream_atomic
+from ...fsutil import copy_stream, ensure_private_dir, fsync_dir, read_fd, read_file, unlink_quietly, write_file, write_stream_atomic
 from ...ids import is_id, new_id
 from ...layout import Layout, client_dir_name
 from ...locks import locks_of
@@ -34,11 +34,9 @@ from ..spool import Content, DataInfo, Spool
 __all__ = ["FileSpool", "FileContent"]
 
 
-def _unlink(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
+def _aged(stat: os.stat_result, now: float, older_than: float) -> bool:
+    """Whether a leftover was last written or linked more than ``older_than`` seconds before ``now`` (ctime: its last link)."""
+    return now - max(stat.st_mtime, stat.st_ctime) > older_than
 
 
 def _write_usage(path: Path, value: int) -> None:
@@ -70,13 +68,7 @@ class FileContent(Content):
         # One open, reads and a close: a buffered file also asks for its size, whether it is a terminal, and its position.
         fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
         try:
-            if limit is None:
-                return read_fd(fd)
-            parts, left = [], limit
-            while left > 0 and (chunk := os.read(fd, min(left, 1 << 16))):
-                parts.append(chunk)
-                left -= len(chunk)
-            return b"".join(parts)
+            return read_fd(fd, limit)
         finally:
             os.close(fd)
 
@@ -122,21 +114,22 @@ class FileSpool(Spool):
             if self.fsync:
                 fsync_dir(folder)  # one folder fsync for both names (shared with concurrent uploads)
         except BaseException:  # e.g. a full disk, or a decryption that failed mid-stream: nothing is left behind
-            _unlink(sidecar)
-            _unlink(content)
+            unlink_quietly(sidecar)
+            unlink_quietly(content)
             raise
         self._add_usage(client, size)
         return info
 
     def put_message(self, client: str, chunks: Iterable[bytes], filename: str, message_id: str) -> DataInfo:
         """The message's own file ``msg/<message_id>`` (one write, one fsync): no upload, no sidecar, no link."""
-        path = f"{self._links(client)}/{message_id}"
+        links = self._links(client)
+        path = f"{links}/{message_id}"
         try:
             size = write_file(path, chunks, fsync=self.fsync)  # a file left by a request that died first is replaced
             if self.fsync:
-                fsync_dir(self._links(client))
+                fsync_dir(links)
         except BaseException:
-            _unlink(path)
+            unlink_quietly(path)
             raise
         self._add_usage(client, size)
         return DataInfo(new_id(), size, filename, time.time())
@@ -282,8 +275,8 @@ class FileSpool(Spool):
             except FileNotFoundError:
                 continue
             if orphan:
-                if now - max(stat.st_mtime, stat.st_ctime) > older_than:  # ctime: when a link was last made
-                    _unlink(entry.path)  # a message that was never stored, or already archived
+                if _aged(stat, now, older_than):
+                    unlink_quietly(entry.path)  # a message that was never stored, or already archived
                     removed += 1
                 continue
             own += stat.st_size
@@ -295,8 +288,7 @@ class FileSpool(Spool):
 
         def old(path: Path) -> bool:
             try:
-                stat = path.lstat()
-                return now - max(stat.st_mtime, stat.st_ctime) > older_than  # ctime: when a link was last made
+                return _aged(path.lstat(), now, older_than)
             except FileNotFoundError:
                 return False
 

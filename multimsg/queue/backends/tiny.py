@@ -61,7 +61,7 @@ from typing import Any, Callable, ContextManager, Iterable, Iterator
 
 from ... import jsonbytes
 from ...errors import StorageFull, Unavailable
-from ...fsutil import append_durable, ensure_private_dir, fsync_dir, read_file, write_atomic, write_file
+from ...fsutil import append_durable, ensure_private_dir, fsync_dir, read_file, unlink_quietly, write_atomic, write_file
 from ...ids import new_id
 from ...layout import Layout
 from ...locks import LockTimeout, locks_of
@@ -161,13 +161,6 @@ class _Txn:
     def earliest_due(self) -> float | None:
         dues = [d for r in self.table.values() if isinstance(r, dict) and (d := _raw_due(r)) is not None]
         return min(dues) if dues else None
-
-
-def _unlink(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
 
 
 class ShardCounters(Counters):
@@ -313,7 +306,7 @@ class TinyStore(TinyHistory, MessageStore):
         self._set_due(shard, txn.earliest_due(), indexed)
         counted = not counts or self._count(shard, txn)
         if self._history_copies(txn, copies) and counted and pending:
-            _unlink(pending)
+            unlink_quietly(pending)
 
     @staticmethod
     def _write_table(storage: AtomicJSONStorage, table: dict[str, Any]) -> None:
@@ -503,10 +496,10 @@ class TinyStore(TinyHistory, MessageStore):
         same_minute = old is not None and due is not None and self._minute(old) == self._minute(due)
         if old is not None and not same_minute:
             bucket = self._bucket_path(shard, old)
-            _unlink(bucket)
+            unlink_quietly(bucket)
             self._drop_empty(os.path.dirname(bucket))
         if due is None or ns is None:
-            _unlink(path)
+            unlink_quietly(path)
             return None
         if not same_minute:
             self._mark(self._bucket_path(shard, due))
@@ -854,14 +847,14 @@ class TinyStore(TinyHistory, MessageStore):
                 self.counters.write(shard, document)
                 self._set_due(shard, txn.earliest_due())
                 if copied:  # under the shard's lock: no write of it is under way
-                    _unlink(self._pending_root + os.sep + shard)
+                    unlink_quietly(self._pending_root + os.sep + shard)
         for shard in marked - present:  # marked by a write whose shard is gone since (or not a shard's name)
             if (number := _shard_number(shard)) is None:
-                _unlink(self._pending_root + os.sep + shard)
+                unlink_quietly(self._pending_root + os.sep + shard)
                 continue
             with self.locks.slot(number):
                 if not self.layout.shard(shard).exists():
-                    _unlink(self._pending_root + os.sep + shard)
+                    unlink_quietly(self._pending_root + os.sep + shard)
         # What is filed for a shard that has no file goes, and bucket entries left by a crash (their shard is
         # filed under another minute, or none). Each is judged under its shard's lock, as writers file theirs:
         # a message queued meanwhile into a new shard (not in ``present``) keeps its place in the index.

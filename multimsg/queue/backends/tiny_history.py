@@ -22,7 +22,7 @@ import os
 import time
 from functools import lru_cache, partial
 from pathlib import Path
-from typing import TYPE_CHECKING, ContextManager, Iterator
+from typing import TYPE_CHECKING, Iterator
 
 from ... import jsonbytes
 from ...errors import StorageFull, Unavailable
@@ -63,9 +63,6 @@ class TinyHistory:
     history_window: float
     fsync: bool
     locks: Locks
-
-    def _lock(self, name: str) -> ContextManager[None]:
-        raise NotImplementedError
 
     def get(self, message_id: str) -> Message | None:
         raise NotImplementedError
