@@ -1,8 +1,10 @@
-"""Benchmark 9: the CPU of one store operation on the embedded backend: add, claim, outcome.
+"""Benchmark 9: the CPU of one store operation on the embedded backend: add, fold, claim, outcome.
 
 ``--messages`` one-message shards in a fresh data folder (fsync on, as served):
-each added (``add``), all leased by one scan (``claim_due``), each given its
-outcome (``finish``), in this process. Prints wall time and user and system CPU
+each added (``add``: one line of the journal, in one thread here, so no fsync
+is shared), the journal filed into the shards (``fold``, as the drain's first
+claim does), all leased by one scan (``claim_due``), each given its outcome
+(``finish``), in this process. Prints wall time and user and system CPU
 per message for each, the median of ``--rounds`` rounds:
 
     python3 -m bench.store_ops [--messages 1000] [--rounds 3]
@@ -39,6 +41,7 @@ def one_round(count: int) -> dict[str, dict[str, float]]:
         claims: list[Message] = []
         steps = {
             "add": lambda: [store.add(m) for m in messages],
+            "fold": store.fold,
             "claim": lambda: claims.extend(store.claim_due(time.time(), 60.0)),
             "outcome": lambda: [store.finish(c, {"state": State.DELIVERED, "platform_ids": ["1"]}, time.time()) for c in claims],
         }

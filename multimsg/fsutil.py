@@ -22,7 +22,7 @@ import weakref
 from pathlib import Path
 from typing import BinaryIO, Callable, ContextManager, Iterable
 
-__all__ = ["write_atomic", "write_stream_atomic", "copy_stream", "append_durable", "append_grouped", "ensure_private_dir",
+__all__ = ["write_atomic", "write_stream_atomic", "copy_stream", "append_durable", "append_grouped", "GroupCommit", "ensure_private_dir",
            "fsync_dir", "read_fd", "read_file", "unlink_quietly", "write_file"]
 
 _CHUNK = 1 << 20
@@ -104,15 +104,21 @@ class _Batch:
         self.error: BaseException | None = None
 
 
-class _Appends:
-    """One file's group commit of appends within this process (``append_grouped``)."""
+class GroupCommit:
+    """One file's group commit within this process: the lines threads give at the same time, written by one of them.
+
+    ``commit(line, write, fsync)`` returns once ``write(every line of its
+    batch, fsync)`` returned: the first thread to find no write under way
+    writes the batch (the lines given so far), the others wait for it and
+    get its error if it failed. A batch is fsynced if any of its lines asked.
+    """
 
     def __init__(self) -> None:
         self.changed = threading.Condition()
         self.batch: _Batch | None = None  # the batch still taking lines
         self.writing = False
 
-    def append(self, path: str | Path, line: bytes, fsync: bool, lock: Callable[[], ContextManager[object]]) -> None:
+    def commit(self, line: bytes, write: Callable[[bytes, bool], None], fsync: bool) -> None:
         with self.changed:
             batch = self.batch
             if batch is None:
@@ -129,8 +135,7 @@ class _Appends:
                     raise batch.error
                 return
         try:
-            with lock():
-                append_durable(path, b"".join(batch.lines), fsync=batch.fsync)
+            write(b"".join(batch.lines), batch.fsync)
         except BaseException as exc:
             batch.error = exc
             raise
@@ -140,7 +145,7 @@ class _Appends:
                 self.changed.notify_all()
 
 
-_appends: "weakref.WeakValueDictionary[str, _Appends]" = weakref.WeakValueDictionary()
+_appends: "weakref.WeakValueDictionary[str, GroupCommit]" = weakref.WeakValueDictionary()
 
 
 def append_grouped(path: str | Path, line: bytes, *, fsync: bool = True, lock: Callable[[], ContextManager[object]]) -> None:
@@ -154,8 +159,13 @@ def append_grouped(path: str | Path, line: bytes, *, fsync: bool = True, lock: C
     with _folders_guard:
         appends = _appends.get(key)
         if appends is None:
-            appends = _appends[key] = _Appends()
-    appends.append(path, line, fsync, lock)
+            appends = _appends[key] = GroupCommit()
+
+    def write(data: bytes, sync: bool) -> None:
+        with lock():
+            append_durable(path, data, fsync=sync)
+
+    appends.commit(line, write, fsync)
 
 
 def read_file(path: str | Path) -> bytes:

@@ -5,6 +5,7 @@
     MULTIMSG_HOME/
       keys/private.pem, public.pem     server key pair (private 0600)
       store/<shard>.json               TinyDB files, one per shard of message ids
+      store/journal/<pid>-<nonce>.log  new messages, a line each, until folded into their shards (+ folded: offsets)
       spool/<client>/<data_id>         uploaded content, sealed at rest (queue/sealed.py), + <data_id>.json meta
       spool/<client>/msg/<message_id>  the message's own link to its content (a /send's: its content itself)
       spool/<client>/.usage            bytes the client's content takes (the quota's running count)

@@ -19,9 +19,10 @@ __all__ = ["AtomicJSONStorage"]
 
 
 class AtomicJSONStorage(Storage):
-    def __init__(self, path: str | Path, fsync: bool = True):
+    def __init__(self, path: str | Path, fsync: bool = True, sync_folder: bool = True):
         self.path = path  # as given: a string is cheaper to open than a Path
         self.fsync = fsync
+        self.sync_folder = sync_folder  # False: the caller fsyncs the folder (once for many files)
 
     def read(self) -> dict | None:
         try:
@@ -31,7 +32,7 @@ class AtomicJSONStorage(Storage):
         return jsonbytes.loads(raw) if raw else None
 
     def write(self, data: dict) -> None:
-        write_atomic(self.path, jsonbytes.dumps(data), fsync=self.fsync)
+        write_atomic(self.path, jsonbytes.dumps(data), fsync=self.fsync, sync_folder=self.sync_folder)
 
     def close(self) -> None:
         pass

@@ -1,5 +1,12 @@
 """The embedded backend's store: TinyDB shards under the data folder, a due index, figures per shard.
 
+A new message is not written into its shard by ``add``: it is one line of
+this process's journal segment (``store/journal/``, ``tiny_journal.py``),
+group-committed with the other threads' lines. Every other operation first
+folds the journal into the shards (``fold``: the lines not filed yet, from
+every process's segment, filed as below), so what an add answered is seen by
+every later read; the drain's pass does most of the filing, in batches.
+
 TinyDB rewrites its whole file on every write, so records are sharded by
 message id over up to 4096 small TinyDB files (``store/<shard>.json``), each
 changed only under its own lock (``multimsg/locks.py``) and written atomically (temporary file,
@@ -72,6 +79,7 @@ from ..outbox import Event
 from ..storage import AtomicJSONStorage
 from ..store import Damaged, MessageStore, StoreUnwritable
 from .tiny_history import TinyHistory, day
+from .tiny_journal import Journal
 
 __all__ = ["TinyStore", "ShardCounters"]
 
@@ -166,10 +174,11 @@ class _Txn:
 class ShardCounters(Counters):
     """The figures of a TinyStore: one document per shard, summed at read time."""
 
-    def __init__(self, folder: Path, lock: Callable[[str], ContextManager[None]]):
+    def __init__(self, folder: Path, lock: Callable[[str], ContextManager[None]], fold: Callable[[], None] = lambda: None):
         self.folder = ensure_private_dir(folder)
         self._root = str(self.folder)
         self.lock = lock
+        self.fold = fold  # the store's journal, filed before the figures are read
 
     def path(self, shard: str) -> str:
         return f"{self._root}/{shard}.json"
@@ -196,6 +205,7 @@ class ShardCounters(Counters):
             raise
 
     def documents(self) -> Iterable[figures.Figures]:
+        self.fold()
         for entry in os.scandir(self.folder):
             if entry.name.endswith(".json") and entry.name != "drain.json":
                 document = self.read(entry.name[: -len(".json")])
@@ -232,7 +242,8 @@ class TinyStore(TinyHistory, MessageStore):
         self.due_dir = ensure_private_dir(layout.store / "due")
         self._due_root = str(self.due_dir)
         self.quarantine_dir = ensure_private_dir(layout.store / "quarantine")
-        self.counters = ShardCounters(layout.store / "counts", self._lock)
+        self.journal = Journal(layout.store / "journal", self.locks, fsync=fsync)
+        self.counters = ShardCounters(layout.store / "counts", self._lock, self.fold)
         self.outbox_dir = ensure_private_dir(layout.home / "outbox")
         self.noted_dir = ensure_private_dir(layout.store / "noted")
         self._mark_source = str(layout.store / "mark")
@@ -262,11 +273,12 @@ class TinyStore(TinyHistory, MessageStore):
         return sorted(e.name[: -len(".json")] for e in os.scandir(self.layout.store) if e.name.endswith(".json") and e.is_file())
 
     @contextmanager
-    def _txn(self, shard: str, durable: bool = True) -> Iterator[_Txn]:
+    def _txn(self, shard: str, durable: bool = True, sync_folder: bool = True) -> Iterator[_Txn]:
         """The shard's records under its lock; changes are written back (once) when the block ends.
 
         ``durable=False`` skips the fsync: for lease extensions, whose loss in a
         crash only makes a lease lapse early (which a crash does anyway).
+        ``sync_folder=False``: the caller fsyncs ``store/`` once for many shards (the journal's fold).
         """
         held = ExitStack()
         try:
@@ -274,7 +286,7 @@ class TinyStore(TinyHistory, MessageStore):
         except LockTimeout:
             raise Unavailable("the store is busy; try again") from None
         with held:
-            storage = AtomicJSONStorage(self._shard_path(shard), fsync=self.fsync and durable)
+            storage = AtomicJSONStorage(self._shard_path(shard), fsync=self.fsync and durable, sync_folder=sync_folder)
             try:
                 document = storage.read() or {}
                 table = document.get(_TABLE, {})
@@ -533,13 +545,33 @@ class TinyStore(TinyHistory, MessageStore):
                     found.append((mtime, name))
         return [name for _, name in sorted(set(found))]
 
+    # -- the journal (``tiny_journal.py``) ---------------------------------------------
+    def fold(self) -> None:
+        """File the messages added (by any process) and not in their shards yet: before any read or change of the store."""
+        try:
+            self.journal.fold(self._file)
+        except LockTimeout:
+            raise Unavailable("the store is busy; try again") from None
+
+    def _file(self, records: list[dict]) -> None:
+        """File journaled records into their shards, each unless already there (a fold done again after a crash)."""
+        messages = []
+        for record in records:
+            try:
+                messages.append(Message.from_record(record))
+            except BadRecord as exc:
+                log.error("store journal holds a malformed message %r (%s); skipped", record.get("id"), exc)
+        self._add_many(messages, only_new=True)
+
     # -- the contract ----------------------------------------------------------------
     def add(self, message: Message) -> None:
-        self._history_append(message.client, message.created_at, [{"id": message.id, "at": message.created_at}])
-        with self._txn(self.shard_of(message.id)) as txn:
-            txn.put(None, None, message)
+        self.journal.append(message.to_record())
 
     def add_many(self, messages: Iterable[Message]) -> int:
+        return self._add_many(messages)
+
+    def _add_many(self, messages: Iterable[Message], only_new: bool = False) -> int:
+        """Write new messages straight into their shards (their history lines first), one write per shard, one folder fsync."""
         by_shard: dict[str, list[Message]] = {}
         by_day: dict[tuple[str, str], list[Message]] = {}
         for message in messages:
@@ -548,9 +580,12 @@ class TinyStore(TinyHistory, MessageStore):
         for (client, _), batch in by_day.items():
             self._history_append(client, batch[0].created_at, [{"id": m.id, "at": m.created_at} for m in batch])
         for shard, batch in by_shard.items():
-            with self._txn(shard) as txn:
+            with self._txn(shard, sync_folder=False) as txn:
                 for message in batch:
-                    txn.put(None, None, message)
+                    if not only_new or txn.find(message.id) is None:
+                        txn.put(None, None, message)
+        if by_shard and self.fsync:
+            fsync_dir(self._store_root)  # every shard's rename above, before the caller counts them stored
         return sum(len(batch) for batch in by_shard.values())
 
     def _read_unlocked(self, shard: str) -> dict[str, Any] | None:
@@ -566,6 +601,7 @@ class TinyStore(TinyHistory, MessageStore):
         return table if isinstance(table, dict) else None
 
     def get(self, message_id: str) -> Message | None:
+        self.fold()
         shard = self.shard_of(message_id)
         table = self._read_unlocked(shard)
         if table is None:
@@ -585,6 +621,7 @@ class TinyStore(TinyHistory, MessageStore):
     def claim_due(self, now: float, lease: float, accept: Callable[[Message], bool] | None = None,
                   limit: int | None = None, lapsed_only: bool = False,
                   clock: Callable[[], float] | None = None) -> Iterator[Message]:
+        self.fold()
         taken = 0
         for shard in self.due_shards(now):
             if limit is not None and taken >= limit:
@@ -661,6 +698,7 @@ class TinyStore(TinyHistory, MessageStore):
             return txn.put(found[0], current, self.finished(current, changes, now))
 
     def update(self, message_id: str, change: Callable[[Message], Message | None], now: float) -> Message | None:
+        self.fold()
         with self._txn(self.shard_of(message_id)) as txn:
             found = txn.find(message_id)
             if found is None:
@@ -717,6 +755,7 @@ class TinyStore(TinyHistory, MessageStore):
                 self._write_event(event)
 
     def claim_events(self, now: float, lease: float, limit: int = 100) -> list[Event]:
+        self.fold()
         self._recover_events()
         with self._outbox():
             due = sorted((e for e in self._events() if e.due_at() <= now), key=lambda e: (e.due_at(), e.id))[:limit]
@@ -766,6 +805,14 @@ class TinyStore(TinyHistory, MessageStore):
             return current
 
     def archive(self, message_id: str, now: float, if_: Callable[[Message], bool] | None = None) -> Message | None:
+        # Under the journal's lock, after a fold: a fold done again after a crash never files an archived message anew.
+        try:
+            with self.journal.holding(self._file):
+                return self._archive(message_id, now, if_)
+        except LockTimeout:
+            raise Unavailable("the store is busy; try again") from None
+
+    def _archive(self, message_id: str, now: float, if_: Callable[[Message], bool] | None) -> Message | None:
         with self._txn(self.shard_of(message_id)) as txn:
             found = txn.find(message_id)
             if found is None:
@@ -799,6 +846,7 @@ class TinyStore(TinyHistory, MessageStore):
 
     def _tables(self) -> Iterator[dict[str, Any]]:
         """Each shard's records (read without its lock; unreadable and empty shards left out): the scans'."""
+        self.fold()
         for shard in self.shards():
             table = self._read_unlocked(shard)
             if table:
@@ -831,6 +879,7 @@ class TinyStore(TinyHistory, MessageStore):
         cost some 1.7 ms of CPU per message written. A data folder from before
         the marks (no ``store/rebuilt``) is gone through whole, once.
         """
+        self.fold()
         began = time.time()
         counted = 0
         present = set(self.shards())
@@ -886,6 +935,10 @@ class TinyStore(TinyHistory, MessageStore):
         except FileNotFoundError:
             return None
 
+    def history_index(self, client: str, now: float) -> list[tuple[float, str]]:
+        self.fold()
+        return super().history_index(client, now)
+
     def problems(self) -> list[str]:
         damaged = sorted(p.name for p in self.quarantine_dir.iterdir())
         if not damaged:
@@ -894,10 +947,15 @@ class TinyStore(TinyHistory, MessageStore):
                 + (f" and {len(damaged) - 5} more" if len(damaged) > 5 else "")]
 
     def sweep(self, now: float, older_than: float) -> int:
-        """Temporary files of writes that a crash interrupted; history days past the window."""
+        """Temporary files of writes that a crash interrupted (journal segments it left unnamed too); history days past the window."""
         removed = self._prune_history(now)
-        for entry in os.scandir(self.layout.store):
-            if entry.name.endswith(".tmp") and now - entry.stat().st_mtime > older_than:
-                Path(entry.path).unlink(missing_ok=True)
-                removed += 1
+        try:  # a segment whose process is gone and whose lines are all filed is removed by a fold, even with nothing new
+            self.journal.fold(self._file, force=True)
+        except LockTimeout:
+            pass
+        for folder, suffix in ((self.layout.store, ".tmp"), (self.journal.folder, ".new")):
+            for entry in os.scandir(folder):
+                if entry.name.endswith(suffix) and now - entry.stat().st_mtime > older_than:
+                    Path(entry.path).unlink(missing_ok=True)
+                    removed += 1
         return removed
