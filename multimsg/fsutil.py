@@ -95,11 +95,12 @@ def fsync_dir(path: str | Path) -> None:
 
 
 class _Batch:
-    __slots__ = ("lines", "fsync", "done", "error")
+    __slots__ = ("lines", "fsync", "folders", "done", "error")
 
     def __init__(self) -> None:
         self.lines: list[bytes] = []
         self.fsync = False
+        self.folders: set[str] = set()
         self.done = False
         self.error: BaseException | None = None
 
@@ -107,10 +108,11 @@ class _Batch:
 class GroupCommit:
     """One file's group commit within this process: the lines threads give at the same time, written by one of them.
 
-    ``commit(line, write, fsync)`` returns once ``write(every line of its
-    batch, fsync)`` returned: the first thread to find no write under way
-    writes the batch (the lines given so far), the others wait for it and
-    get its error if it failed. A batch is fsynced if any of its lines asked.
+    ``commit(line, write, fsync, folders)`` returns once ``write(every line
+    of its batch, fsync, folders)`` returned: the first thread to find no
+    write under way writes the batch (the lines given so far), the others
+    wait for it and get its error if it failed. A batch is fsynced if any of
+    its lines asked; ``folders``: every line's (to fsync with the batch).
     """
 
     def __init__(self) -> None:
@@ -118,13 +120,15 @@ class GroupCommit:
         self.batch: _Batch | None = None  # the batch still taking lines
         self.writing = False
 
-    def commit(self, line: bytes, write: Callable[[bytes, bool], None], fsync: bool) -> None:
+    def commit(self, line: bytes, write: Callable[[bytes, bool, set[str]], None], fsync: bool,
+               folders: Iterable[str] = ()) -> None:
         with self.changed:
             batch = self.batch
             if batch is None:
                 batch = self.batch = _Batch()
             batch.lines.append(line)
             batch.fsync = batch.fsync or fsync
+            batch.folders.update(folders)
             while not batch.done:
                 if not self.writing:  # lead: this batch is written now; later lines start the next one
                     self.writing, self.batch = True, None
@@ -135,7 +139,7 @@ class GroupCommit:
                     raise batch.error
                 return
         try:
-            write(b"".join(batch.lines), batch.fsync)
+            write(b"".join(batch.lines), batch.fsync, batch.folders)
         except BaseException as exc:
             batch.error = exc
             raise
@@ -161,7 +165,7 @@ def append_grouped(path: str | Path, line: bytes, *, fsync: bool = True, lock: C
         if appends is None:
             appends = _appends[key] = GroupCommit()
 
-    def write(data: bytes, sync: bool) -> None:
+    def write(data: bytes, sync: bool, _: set[str]) -> None:
         with lock():
             append_durable(path, data, fsync=sync)
 

@@ -378,7 +378,9 @@ def _backend(s: Settings, layout: Layout) -> tuple[MessageStore, Spool, "Path | 
         if blobs.startswith("s3://"):
             raise SystemExit("MULTIMSG_BLOBS=s3://... needs a Redis MULTIMSG_BACKEND (it keeps the references to the objects)")
         spool_layout = Layout(Path(blobs).expanduser()) if blobs else layout
-        return TinyStore(layout, fsync=s.fsync), sealed(FileSpool(spool_layout, ttl=s.data_ttl, fsync=s.fsync), s), layout.archive
+        # The message's link (or /send content) and its record are made durable by one group commit: the journal's.
+        files = FileSpool(spool_layout, ttl=s.data_ttl, fsync=s.fsync, links_synced_by_store=True)
+        return TinyStore(layout, fsync=s.fsync, link_folder=files.link_folder), sealed(files, s), layout.archive
     from .queue.backends.redis import RedisSpool, RedisStore
 
     store = RedisStore(client, s.redis_tag, archive_months=s.archive_months)

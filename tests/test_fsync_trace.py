@@ -84,8 +84,11 @@ def parse(trace: str) -> list[Call]:
     return sorted(calls, key=lambda c: c.start)
 
 
-def durability_problems(calls: list[Call], store: Path) -> list[str]:
-    """What the trace lacks for "the record was on disk before the answer"; empty when nothing."""
+def durability_problems(calls: list[Call], store: Path, files: bool = True) -> list[str]:
+    """What the trace lacks for "the record was on disk before the answer"; empty when nothing.
+
+    ``files=False``: the folder gets only new names (hard links), no written file; those must be fsynced.
+    """
     store_dir = str(store)
     answers = [c for c in calls if c.name in ("write", "writev", "sendto", "sendmsg")
                and (c.fd_path or "").startswith("TCP:") and "HTTP/1.1 200" in c.text]
@@ -99,7 +102,7 @@ def durability_problems(calls: list[Call], store: Path) -> list[str]:
 
     problems = []
     written = {c.fd_path for c in before if c.name in ("write", "writev") and under_store(c.fd_path)}
-    if not written:
+    if files and not written:
         problems.append(f"no file under {store_dir}/ written before the answer")
     synced = [
         path for path in written
@@ -113,6 +116,8 @@ def durability_problems(calls: list[Call], store: Path) -> list[str]:
                                      and any(under_store(s) for s in STRING_ARGS.findall(c.text)[1:]))
                or (c.name == "openat" and "O_EXCL" in c.text and any(under_store(s) for s in STRING_ARGS.findall(c.text)))]
     dir_syncs = [c for c in before if c.name in ("fsync", "fdatasync") and c.fd_path == store_dir]
+    if not files and not entries:
+        problems.append(f"no name made in {store_dir} before the answer")
     if entries and not any(s.start >= entries[-1].end for s in dir_syncs):
         problems.append(f"the folder {store_dir} was not fsynced after the last file made or renamed in it")
     return problems
@@ -149,6 +154,8 @@ def test_the_store_file_and_folder_are_fsynced_before_msg_answers(make_gateway, 
     calls = parse(trace)
     assert any(c.name == "openat" for c in calls), f"an empty or unparsed trace:\n{trace[:2000]}"
     problems = durability_problems(calls, (runner.home / "store" / "journal").resolve())
+    links = next((runner.home / "spool").resolve().iterdir()) / "msg"
+    problems += durability_problems(calls, links, files=False)  # the message's link to its upload's content
     if fsync == "on":
         assert not problems, "\n".join(problems) + f"\n--- trace ---\n{trace[-6000:]}"
     else:  # the check can fail: without fsync it finds the fsyncs missing

@@ -78,10 +78,12 @@ class FileContent(Content):
 
 
 class FileSpool(Spool):
-    def __init__(self, layout: Layout, *, ttl: float, fsync: bool = True):
+    def __init__(self, layout: Layout, *, ttl: float, fsync: bool = True, links_synced_by_store: bool = False):
         self.layout = layout
         self.ttl = ttl
         self.fsync = fsync
+        # True: ``msg/`` is fsynced by the store's add that always follows (``TinyStore(link_folder=...)``), with its journal line.
+        self.links_synced_by_store = links_synced_by_store
         self.locks = locks_of(layout.locks)
         self._made: set[Path] = set()  # folders known to exist (they are never removed while the process runs)
         self._link_folders: dict[str, str] = {}
@@ -92,6 +94,10 @@ class FileSpool(Spool):
             ensure_private_dir(folder)
             self._made.add(folder)
         return folder
+
+    def link_folder(self, client: str) -> str:
+        """The client's ``msg/`` folder (of its messages' links and own content), made if need be."""
+        return self._links(client)
 
     def _links(self, client: str) -> str:
         """The client's ``msg/`` folder, made if need be (as a string: it is joined on every message)."""
@@ -126,7 +132,7 @@ class FileSpool(Spool):
         path = f"{links}/{message_id}"
         try:
             size = write_file(path, chunks, fsync=self.fsync)  # a file left by a request that died first is replaced
-            if self.fsync:
+            if self.fsync and not self.links_synced_by_store:
                 fsync_dir(links)
         except BaseException:
             unlink_quietly(path)
@@ -178,7 +184,7 @@ class FileSpool(Spool):
             with open(source, "rb") as content:
                 write_stream_atomic(target, copy_stream(content), fsync=self.fsync)
             return
-        if self.fsync:
+        if self.fsync and not self.links_synced_by_store:
             fsync_dir(links)
 
     def message_content(self, client: str, message_id: str) -> Content:

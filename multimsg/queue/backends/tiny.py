@@ -232,8 +232,10 @@ class TinyStore(TinyHistory, MessageStore):
     counters: ShardCounters
 
     def __init__(self, layout: Layout, *, fsync: bool = True, lock_timeout: float = LOCK_TIMEOUT,
-                 shard_hex_digits: int = SHARD_HEX_DIGITS):
+                 shard_hex_digits: int = SHARD_HEX_DIGITS, link_folder: Callable[[str], str] | None = None):
         self.layout = layout
+        # The folder of a client's content links, fsynced with each add's journal line (``FileSpool.links_synced_by_store``).
+        self.link_folder = link_folder
         self.shard_hex_digits = shard_hex_digits
         self.fsync = fsync
         self.lock_timeout = lock_timeout
@@ -565,7 +567,8 @@ class TinyStore(TinyHistory, MessageStore):
 
     # -- the contract ----------------------------------------------------------------
     def add(self, message: Message) -> None:
-        self.journal.append(message.to_record())
+        folders = (self.link_folder(message.client),) if self.link_folder is not None else ()
+        self.journal.append(message.to_record(), folders)
 
     def add_many(self, messages: Iterable[Message]) -> int:
         return self._add_many(messages)

@@ -89,11 +89,15 @@ class Journal:
         _journals.add(self)
 
     # -- appending ---------------------------------------------------------------------
-    def append(self, record: dict) -> None:
-        """Append ``record`` durably (shared with the threads appending at the same time); raises if it was not."""
-        self._group.commit(jsonbytes.dumps(record) + b"\n", self._write, self.fsync)
+    def append(self, record: dict, folders: tuple[str, ...] = ()) -> None:
+        """Append ``record`` durably (shared with the threads appending at the same time); raises if it was not.
 
-    def _write(self, data: bytes, fsync: bool) -> None:
+        ``folders``: fsynced too before it returns, once for the whole batch
+        (the folder of the message's content link: one group commit covers both).
+        """
+        self._group.commit(jsonbytes.dumps(record) + b"\n", self._write, self.fsync, folders)
+
+    def _write(self, data: bytes, fsync: bool, folders: set[str]) -> None:
         try:
             fd = self._segment()
             room = os.fstatvfs(fd)
@@ -104,6 +108,8 @@ class Journal:
             while rest:
                 rest = rest[os.write(fd, rest):]
             if fsync:
+                for folder in folders:
+                    fsync_dir(folder)
                 os.fsync(fd)
             self._size += len(data)
             if self._size >= SEGMENT_BYTES:
