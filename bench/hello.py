@@ -30,11 +30,12 @@ def main() -> None:
     from multimsg.supervisor import Child, Supervisor, bind
 
     sockets = bind("127.0.0.1", args.port)
+    shares = runner.AcceptShares(args.workers)  # connections spread over the workers as the runner's are
 
     def serve(n: int) -> None:
         if env_bool("MULTIMSG_WORKER_PIN", True):  # as the runner's workers (the same setting)
             runner.pin_to_one_core(n, "hello worker")
-        runner._serve_waitress(app, "", 0, sockets)
+        runner._serve_waitress(app, "", 0, sockets, (shares, n))
 
     children = [Child(f"hello {n}", lambda n=n: serve(n)) for n in range(args.workers)]
     sys.exit(Supervisor(children).run())

@@ -1,7 +1,7 @@
 """The local runner with several worker processes (``MULTIMSG_WORKERS``), as a real process tree.
 
 Two workers answer on one port (each answer names its process in
-``X-Multimsg-Worker``); the drain runs in children of its own (one, or one per
+``X-Multimsg-Worker``), and connections opened at once are spread over them; the drain runs in children of its own (one, or one per
 share of the service instances), so N messages are sent N times, not more; a worker killed with SIGKILL is replaced; a
 client's rate limit is one count for all the workers; SIGTERM to the parent
 stops every child, and a parent killed with SIGKILL takes its children with
@@ -10,9 +10,11 @@ it. ``MULTIMSG_WORKERS=1`` is one process, as before.
 
 from __future__ import annotations
 
+import collections
 import os
 import signal
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -88,6 +90,26 @@ def test_two_workers_answer_on_one_port_from_two_processes(runner):
     assert len(seen) == 2, seen
     assert seen <= children(gw.proc.pid)  # the parent's own children, not the parent
     assert len(children(gw.proc.pid)) == 2  # no drain child: MULTIMSG_DRAIN_INTERVAL=0 in tests
+
+
+def test_keep_alive_connections_opened_at_once_are_spread_over_the_workers(runner):
+    """A burst of connections (wrk, a pool) is shared out, not all taken by the worker that wakes first."""
+    gw = runner()
+    workers_seen(gw.url)  # both workers are up
+    for _ in range(3):
+        start = threading.Barrier(8)
+        sessions = [requests.Session() for _ in range(8)]
+
+        def first(session: requests.Session) -> int:
+            start.wait()
+            return int(session.get(gw.url + "/key", timeout=30).headers[WORKER_HEADER])
+
+        with ThreadPoolExecutor(8) as pool:
+            holders = collections.Counter(pool.map(first, sessions))
+        for session in sessions:  # later requests stay on their connection's worker
+            assert int(session.get(gw.url + "/key", timeout=30).headers[WORKER_HEADER]) in holders
+            session.close()
+        assert len(holders) == 2 and min(holders.values()) >= 3, holders
 
 
 def test_the_drain_runs_in_one_child_and_sends_each_message_once(runner, backend, telegram):
