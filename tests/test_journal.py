@@ -61,7 +61,7 @@ def test_a_burst_answered_then_killed_before_any_fold_is_queued_after_restart_an
     restarted = make_gateway(home=gateway.home)
     with ThreadPoolExecutor(8) as pool:
         assert collections.Counter(pool.map(lambda mid: restarted.cons(mid).text, ids)) == {"queued": 40}
-    assert filed(gateway.home) == 40
+    assert filed(gateway.home) == 0  # /cons read them from the journal: a look files nothing
     deadline = time.monotonic() + 60
     while len(telegram.received(ok_only=True)) < 40:
         restarted.drain()
@@ -95,7 +95,10 @@ def test_a_line_added_by_one_process_is_read_by_another_and_only_a_dead_ones_seg
         adder.stdin.write("add\n")
         adder.stdin.flush()
         first = adder.stdout.readline().strip()
-        assert reader.get(first) is not None  # folded by the reading process
+        assert reader.get(first) is not None  # read from the journal
+        assert filed(home) == 0
+        reader.fold()
+        assert filed(home) == 1 and reader.get(first) is not None  # folded by the reading process
         assert len(segments(home)) == 1  # its process is alive: its segment stays
         adder.stdin.write("add\n")
         adder.stdin.flush()
@@ -122,8 +125,9 @@ def test_a_line_torn_by_a_crash_is_never_filed(tmp_path):
     with open(segment, "ab") as f:
         f.write(line[: len(line) // 2])  # the write a kill -9 cut short: never answered
     store = TinyStore(Layout(home), fsync=False)
-    assert store.get(torn.id) is None
-    assert filed(home) == 1 and whole.count(b"\n") == 1
+    assert store.get(torn.id) is None  # not read from the journal either
+    store.fold()
+    assert store.get(torn.id) is None and filed(home) == 1 and whole.count(b"\n") == 1
     store.sweep(time.time(), 3600)
     assert segments(home) == []  # folded to its last whole line, its process gone
 

@@ -100,7 +100,7 @@ def test_keep_alive_connections_opened_at_once_are_spread_over_the_workers(runne
         start = threading.Barrier(8)
         sessions = [requests.Session() for _ in range(8)]
 
-        def first(session: requests.Session) -> int:
+        def first(session: requests.Session, start: threading.Barrier = start) -> int:
             start.wait()
             return int(session.get(gw.url + "/key", timeout=30).headers[WORKER_HEADER])
 

@@ -2,8 +2,9 @@
 
 A new message is not written into its shard by ``add``: it is one line of
 this process's journal segment (``store/journal/``, ``tiny_journal.py``),
-group-committed with the other threads' lines. Every other operation first
-folds the journal into the shards (``fold``: the lines not filed yet, from
+group-committed with the other threads' lines. ``get`` looks in the shard,
+then in the lines not filed yet; every other operation first folds the
+journal into the shards (``fold``: the lines not filed yet, from
 every process's segment, filed as below), so what an add answered is seen by
 every later read; the drain's pass does most of the filing, in batches.
 
@@ -604,7 +605,21 @@ class TinyStore(TinyHistory, MessageStore):
         return table if isinstance(table, dict) else None
 
     def get(self, message_id: str) -> Message | None:
-        self.fold()
+        # Its shard, else the journal's lines not filed yet (no fold: a look costs no filing), else its shard
+        # again: a fold may have filed it meanwhile, and removed the segment it was read from.
+        found = self._filed(message_id, damaged_ok=True)
+        if found is not None:
+            return found
+        record = self.journal.find(message_id)
+        if record is not None:
+            try:
+                return Message.from_record(record)
+            except BadRecord as exc:
+                raise Damaged(f"message {message_id} is stored damaged ({exc})") from None
+        return self._filed(message_id)
+
+    def _filed(self, message_id: str, damaged_ok: bool = False) -> Message | None:
+        """The message as its shard holds it (``damaged_ok``: None, not ``Damaged``, for an id of a damaged shard)."""
         shard = self.shard_of(message_id)
         table = self._read_unlocked(shard)
         if table is None:
@@ -617,7 +632,7 @@ class TinyStore(TinyHistory, MessageStore):
                     return Message.from_record(record)
                 except BadRecord as exc:
                     raise Damaged(f"message {message_id} is stored damaged ({exc})") from None
-        if self._damaged(shard):
+        if not damaged_ok and self._damaged(shard):
             raise Damaged("this id belongs to a part of the store that was damaged and set aside; ask the operator")
         return None
 
@@ -796,6 +811,7 @@ class TinyStore(TinyHistory, MessageStore):
         message = self.get(message_id)
         if message is None or not message.final or message.reported_at is not None:
             return message
+        self.fold()  # (a message added final, as imports may, can still be in the journal)
         with self._txn(self.shard_of(message_id)) as txn:
             found = txn.find(message_id)
             if found is None:
