@@ -59,7 +59,8 @@ class FileContent(Content):
         self.size = os.stat(path).st_size
 
     def open(self) -> BinaryIO:
-        return open(self.path, "rb")
+        # A buffer size given: with the default, open() asks whether the file is a terminal (an ioctl that fails).
+        return open(self.path, "rb", buffering=1 << 16)
 
     def head(self, n: int = HEAD) -> bytes:
         return self.read(n)
