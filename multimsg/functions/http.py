@@ -35,7 +35,9 @@ from dataclasses import dataclass
 from typing import BinaryIO, Callable
 
 import flask
+from werkzeug.datastructures import MIMEAccept
 from werkzeug.exceptions import HTTPException
+from werkzeug.http import parse_accept_header
 
 from .. import errors
 from ..config import settings
@@ -118,8 +120,15 @@ def _header_list(request: flask.Request, name: str) -> list[str]:
 
 
 def wants_json(request: flask.Request) -> bool:
-    accept = request.accept_mimetypes
-    return accept["application/json"] > accept["text/plain"]
+    return _prefers_json(_header(request, "Accept"))
+
+
+@functools.lru_cache(maxsize=128)
+def _prefers_json(accept: str | None) -> bool:
+    """Whether an ``Accept`` header ranks JSON over plain text: worked out once per header value
+    (clients send the same few; werkzeug parses it and matches both types against it on every request)."""
+    accepted = parse_accept_header(accept, MIMEAccept)
+    return accepted["application/json"] > accepted["text/plain"]
 
 
 _redactor = Redactor()
