@@ -46,6 +46,7 @@ import re
 import shutil
 import socket
 import subprocess
+from functools import lru_cache
 from pathlib import Path
 from typing import Iterable
 
@@ -85,14 +86,21 @@ def _parse(value: str | None) -> Address | None:
     """The address in ``value``; an IPv6 zone id (``fe80::1%eth0``) is kept: the same
     link-local address on two interfaces is two hosts."""
     base, _, zone = (value or "").strip().partition("%")
+    address = _parse_bare(base)
+    if address is not None and address.version == 6 and zone:
+        return ipaddress.IPv6Address(f"{address.compressed}%{_zone(zone)}")
+    return address
+
+
+@lru_cache(maxsize=1024)
+def _parse_bare(base: str) -> Address | None:
+    # Asked on every request with the same few peers: parsed once per address (the answer depends on the text alone).
     try:
         address = ipaddress.ip_address(base)
     except ValueError:
         return None
     if address.version == 6 and address.ipv4_mapped:
         return address.ipv4_mapped
-    if address.version == 6 and zone:
-        return ipaddress.IPv6Address(f"{address.compressed}%{_zone(zone)}")
     return address
 
 
