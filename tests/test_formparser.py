@@ -93,6 +93,15 @@ def test_a_search_finds_what_werkzeugs_expression_finds(required, boundary, part
     assert (ours and (ours.start(), ours.end(), ours.group(1))) == (theirs and (theirs.start(), theirs.end(), theirs.group(1)))
 
 
+@pytest.mark.parametrize("limits", [{}, {"max_form_memory_size": 500_000, "max_parts": 1000}])
+def test_the_decoder_starts_with_the_fields_werkzeugs_decoder_starts_with(limits):
+    ours, theirs = vars(Decoder(b"b0undary", **limits)), vars(MultipartDecoder(b"b0undary", **limits))
+    assert ours.keys() == theirs.keys()  # a werkzeug that adds a field to its decoder fails here
+    for name in ours.keys() - {"preamble_re", "boundary_re"}:
+        assert ours[name] == theirs[name] and type(ours[name]) is type(theirs[name]), name
+    assert Decoder(b"b0undary").buffer is not Decoder(b"b0undary").buffer
+
+
 def test_werkzeugs_form_parser_uses_it():
     import werkzeug.formparser
 

@@ -19,14 +19,13 @@ from __future__ import annotations
 import re
 
 import werkzeug.formparser
-from werkzeug.sansio.multipart import MultipartDecoder
+from werkzeug.sansio.multipart import MultipartDecoder, State
 
 __all__ = ["Decoder", "BoundarySearch", "install"]
 
 # What werkzeug's expressions accept after ``--boundary``: the closing ``--`` (then optional horizontal
 # space and line break), or horizontal space and a line break.
 _AFTER = re.compile(rb"(--[^\S\n\r]*(?:\r\n|\n|\r)?|[^\S\n\r]*(?:\r\n|\n|\r))")
-_PLACEHOLDER = b"multimsg-placeholder-boundary"  # werkzeug compiles it once: re's cache holds it from then on
 
 
 class _Match:
@@ -73,10 +72,19 @@ class Decoder(MultipartDecoder):
     """werkzeug's decoder, its two per-boundary expressions replaced by ``BoundarySearch``."""
 
     def __init__(self, boundary: bytes, max_form_memory_size: int | None = None, *, max_parts: int | None = None):
-        super().__init__(_PLACEHOLDER, max_form_memory_size, max_parts=max_parts)  # sets every other field
+        # werkzeug's __init__, field by field, but for the two expressions: calling it with a placeholder
+        # boundary escaped and looked up two expressions only to drop them (16 us of every upload).
+        # tests/test_formparser.py checks that these are the fields werkzeug's __init__ sets, with its values.
+        self.buffer = bytearray()
+        self.complete = False
+        self.max_form_memory_size = max_form_memory_size
+        self.max_parts = max_parts
+        self.state = State.PREAMBLE
         self.boundary = boundary
         self.preamble_re = BoundarySearch(boundary, line_break_required=False)  # type: ignore[assignment]
         self.boundary_re = BoundarySearch(boundary, line_break_required=True)  # type: ignore[assignment]
+        self._search_position = 0
+        self._parts_decoded = 0
 
 
 def install() -> None:
