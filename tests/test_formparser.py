@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from werkzeug.sansio.multipart import Epilogue, MultipartDecoder, NeedData
 
-from multimsg.functions.formparser import BoundarySearch, Decoder
+from multimsg.functions.formparser import BoundarySearch, Decoder, part_options
 from tests.gatewayproc import ROOT
 
 BOUNDARY_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789'()+_,-./:=?"
@@ -104,10 +104,27 @@ def test_the_decoder_starts_with_the_fields_werkzeugs_decoder_starts_with(limits
 
 def test_werkzeugs_form_parser_uses_it():
     import werkzeug.formparser
+    import werkzeug.sansio.multipart
 
     import multimsg.functions.http  # noqa: F401  (installs it)
 
     assert werkzeug.formparser.MultipartDecoder is Decoder
+    assert werkzeug.sansio.multipart.parse_options_header is part_options
+
+
+DISPOSITIONS = ['form-data; name="serv"', 'form-data; name="data"; filename="b.txt"', "form-data; name=data; filename=x.bin",
+                'form-data; name="a\\"b"; filename="%22q%22.txt"', "form-data; filename*=UTF-8''%C3%B1and%C3%BA.txt; name=\"d\"",
+                "form-data", "form-data;", "; name=x", "", 'attachment; name="k"; name="twice"', "form-data; name=\"" + "n" * 300 + "\""]
+
+
+@pytest.mark.parametrize("value", DISPOSITIONS)
+def test_a_parts_content_disposition_is_parsed_as_werkzeug_parses_it_each_time(value):
+    from werkzeug.http import parse_options_header
+
+    for _ in range(3):  # the first parse, then remembered ones
+        answer = part_options(value)
+        assert answer == parse_options_header(value)
+        answer[1]["name"] = "changed by a caller"  # each caller's own dict
 
 
 UPLOADS = """
