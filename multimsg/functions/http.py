@@ -255,6 +255,7 @@ def fields(request: flask.Request, names: tuple[str, ...]) -> dict[str, str]:
             values[name] = str(value)
         return values
     values = {}
+    formparser.load_urlencoded(request)  # a urlencoded body read as werkzeug reads it, without its form-parser set-up
     form, files = request.form, request.files  # each asked once: werkzeug's cached properties cost a lookup each time
     for name in names:
         given = form.getlist(name)
