@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import locale
 import logging
 import re
 import shutil
@@ -153,8 +154,9 @@ def arp_lookup(address: str, table: Path | str | None = None) -> str | None:
     exactly the address and whose entry is complete; None otherwise (also for
     an all-zero MAC)."""
     try:
-        # One open, read and close (read_text's text layer costs four times as much): every request from the LAN reads it.
-        lines = read_file(table or ARP_TABLE).decode().splitlines()[1:]  # the first line is the header
+        # One open, read and close, decoded as read_text decodes (its text layer costs four times as much): every
+        # request from the LAN reads it.
+        lines = read_file(table or ARP_TABLE).decode(locale.getpreferredencoding(False)).splitlines()[1:]  # the first line is the header
     except OSError:
         return None
     for line in lines:
