@@ -74,8 +74,21 @@ DECLARED_SECRETS: set[str] = set()  # service settings their class declares secr
 
 def config_path() -> tuple[Path, bool]:
     """The config file, and whether it was named explicitly (by MULTIMSG_CONFIG)."""
+    raw = getattr(os.environ, "_data", None)
+    if isinstance(raw, dict):
+        # POSIX: the undecoded variables; os.environ.get encodes the name, raises and catches KeyError for an
+        # unset one (MULTIMSG_CONFIG, usually) and decodes the value, 4 us of the three asked on every /msg.
+        return _config_path_undecoded(raw.get(b"MULTIMSG_CONFIG"), raw.get(b"MULTIMSG_HOME"), raw.get(b"HOME"))
     environ = os.environ
     return _config_path(environ.get("MULTIMSG_CONFIG", ""), environ.get("MULTIMSG_HOME", ""), environ.get("HOME", ""))
+
+
+@lru_cache(maxsize=8)
+def _config_path_undecoded(given: bytes | None, home: bytes | None, user_home: bytes | None) -> tuple[Path, bool]:
+    def decoded(value: bytes | None) -> str:  # as os.environ decodes a value on POSIX
+        return "" if value is None else os.fsdecode(value)
+
+    return _config_path(decoded(given), decoded(home), decoded(user_home))
 
 
 @lru_cache(maxsize=8)

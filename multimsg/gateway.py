@@ -43,7 +43,7 @@ from .queue.store import MessageStore
 from .quota import check_quota
 from .replay import ReplayRecord
 from .schedule import AT_FIELD, parse_at
-from .services import ServiceBase, get_service, instances, service_class
+from .services import ServiceBase, get_service, instances
 
 log = logging.getLogger("multimsg.drain")
 
@@ -127,7 +127,7 @@ class Gateway:
     store: MessageStore
     spool: Spool
     drain_engine: Drain
-    service_for: Callable[[str], ServiceBase]
+    service_for: Callable[[str], ServiceBase]  # InvalidInput listing the configured instances for an unknown one (get_service)
     report_grace: float = 3600.0
     clock: SteadyClock = field(default_factory=SteadyClock)
     quota: int = 0  # MULTIMSG_CLIENT_QUOTA: bytes a client's uploads may hold in the spool (0: no quota)
@@ -224,8 +224,7 @@ class Gateway:
     # -- what /msg and /send share ----------------------------------------
     def _plan(self, client: str, fields: dict) -> "_Planned":
         """The checks of a message's fields that need no content: service, type, destination, callback."""
-        service_class(fields["serv"])  # an unknown instance: 400 listing the configured ones
-        service = self.service_for(fields["serv"])
+        service = self.service_for(fields["serv"])  # an unknown instance: 400 listing the configured ones (get_service)
         datatype = fields["type"]
         if not service.validate(datatype):
             raise InvalidInput(f"{service.name} does not send type {datatype!r}; it sends: {', '.join(sorted(service.datatypes))}")

@@ -41,17 +41,20 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import locale
 import logging
 import re
 import shutil
 import socket
 import subprocess
+from functools import lru_cache
 from pathlib import Path
 from typing import Iterable
 
 import getmac
 
 from .errors import InvalidInput, Unauthorized
+from .fsutil import read_file
 
 __all__ = [
     "MAC", "TOKEN", "IP", "MODES", "peer_address", "client_for_address", "client_for_token", "identify",
@@ -85,14 +88,21 @@ def _parse(value: str | None) -> Address | None:
     """The address in ``value``; an IPv6 zone id (``fe80::1%eth0``) is kept: the same
     link-local address on two interfaces is two hosts."""
     base, _, zone = (value or "").strip().partition("%")
+    address = _parse_bare(base)
+    if address is not None and address.version == 6 and zone:
+        return ipaddress.IPv6Address(f"{address.compressed}%{_zone(zone)}")
+    return address
+
+
+@lru_cache(maxsize=1024)
+def _parse_bare(base: str) -> Address | None:
+    # Asked on every request with the same few peers: parsed once per address (the answer depends on the text alone).
     try:
         address = ipaddress.ip_address(base)
     except ValueError:
         return None
     if address.version == 6 and address.ipv4_mapped:
         return address.ipv4_mapped
-    if address.version == 6 and zone:
-        return ipaddress.IPv6Address(f"{address.compressed}%{_zone(zone)}")
     return address
 
 
@@ -144,7 +154,9 @@ def arp_lookup(address: str, table: Path | str | None = None) -> str | None:
     exactly the address and whose entry is complete; None otherwise (also for
     an all-zero MAC)."""
     try:
-        lines = Path(table or ARP_TABLE).read_text().splitlines()[1:]  # the first line is the header
+        # One open, read and close, decoded as read_text decodes (its text layer costs four times as much): every
+        # request from the LAN reads it.
+        lines = read_file(table or ARP_TABLE).decode(locale.getpreferredencoding(False)).splitlines()[1:]  # the first line is the header
     except OSError:
         return None
     for line in lines:

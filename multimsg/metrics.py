@@ -29,6 +29,7 @@ import os
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from .config import settings
 from .fsutil import ensure_private_dir
@@ -177,13 +178,20 @@ def receipt_counts() -> dict[str, dict[str, int]]:
     return counts
 
 
+_request_children: dict[tuple[str, int], Any] = {}  # (handler, status) -> its labelled counter
+
+
 def count_request(endpoint: str, status: int) -> None:
     """Count one answered request. Never raises: metrics must not break a request."""
     global _failed
     if _failed:
         return
     try:
-        _request_counter().labels(endpoint.lstrip("_"), str(status)).inc()
+        # The labelled counter kept per (handler, status): the one labels() gives every time, without its checks and lock.
+        child = _request_children.get((endpoint, status))
+        if child is None:
+            child = _request_children[(endpoint, status)] = _request_counter().labels(endpoint.lstrip("_"), str(status))
+        child.inc()
     except Exception:
         _failed = True
         log.exception("request metrics are off in this process")

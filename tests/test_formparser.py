@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from werkzeug.sansio.multipart import Epilogue, MultipartDecoder, NeedData
 
-from multimsg.functions.formparser import BoundarySearch, Decoder
+from multimsg.functions.formparser import BoundarySearch, Decoder, part_options
 from tests.gatewayproc import ROOT
 
 BOUNDARY_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789'()+_,-./:=?"
@@ -93,12 +93,38 @@ def test_a_search_finds_what_werkzeugs_expression_finds(required, boundary, part
     assert (ours and (ours.start(), ours.end(), ours.group(1))) == (theirs and (theirs.start(), theirs.end(), theirs.group(1)))
 
 
+@pytest.mark.parametrize("limits", [{}, {"max_form_memory_size": 500_000, "max_parts": 1000}])
+def test_the_decoder_starts_with_the_fields_werkzeugs_decoder_starts_with(limits):
+    ours, theirs = vars(Decoder(b"b0undary", **limits)), vars(MultipartDecoder(b"b0undary", **limits))
+    assert ours.keys() == theirs.keys()  # a werkzeug that adds a field to its decoder fails here
+    for name in ours.keys() - {"preamble_re", "boundary_re"}:
+        assert ours[name] == theirs[name] and type(ours[name]) is type(theirs[name]), name
+    assert Decoder(b"b0undary").buffer is not Decoder(b"b0undary").buffer
+
+
 def test_werkzeugs_form_parser_uses_it():
     import werkzeug.formparser
+    import werkzeug.sansio.multipart
 
     import multimsg.functions.http  # noqa: F401  (installs it)
 
     assert werkzeug.formparser.MultipartDecoder is Decoder
+    assert werkzeug.sansio.multipart.parse_options_header is part_options
+
+
+DISPOSITIONS = ['form-data; name="serv"', 'form-data; name="data"; filename="b.txt"', "form-data; name=data; filename=x.bin",
+                'form-data; name="a\\"b"; filename="%22q%22.txt"', "form-data; filename*=UTF-8''%C3%B1and%C3%BA.txt; name=\"d\"",
+                "form-data", "form-data;", "; name=x", "", 'attachment; name="k"; name="twice"', "form-data; name=\"" + "n" * 300 + "\""]
+
+
+@pytest.mark.parametrize("value", DISPOSITIONS)
+def test_a_parts_content_disposition_is_parsed_as_werkzeug_parses_it_each_time(value):
+    from werkzeug.http import parse_options_header
+
+    for _ in range(3):  # the first parse, then remembered ones
+        answer = part_options(value)
+        assert answer == parse_options_header(value)
+        answer[1]["name"] = "changed by a caller"  # each caller's own dict
 
 
 UPLOADS = """
@@ -123,3 +149,72 @@ def test_uploads_with_a_fresh_boundary_each_are_stored_and_read_back(make_gatewa
     while not telegram.received() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert telegram.received()[0]["fields"]["text"] == "hola, multipart"
+
+
+FORM = "application/x-www-form-urlencoded"
+URLENCODED_BODIES = [  # (body, content type, environ changes)
+    (b"id=AAAABBBBCCCCDDDD&serv=telegram&dest=4242&type=text", FORM, {}),
+    (b"a=&b&c=1&a=2&&=x&d==", FORM, {}),
+    (b"caption=hola+mundo%21&x=%zz&y=%C3%B1&z=%ff%fe&w=%", FORM, {}),
+    (b"bad=\xff\xfe", FORM, {}),  # not UTF-8: werkzeug's silent parser gives no fields
+    (b"a=1", FORM + "; charset=utf-8", {}),
+    (b"a=1", "Application/X-WWW-Form-URLEncoded", {}),
+    (b"", FORM, {}),
+    (b"a=1&b=2", FORM, {"CONTENT_LENGTH": "3"}),  # only what Content-Length says is read
+    (b"a=1", FORM, {"CONTENT_LENGTH": "30"}),  # the client went away before its body was whole
+    (b"a=1", FORM, {"CONTENT_LENGTH": "x"}),
+    (b"a=1", FORM, {"CONTENT_LENGTH": None}),
+    (b"a=1", FORM, {"CONTENT_LENGTH": None, "HTTP_TRANSFER_ENCODING": "chunked", "wsgi.input_terminated": True}),
+    (b"a=1", FORM, {"HTTP_TRANSFER_ENCODING": "chunked"}),
+    (b"a=" + b"x" * 70_000, FORM, {}),  # over SMALL_BODY: 413
+    (b"a=" + b"x" * 600_000, FORM, {}),  # over MAX_FORM_MEMORY_SIZE too: 413 with no max_content_length
+    ("&".join(f"f{i}={i}" for i in range(1500)).encode(), FORM, {}),
+    (b"a=1", "text/plain", {}),
+    (b'{"a": "1"}', "application/json", {}),
+    (b"a=1", "", {}),
+]
+
+
+def _read_form(body: bytes, content_type: str, changes: dict, ours: bool, max_content_length: int | None, debug: bool = False):
+    """What a request's form, files and leftover stream are after reading it (by werkzeug, or first by load_urlencoded)."""
+    import io
+
+    import flask
+    from werkzeug.exceptions import HTTPException
+    from werkzeug.test import EnvironBuilder
+
+    from multimsg.functions.formparser import load_urlencoded
+
+    environ = EnvironBuilder(method="POST", input_stream=io.BytesIO(body), content_type=content_type or None,
+                             content_length=len(body)).get_environ()
+    for name, value in changes.items():
+        if value is None:
+            environ.pop(name, None)
+        else:
+            environ[name] = value
+    app = flask.Flask("forms")
+    app.debug = debug
+    with app.request_context(environ):
+        request = flask.request._get_current_object()
+        request.max_content_length = max_content_length
+        try:
+            if ours:
+                load_urlencoded(request)
+            form, files = request.form, request.files
+            return (type(form).__qualname__, list(form.items(multi=True)), type(files).__qualname__, list(files.items(multi=True)),
+                    request.stream.read())
+        except HTTPException as exc:
+            return ("error", type(exc), exc.code, exc.description)
+
+
+@pytest.mark.parametrize("max_content_length", [64 * 1024, None])
+@pytest.mark.parametrize("body,content_type,changes", URLENCODED_BODIES, ids=[f"body{i}" for i in range(len(URLENCODED_BODIES))])
+def test_a_urlencoded_body_is_read_as_werkzeug_reads_it(body, content_type, changes, max_content_length):
+    theirs = _read_form(body, content_type, changes, ours=False, max_content_length=max_content_length)
+    assert _read_form(body, content_type, changes, ours=True, max_content_length=max_content_length) == theirs
+
+
+def test_in_debug_mode_werkzeug_reads_the_form():
+    body, content_type, changes = URLENCODED_BODIES[0]
+    theirs = _read_form(body, content_type, changes, ours=False, max_content_length=None, debug=True)
+    assert _read_form(body, content_type, changes, ours=True, max_content_length=None, debug=True) == theirs

@@ -35,7 +35,9 @@ from dataclasses import dataclass
 from typing import BinaryIO, Callable
 
 import flask
+from werkzeug.datastructures import MIMEAccept
 from werkzeug.exceptions import HTTPException
+from werkzeug.http import parse_accept_header
 
 from .. import errors
 from ..config import settings
@@ -94,9 +96,39 @@ class Reply:
     headers: dict | None = None
 
 
+def _header(request: flask.Request, name: str) -> str | None:
+    """Request header ``name``'s value (None when absent), read from the WSGI environ as werkzeug's headers read it.
+
+    ``request.headers`` answers a missing header by raising and catching an
+    exception (``get``, ``in``), and ``getlist`` walks the whole environ; the
+    identity, the idempotency key and the forwarding checks ask for several
+    headers on every request, most of them absent. A WSGI server hands a
+    repeated header over as one value joined by commas (PEP 3333).
+    """
+    return request.environ.get(_environ_name(name))
+
+
+@functools.lru_cache(maxsize=64)
+def _environ_name(name: str) -> str:
+    return "HTTP_" + name.upper().replace("-", "_")
+
+
+def _header_list(request: flask.Request, name: str) -> list[str]:
+    """``request.headers.getlist(name)``: the one joined value, or none."""
+    value = _header(request, name)
+    return [] if value is None else [value]
+
+
 def wants_json(request: flask.Request) -> bool:
-    accept = request.accept_mimetypes
-    return accept["application/json"] > accept["text/plain"]
+    return _prefers_json(_header(request, "Accept"))
+
+
+@functools.lru_cache(maxsize=128)
+def _prefers_json(accept: str | None) -> bool:
+    """Whether an ``Accept`` header ranks JSON over plain text: worked out once per header value
+    (clients send the same few; werkzeug parses it and matches both types against it on every request)."""
+    accepted = parse_accept_header(accept, MIMEAccept)
+    return accepted["application/json"] > accepted["text/plain"]
 
 
 _redactor = Redactor()
@@ -192,7 +224,7 @@ def once(request: flask.Request, scope: str, run: Callable[..., Reply], fingerpr
     """
     from ..idempotency import HEADER, REPLAYED_HEADER, Answer, parse_key
 
-    key = parse_key(request.headers.get(HEADER))
+    key = parse_key(_header(request, HEADER))
     if key is None:
         return run()
     client = client_of(request)
@@ -223,6 +255,7 @@ def fields(request: flask.Request, names: tuple[str, ...]) -> dict[str, str]:
             values[name] = str(value)
         return values
     values = {}
+    formparser.load_urlencoded(request)  # a urlencoded body read as werkzeug reads it, without its form-parser set-up
     form, files = request.form, request.files  # each asked once: werkzeug's cached properties cost a lookup each time
     for name in names:
         given = form.getlist(name)
@@ -291,8 +324,8 @@ def client_of(request: flask.Request) -> str:
         client = identify(
             s.identity,
             request.remote_addr,
-            request.headers.getlist("X-Forwarded-For"),
-            request.headers.get("Authorization"),
+            _header_list(request, "X-Forwarded-For"),
+            _header(request, "Authorization"),
             trust_proxy=s.trust_proxy,
             tokens=token_store() if s.identity == TOKEN else None,
             forwarded=_other_forwarding(request),
@@ -303,7 +336,7 @@ def client_of(request: flask.Request) -> str:
 
 def _other_forwarding(request: flask.Request) -> bool:
     """Whether the request carries a forwarding header besides X-Forwarded-For."""
-    return any(name in request.headers for name in FORWARDING_HEADERS if name != "X-Forwarded-For")
+    return any(_header(request, name) is not None for name in FORWARDING_HEADERS if name != "X-Forwarded-For")
 
 
 def _from_loopback(request: flask.Request) -> bool:
@@ -311,10 +344,10 @@ def _from_loopback(request: flask.Request) -> bool:
     a loopback peer that forwards for someone else (a local proxy MULTIMSG_TRUST_PROXY
     does not know about, or a request with fewer hops than it says) is not."""
     s = settings()
-    if not s.trust_proxy and any(name in request.headers for name in FORWARDING_HEADERS):
+    if not s.trust_proxy and any(_header(request, name) is not None for name in FORWARDING_HEADERS):
         return False
     try:
-        return peer_address(request.remote_addr, request.headers.getlist("X-Forwarded-For"), s.trust_proxy,
+        return peer_address(request.remote_addr, _header_list(request, "X-Forwarded-For"), s.trust_proxy,
                             _other_forwarding(request)).is_loopback
     except errors.InvalidInput:
         return False
@@ -327,7 +360,7 @@ def require_operator(request: flask.Request) -> None:
     """
     token = settings().drain_token
     if token:
-        scheme, _, given = request.headers.get("Authorization", "").strip().partition(" ")
+        scheme, _, given = (_header(request, "Authorization") or "").strip().partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode("utf-8", "surrogatepass"), token.encode()):
             raise errors.Unauthorized("this endpoint needs 'Authorization: Bearer <MULTIMSG_DRAIN_TOKEN>'")
     elif not _from_loopback(request):
