@@ -7,6 +7,8 @@ other operation first folds the journal into the shards. Checked here:
   it is all queued after a restart, and each message is delivered once;
 - a line added by one process is read by another, and a live process's
   segment is never removed under it; a dead one's is, once folded;
+- a drain killed -9 half-way through filing the journal: after the restart
+  every message is filed exactly once;
 - a line torn by a crash (no newline) is never filed;
 - a fold that died after filing and before recording how far it got is done
   again without a second copy, and never brings an archived message back;
@@ -68,6 +70,45 @@ def test_a_burst_answered_then_killed_before_any_fold_is_queued_after_restart_an
         assert time.monotonic() < deadline, f"{len(telegram.received(ok_only=True))} of 40 delivered"
     chats = collections.Counter(r["fields"]["chat_id"] for r in telegram.wait_for(count=40))
     assert chats == {str(5000 + n): 1 for n in range(40)}
+
+
+def test_a_drain_killed_while_it_files_the_journal_loses_nothing_and_files_nothing_twice(make_gateway, telegram):
+    """A kill -9 in the middle of a fold (some shards written, the offsets not): the next fold skips what is filed."""
+    env = {"MULTIMSG_RATE_LIMIT": "0", "MULTIMSG_TELEGRAM_RATE": "0", "MULTIMSG_TELEGRAM_DEST_INTERVAL": "0"}
+    gateway = make_gateway(env=env)
+    data_id = gateway.upload_id(b"filed, killed, filed again")
+
+    def queue(n: int) -> str:
+        answer = gateway.msg(id=data_id, serv="telegram", dest=str(7000 + n), type="text")
+        assert answer.status_code == 200, answer.text
+        return answer.text
+
+    with ThreadPoolExecutor(8) as pool:
+        ids = list(pool.map(queue, range(600)))
+    threading.Thread(target=lambda: _quietly(gateway.drain), daemon=True).start()
+    deadline = time.monotonic() + 60
+    while not any((gateway.home / "store").glob("*.json")):  # the pass's first claim has begun to file the journal
+        assert time.monotonic() < deadline, "the drain never filed anything"
+        time.sleep(0.005)
+    gateway.kill9()
+    assert 0 < filed(gateway.home) < 600, "the fold was not caught half-way: nothing was tested"
+
+    assert telegram.received() == []  # killed while filing, before the pass's first send
+
+    restarted = make_gateway(home=gateway.home, env=env)
+    with ThreadPoolExecutor(8) as pool:
+        assert collections.Counter(pool.map(lambda mid: restarted.cons(mid).text, ids)) == {"queued": 600}
+    TinyStore(Layout(gateway.home), fsync=False).fold()  # the fold the killed one left half-done, done again
+    stored = collections.Counter(r["id"] for p in (gateway.home / "store").glob("*.json")
+                                 for r in __import__("json").loads(p.read_text())["messages"].values())
+    assert stored == {mid: 1 for mid in ids}  # every message filed, none twice
+
+
+def _quietly(call) -> None:
+    try:
+        call()
+    except Exception:  # noqa: BLE001  (killed mid-answer)
+        pass
 
 
 ADDER = r"""
