@@ -226,3 +226,26 @@ def test_threads_adding_at_once_share_fsyncs(tmp_path, monkeypatch, threads):
     assert filed(tmp_path / "home") == 0
     store.fold()
     assert filed(tmp_path / "home") == adds + 1
+
+
+def test_offsets_that_cannot_be_written_are_a_full_disk_and_the_next_fold_files_nothing_twice(tmp_path, monkeypatch):
+    import errno
+
+    from multimsg.errors import StorageFull
+    from multimsg.queue.backends import tiny_journal
+
+    home = tmp_path / "home"
+    store = TinyStore(Layout(home), fsync=False)
+    m = message(id=new_id())
+    store.add(m)
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(tiny_journal, "write_atomic", full)
+    with pytest.raises(StorageFull):  # a 507 for whoever asked, never a 500
+        store.fold()
+    monkeypatch.undo()
+    assert filed(home) == 1  # filed before the offsets failed
+    store.fold()
+    assert filed(home) == 1 and store.get(m.id) is not None

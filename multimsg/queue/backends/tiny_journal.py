@@ -254,7 +254,12 @@ class Journal:
             file(records)
         offsets = {name: end for name, end in ends.items() if name not in ended}
         if offsets != folded:
-            write_atomic(f"{self._root}/{_OFFSETS}", json.dumps(offsets).encode(), fsync=self.fsync)
+            try:
+                write_atomic(f"{self._root}/{_OFFSETS}", json.dumps(offsets).encode(), fsync=self.fsync)
+            except OSError as exc:  # the lines are filed; the next fold files them again (skipped) and tries this again
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise StorageFull("the server's storage is full; try again later") from exc
+                raise StoreUnwritable(f"the store's journal cannot be written ({os.strerror(exc.errno or 0) or exc})") from exc
         for name in ended:  # folded to its end, its process gone: never read again
             unlink_quietly(f"{self._root}/{name}")
         self._folded = offsets
