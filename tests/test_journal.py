@@ -245,6 +245,8 @@ def test_offsets_that_cannot_be_written_are_a_full_disk_and_the_next_fold_files_
     monkeypatch.setattr(tiny_journal, "write_atomic", full)
     with pytest.raises(StorageFull):  # a 507 for whoever asked, never a 500
         store.fold()
+    counted = store.counters.snapshot()["services"]["counting"]["states"]  # the figures still answer
+    assert counted["queued"] == 1
     monkeypatch.undo()
     assert filed(home) == 1  # filed before the offsets failed
     store.fold()

@@ -206,7 +206,10 @@ class ShardCounters(Counters):
             raise
 
     def documents(self) -> Iterable[figures.Figures]:
-        self.fold()
+        try:
+            self.fold()
+        except (Unavailable, StorageFull) as exc:  # the figures of what is filed still answer (/metrics, stats)
+            log.warning("queue figures without the journal's unfiled lines: %s", exc)
         for entry in os.scandir(self.folder):
             if entry.name.endswith(".json") and entry.name != "drain.json":
                 document = self.read(entry.name[: -len(".json")])
