@@ -46,17 +46,20 @@ def filed(home) -> int:
     return sum(len(json.loads(p.read_text())["messages"]) for p in (home / "store").glob("*.json"))
 
 
-def test_a_burst_answered_then_killed_before_any_fold_is_queued_after_restart_and_delivered_once(make_gateway, telegram):
-    gateway = make_gateway(env={"MULTIMSG_DRAIN_INTERVAL": "0", "MULTIMSG_RATE_LIMIT": "0"})
-    data_id = gateway.upload_id(b"one upload, many messages")
-
+def queue_many(gateway, data_id: str, count: int, first_dest: int) -> list[str]:
+    """``count`` /msg of one upload, over 8 connections at once, to chats ``first_dest`` onwards; their ids."""
     def queue(n: int) -> str:
-        answer = gateway.msg(id=data_id, serv="telegram", dest=str(5000 + n), type="text")
+        answer = gateway.msg(id=data_id, serv="telegram", dest=str(first_dest + n), type="text")
         assert answer.status_code == 200, answer.text
         return answer.text
 
     with ThreadPoolExecutor(8) as pool:
-        ids = list(pool.map(queue, range(40)))
+        return list(pool.map(queue, range(count)))
+
+
+def test_a_burst_answered_then_killed_before_any_fold_is_queued_after_restart_and_delivered_once(make_gateway, telegram):
+    gateway = make_gateway(env={"MULTIMSG_DRAIN_INTERVAL": "0", "MULTIMSG_RATE_LIMIT": "0"})
+    ids = queue_many(gateway, gateway.upload_id(b"one upload, many messages"), 40, 5000)
     assert segments(gateway.home) and filed(gateway.home) == 0  # answered from the journal alone: nothing folded yet
     gateway.kill9()
 
@@ -76,15 +79,7 @@ def test_a_drain_killed_while_it_files_the_journal_loses_nothing_and_files_nothi
     """A kill -9 in the middle of a fold (some shards written, the offsets not): the next fold skips what is filed."""
     env = {"MULTIMSG_RATE_LIMIT": "0", "MULTIMSG_TELEGRAM_RATE": "0", "MULTIMSG_TELEGRAM_DEST_INTERVAL": "0"}
     gateway = make_gateway(env=env)
-    data_id = gateway.upload_id(b"filed, killed, filed again")
-
-    def queue(n: int) -> str:
-        answer = gateway.msg(id=data_id, serv="telegram", dest=str(7000 + n), type="text")
-        assert answer.status_code == 200, answer.text
-        return answer.text
-
-    with ThreadPoolExecutor(8) as pool:
-        ids = list(pool.map(queue, range(600)))
+    ids = queue_many(gateway, gateway.upload_id(b"filed, killed, filed again"), 600, 7000)
     threading.Thread(target=lambda: _quietly(gateway.drain), daemon=True).start()
     deadline = time.monotonic() + 60
     while not any((gateway.home / "store").glob("*.json")):  # the pass's first claim has begun to file the journal

@@ -231,8 +231,7 @@ class Journal:
                 continue
             try:
                 done = self._unused(fd)
-                os.lseek(fd, start, os.SEEK_SET)
-                data = read_fd(fd)
+                data = _read_fd_from(fd, start)
             finally:
                 os.close(fd)
             end = start + data.rfind(b"\n") + 1  # a line without its newline is still being written (or was torn)
@@ -289,7 +288,11 @@ def read_file_from(path: str, start: int) -> bytes:
     """The bytes of ``path`` from offset ``start`` to its end."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        os.lseek(fd, start, os.SEEK_SET)
-        return read_fd(fd)
+        return _read_fd_from(fd, start)
     finally:
         os.close(fd)
+
+
+def _read_fd_from(fd: int, start: int) -> bytes:
+    os.lseek(fd, start, os.SEEK_SET)
+    return read_fd(fd)
