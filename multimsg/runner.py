@@ -139,6 +139,11 @@ class AcceptShares:
     was alive); a worker takes a new connection only while no live worker
     (seen within ``ALIVE`` seconds) holds fewer. A worker that died and was
     started again begins at zero.
+
+    A worker that leaves the listening socket to the others sleeps in its
+    event loop; one that takes a connection and so holds more than another
+    wakes that one (a byte on its pipe, ``wakeup``) to take the next, rather
+    than leaving the connection queued until the sleeper's loop times out.
     """
 
     ALIVE = 3.0
@@ -146,6 +151,7 @@ class AcceptShares:
     def __init__(self, workers: int):
         self.counts = multiprocessing.RawArray(ctypes.c_int, workers)
         self.seen = multiprocessing.RawArray(ctypes.c_double, workers)
+        self.pipes = [os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC) for _ in range(workers)]  # made before the fork: every worker has all
 
     def start(self, index: int) -> None:
         self.counts[index] = 0
@@ -155,7 +161,18 @@ class AcceptShares:
         self.seen[index] = time.monotonic()  # CLOCK_MONOTONIC: the same clock in every process
 
     def add(self, index: int, delta: int) -> None:
-        self.counts[index] += delta
+        self.counts[index] = mine = self.counts[index] + delta
+        if delta > 0:
+            for n, count in enumerate(self.counts):
+                if n != index and count < mine:
+                    try:
+                        os.write(self.pipes[n][1], b"\0")
+                    except BlockingIOError:  # a full pipe: that worker has wake-ups enough to read
+                        pass
+
+    def wakeup(self, index: int) -> int:
+        """The read end of worker ``index``'s pipe: readable when another worker wants it to look at the socket again."""
+        return self.pipes[index][0]
 
     def may_accept(self, index: int) -> bool:
         mine, alive = self.counts[index], time.monotonic() - self.ALIVE
@@ -188,6 +205,7 @@ def _serve_workers(app, host: str, port: int, workers: int) -> None:
 
 def _serve_waitress(app, host: str, port: int, sockets: list[socket.socket] | None = None,
                     share: tuple[AcceptShares, int] | None = None) -> None:
+    from waitress import wasyncore
     from waitress.adjustments import Adjustments
     from waitress.channel import HTTPChannel
     from waitress.parser import HTTPRequestParser
@@ -270,6 +288,21 @@ def _serve_waitress(app, host: str, port: int, sockets: list[socket.socket] | No
             if not data or self.lingered >= LINGER_BYTES or time.monotonic() > self.linger_until:
                 super().handle_close()
 
+    class Wakeup(wasyncore.file_dispatcher):
+        """The worker's wake-up pipe (``AcceptShares``) in its event loop: reading it is all it takes (the loop then asks ``readable`` again)."""
+
+        def readable(self):
+            return True
+
+        def writable(self):
+            return False
+
+        def handle_read(self):
+            try:
+                os.read(self._fileno, 512)
+            except BlockingIOError:
+                pass
+
     class Server(TcpWSGIServer):
         channel_class = Channel
 
@@ -325,6 +358,7 @@ def _serve_waitress(app, host: str, port: int, sockets: list[socket.socket] | No
         servers = [Server(app, map=connections, dispatcher=dispatcher, adj=adj, sockinfo=info) for info in adj.listen]
     if share is not None:
         share[0].start(share[1])
+        Wakeup(share[0].wakeup(share[1]), connections)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # waitress stops its threads on SystemExit
     servers[0].run()
 

@@ -112,6 +112,41 @@ def test_keep_alive_connections_opened_at_once_are_spread_over_the_workers(runne
         assert len(holders) == 2 and min(holders.values()) >= 3, holders
 
 
+def test_a_worker_that_stopped_accepting_is_woken_when_the_other_takes_more(runner):
+    """The worker holding more connections leaves new ones to the other, and must not sleep on them.
+
+    An idle keep-alive connection on one worker makes it leave the listening
+    socket to the other. A burst then fills the other past it: the first worker
+    must take its share at once. Before the wake-up, it slept in its event loop
+    until that loop's one-second timeout, and the burst's connections waited in
+    the kernel's queue for it. The lost wake-up is visible only as that wait,
+    so this bounds the first answers at half that timeout, well above a
+    loaded machine's few milliseconds for ``GET /key``.
+    """
+    gw = runner()
+    workers_seen(gw.url)  # both workers are up
+    idle = requests.Session()
+    idle.get(gw.url + "/key", timeout=30)  # held open, unused, for the whole test
+    slowest = 0.0
+    for _ in range(5):
+        time.sleep(0.2)  # the burst's connections from the round before are closed on both sides
+        start = threading.Barrier(8)
+        sessions = [requests.Session() for _ in range(8)]
+
+        def first(session: requests.Session, start: threading.Barrier = start) -> float:
+            start.wait()
+            began = time.monotonic()
+            assert session.get(gw.url + "/key", timeout=30).status_code == 200
+            return time.monotonic() - began
+
+        with ThreadPoolExecutor(8) as pool:
+            slowest = max(slowest, *pool.map(first, sessions))
+        for session in sessions:
+            session.close()
+    idle.close()
+    assert slowest < 0.5, f"a connection of a burst waited {slowest:.2f} s for a worker to accept it"
+
+
 def test_the_drain_runs_in_one_child_and_sends_each_message_once(runner, backend, telegram):
     gw = runner(MULTIMSG_DRAIN_INTERVAL="0.2", MULTIMSG_DRAIN_WORKERS="1", **backend)
     assert len(children(gw.proc.pid)) == 3  # two workers and the drain
