@@ -50,6 +50,7 @@ from .logs import setup as setup_logs
 
 __all__ = ["main", "DrainTimer", "THREADS", "CONNECTION_LIMIT", "MAX_HEADER_BYTES"]
 
+LOOP_FLUSH_BYTES = 1 << 16  # unsent output of a running task that the event loop flushes (below it, the task does: Channel.writable)
 THREADS = 16  # request threads (as functions-framework's gunicorn has); slow clients never hold one
 CONNECTION_LIMIT = 1000  # open connections at once; past it waitress stops accepting until one closes
 MAX_HEADER_BYTES = 16 * 1024  # request line and headers together; larger ones get 431
@@ -275,7 +276,18 @@ def _serve_waitress(app, host: str, port: int, sockets: list[socket.socket] | No
             return True if self.linger_until is not None else super().readable()
 
         def writable(self):
-            return False if self.linger_until is not None else super().writable()
+            if self.linger_until is not None:
+                return False
+            if self.requests and self.total_outbufs_len < LOOP_FLUSH_BYTES and not (self.will_close or self.close_when_flushed):
+                # A task is running: it sends what it writes itself, holding
+                # the output's lock (waitress's send_bytes is 1). Meanwhile the
+                # loop could only fail to take that lock, and a socket that can
+                # take more makes poll() return at once: the loop would spin
+                # (and take the interpreter lock from the task) until the send
+                # ends. What a task leaves unsent goes when it ends (it wakes
+                # the loop: pull_trigger), or from here past LOOP_FLUSH_BYTES.
+                return False
+            return super().writable()
 
         def handle_read(self):
             if self.linger_until is None:

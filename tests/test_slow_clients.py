@@ -203,3 +203,32 @@ def test_refused_requests_with_stalled_bodies_hold_no_thread(make_gateway):
         sock.settimeout(10)
         assert _request_on(sock, _slow_body_head("/data", length=len(small)), small)[0] == 401
         assert _request_on(sock, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")[0] == 200
+
+
+def test_pipelined_answers_read_slowly_arrive_whole_and_in_order(make_gateway):
+    """A client that reads slowly gets every byte: a running task sends its own output, the event loop the rest.
+
+    Four ``GET /openapi.json`` (40 KB each) in one write, on a connection with a
+    small receive buffer, read a few KB at a time: the server's sends are
+    partial, and what a task leaves unsent must still go when it ends.
+    """
+    runner = make_gateway("slow-reader")
+    whole = requests.get(runner.url + "/openapi.json", timeout=30).content
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connecting: the window the server sees
+    with sock:
+        sock.settimeout(10)
+        sock.connect(("127.0.0.1", runner.port))
+        sock.sendall(b"GET /openapi.json HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" * 4)
+        received, deadline = b"", time.monotonic() + 60
+        while received.count(whole) < 4 and time.monotonic() < deadline:
+            chunk = sock.recv(2048)
+            if not chunk:
+                break
+            received += chunk
+            time.sleep(0.001)
+    answers = received.split(b"HTTP/1.1 ")[1:]
+    assert len(answers) == 4, received[:200]
+    for answer in answers:
+        head, body = answer.split(b"\r\n\r\n", 1)
+        assert head.startswith(b"200 ") and body == whole
