@@ -91,3 +91,27 @@ def test_the_client_fetches_the_key_again_when_it_was_rotated_meanwhile(gateway,
         message_id = client.queue(data_id, "telegram", "32", "text")
     assert gateway.wait_state(message_id)["state"] == "delivered"
     assert telegram.wait_for(count=1)[0]["fields"]["text"] == "sent after a rotation"
+
+
+def test_a_damaged_key_file_stops_the_server_at_start_with_the_reason(make_gateway, tmp_path):
+    """The key is loaded without OpenSSL's slow check of its numbers (our own key): a round trip must still refuse a damaged one."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from multimsg.crypto import new_private_pem
+
+    good = serialization.load_pem_private_key(new_private_pem(), password=None)
+    assert isinstance(good, rsa.RSAPrivateKey)
+    n = good.private_numbers()
+    damaged = rsa.RSAPrivateNumbers(p=n.p, q=n.q, d=n.d + 2, dmp1=n.dmp1 + 2, dmq1=n.dmq1 + 2, iqmp=n.iqmp,
+                                    public_numbers=n.public_numbers).private_key(unsafe_skip_rsa_key_validation=True)
+    home = tmp_path / "damaged"
+    (home / "keys").mkdir(parents=True, mode=0o700)
+    (home / "keys" / "private.pem").write_bytes(damaged.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    try:
+        make_gateway("damaged", home=home)
+    except RuntimeError as exc:
+        assert "the server key is damaged" in str(exc)
+    else:
+        raise AssertionError("a runner started with a damaged key")

@@ -33,7 +33,7 @@ import time
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from ...crypto import KeyStore, fingerprint, new_private_pem
+from ...crypto import KeyStore, fingerprint, load_private, new_private_pem
 from ...errors import InvalidInput, Replayed
 from ...ratelimit import Limiter
 from ...tokens import TokenLookup, check_name, hash_token
@@ -147,7 +147,7 @@ class RedisKeyStore(KeyStore):
 def _public_of(private_pem: bytes) -> bytes:
     from cryptography.hazmat.primitives import serialization
 
-    key = serialization.load_pem_private_key(private_pem, password=None)
+    key = load_private(private_pem)
     return key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
