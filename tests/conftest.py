@@ -19,6 +19,7 @@ costs about a second, and the key's origin is not what these tests test
 from __future__ import annotations
 
 import base64
+import compileall
 import os
 import shutil
 from pathlib import Path
@@ -30,6 +31,8 @@ from tests.gatewayproc import Gateway
 from tests.services_support import emulator_env
 
 __all__ = ["require", "require_tool", "in_ci"]
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def in_ci() -> bool:
@@ -55,6 +58,12 @@ def require_tool(name: str, why: str) -> str:
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "ci_may_skip(reason): this test may skip under CI=true (legitimately conditional)")
+    if not hasattr(config, "workerinput"):  # once, in the process that hands out the tests
+        # The suite starts some 500 runners and CLI calls, each importing multimsg afresh. Where
+        # PYTHONDONTWRITEBYTECODE is set (as in some CI images) no import caches its bytecode, and
+        # each of them compiled the whole package again: 0.66 s of imports against 0.44 s compiled.
+        compileall.compile_dir(ROOT / "multimsg", quiet=1)
+        compileall.compile_dir(ROOT / "tests", quiet=1, maxlevels=0)
 
 
 # The longest modules first (seconds each in a CI run, most first): with ``--dist loadfile`` each module runs whole
