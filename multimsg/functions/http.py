@@ -255,7 +255,18 @@ def fields(request: flask.Request, names: tuple[str, ...]) -> dict[str, str]:
             values[name] = str(value)
         return values
     values = {}
-    formparser.load_urlencoded(request)  # a urlencoded body read as werkzeug reads it, without its form-parser set-up
+    items = formparser.load_urlencoded(request)  # a urlencoded body read as werkzeug reads it, without its form-parser set-up
+    if items is not None:  # no files in such a body: the fields as given, grouped by name
+        given_by_name: dict[str, list[str]] = {}
+        for name, value in items:
+            given_by_name.setdefault(name, []).append(value)
+        for name in names:
+            given = given_by_name.get(name)
+            if given is not None:
+                if len(given) > 1:
+                    raise errors.InvalidInput(f"field '{name}' was given {len(given)} times; give it once")
+                values[name] = given[0]
+        return values
     form, files = request.form, request.files  # each asked once: werkzeug's cached properties cost a lookup each time
     for name in names:
         given = form.getlist(name)
