@@ -435,6 +435,47 @@ def test_a_sealed_spool_stores_no_plaintext_and_rotation_rewrites_only_the_heads
         sealed.content(CLIENT, info.data_id).read()  # the old key alone opens nothing any more
 
 
+def test_a_sealed_contents_read_answers_what_its_stream_answers_and_refuses_what_it_refuses(any_spool):
+    """``SealedContent.read`` opens the chunks it needs from one read; ``open().read`` streams them: same bytes, same refusals."""
+    import base64
+    import os
+
+    from multimsg.content import BytesContent
+    from multimsg.queue.sealed import CHUNK, HEADER, TAG, SealedContent, SealedSpool, Tampered
+    from multimsg.storage_keys import storage_keys
+
+    keys = storage_keys(base64.b64encode(os.urandom(32)).decode(), Path("/k"), Path("/nonexistent-data-folder"))
+    sealed = SealedSpool(any_spool, keys)
+
+    def both(content, limit):
+        with content.open() as stream:
+            streamed = stream.read() if limit is None else stream.read(limit)
+        return content.read(limit), streamed
+
+    for size in (0, 1, 1000, CHUNK - 1, CHUNK, CHUNK + 1, 3 * CHUNK + 5):
+        plain = os.urandom(size)
+        info = sealed.put(CLIENT, [plain], "f.bin")
+        content = sealed.content(CLIENT, info.data_id)
+        for limit in (None, 0, 1, 999, CHUNK, CHUNK + 1, 2 * CHUNK, 10 * CHUNK):
+            ours, streamed = both(content, limit)
+            assert ours == streamed == (plain if limit is None else plain[:limit]), (size, limit)
+
+    plain = os.urandom(2 * CHUNK + 7)
+    raw = any_spool.content(CLIENT, sealed.put(CLIENT, [plain], "f.bin").data_id).read()
+    second = HEADER + CHUNK + TAG
+    altered = raw[:second + 3] + bytes([raw[second + 3] ^ 1]) + raw[second + 4:]
+    dropped = raw[:second] + raw[second + CHUNK + TAG:]  # the second chunk gone: the third comes second
+    for broken, limit in ((altered, None), (altered, CHUNK + 1), (dropped, None), (raw[:second + 100], None), (raw[:HEADER + 10], None)):
+        content = SealedContent(BytesContent(broken), keys.load())
+        with pytest.raises(Tampered) as ours:
+            content.read(limit)
+        with pytest.raises(Tampered) as streamed:
+            with content.open() as stream:
+                stream.read() if limit is None else stream.read(limit)
+        assert ours.value.reason == streamed.value.reason
+    assert SealedContent(BytesContent(altered), keys.load()).read(CHUNK) == plain[:CHUNK]  # the first chunk is intact
+
+
 def test_the_sweep_removes_orphan_message_references(any_spool):
     spool = any_spool
     info = spool.put(CLIENT, [b"x"], "x.txt")

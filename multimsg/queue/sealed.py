@@ -218,6 +218,39 @@ class SealedContent(Content):
             raise
         return io.BufferedReader(_Opened(raw, data_key, self.header, self.inner.size), buffer_size=CHUNK)
 
+    def read(self, limit: int | None = None) -> bytes:
+        """The plaintext (at most ``limit`` bytes), from one read of the chunks it needs, each authenticated as ``open`` does.
+
+        A text's check reads its whole content on every ``/msg``: through
+        ``open`` that is a buffered file, a raw stream under a second buffer
+        and a read per chunk (some 40 us of a 1 KB text's 75); this reads the
+        stored bytes once and opens the chunks in memory.
+        """
+        if self.header is None:
+            return self.inner.read(limit)
+        want = self.size if limit is None else min(max(limit, 0), self.size)
+        if limit == 0:
+            return b""
+        step = self.header.chunk + TAG
+        chunks = max(1, -(-want // self.header.chunk))
+        stored = self.inner.read(HEADER + chunks * step)
+        if len(stored) < HEADER:
+            raise Tampered("stored content is truncated")
+        aead, left, plain = AESGCM(self.data_key()), self.inner.size - HEADER, []
+        for index in range(chunks):
+            start = HEADER + index * step
+            size = min(step, left)
+            if size < TAG or len(stored) < start + size:
+                raise Tampered("stored content is truncated")
+            left -= size
+            try:
+                plain.append(aead.decrypt(_nonce(self.header.prefix, index, left == 0), stored[start:start + size], None))
+            except InvalidTag:
+                raise Tampered(f"stored content failed authentication at chunk {index} (altered, reordered or cut short)") from None
+            if left == 0:
+                break
+        return b"".join(plain)[:want]
+
 
 def _seal_name(data_key: bytes, name: str) -> str:
     nonce = os.urandom(NONCE)
