@@ -166,6 +166,9 @@ URLENCODED_BODIES = [  # (body, content type, environ changes)
     (b"a=1", FORM, {"CONTENT_LENGTH": None}),
     (b"a=1", FORM, {"CONTENT_LENGTH": None, "HTTP_TRANSFER_ENCODING": "chunked", "wsgi.input_terminated": True}),
     (b"a=1", FORM, {"HTTP_TRANSFER_ENCODING": "chunked"}),
+    (b"id=AAAABBBBCCCCDDDD&serv=telegram", FORM, {"wsgi.input_terminated": True}),  # what waitress hands over
+    (b"a=1&b=2", FORM, {"CONTENT_LENGTH": "3", "wsgi.input_terminated": True}),  # the server bounds it: all is read
+    (b"a=" + b"x" * 70_000, FORM, {"wsgi.input_terminated": True}),
     (b"a=" + b"x" * 70_000, FORM, {}),  # over SMALL_BODY: 413
     (b"a=" + b"x" * 600_000, FORM, {}),  # over MAX_FORM_MEMORY_SIZE too: 413 with no max_content_length
     ("&".join(f"f{i}={i}" for i in range(1500)).encode(), FORM, {}),
@@ -218,3 +221,21 @@ def test_in_debug_mode_werkzeug_reads_the_form():
     body, content_type, changes = URLENCODED_BODIES[0]
     theirs = _read_form(body, content_type, changes, ours=False, max_content_length=None, debug=True)
     assert _read_form(body, content_type, changes, ours=True, max_content_length=None, debug=True) == theirs
+
+
+def test_the_urlencoded_body_waitress_hands_over_is_read_without_werkzeugs_parser():
+    """waitress bounds the input itself (``wsgi.input_terminated``): that body is still ours to read, not left to werkzeug."""
+    import io
+
+    import flask
+    from werkzeug.test import EnvironBuilder
+
+    from multimsg.functions.formparser import load_urlencoded
+
+    body = b"id=AAAABBBBCCCCDDDD&serv=telegram&dest=4242&type=text"
+    environ = EnvironBuilder(method="POST", input_stream=io.BytesIO(body), content_type=FORM, content_length=len(body)).get_environ()
+    environ["wsgi.input_terminated"] = True
+    with flask.Flask("forms").request_context(environ):
+        request = flask.request._get_current_object()
+        assert load_urlencoded(request) == [("id", "AAAABBBBCCCCDDDD"), ("serv", "telegram"), ("dest", "4242"), ("type", "text")]
+        assert request.form["dest"] == "4242"

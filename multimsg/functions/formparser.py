@@ -114,7 +114,7 @@ def load_urlencoded(request: flask.Request) -> list[tuple[str, str]] | None:
     the same ``parse_qsl`` call, a body that is not UTF-8 read as no fields
     (werkzeug's parser is silent), and the results put where werkzeug puts
     them, the stream left read. Anything else (another type, no plain
-    ``Content-Length``, a chunked or server-terminated input, a form already
+    ``Content-Length``, a chunked input, a form already
     read, a body read by ``get_data``, Flask's debug mode) is left to
     werkzeug. ``tests/test_formparser.py`` compares the two.
     """
@@ -126,7 +126,7 @@ def load_urlencoded(request: flask.Request) -> list[tuple[str, str]] | None:
         return None
     if content_type != URLENCODED and request.mimetype != URLENCODED:
         return None
-    if "wsgi.input_terminated" in environ or "HTTP_TRANSFER_ENCODING" in environ:
+    if "HTTP_TRANSFER_ENCODING" in environ:
         return None
     app = flask.current_app._get_current_object() if flask.has_app_context() else None  # type: ignore[attr-defined]
     if app is not None and app.debug:
@@ -136,7 +136,10 @@ def load_urlencoded(request: flask.Request) -> list[tuple[str, str]] | None:
                   _limit(request, app, "max_form_memory_size", "MAX_FORM_MEMORY_SIZE")):
         if limit is not None and size > limit:
             raise RequestEntityTooLarge()
-    body = _read_exactly(environ["wsgi.input"], size)
+    if "wsgi.input_terminated" in environ:  # the server bounds the input (waitress does): read it all, as werkzeug does
+        body = environ["wsgi.input"].read()
+    else:
+        body = _read_exactly(environ["wsgi.input"], size)
     try:
         items = parse_qsl(body.decode(), keep_blank_values=True, errors="werkzeug.url_quote")
     except ValueError:
