@@ -39,7 +39,7 @@ def _aged(stat: os.stat_result, now: float, older_than: float) -> bool:
     return now - max(stat.st_mtime, stat.st_ctime) > older_than
 
 
-def _write_usage(path: Path, value: int) -> None:
+def _write_usage(path: str | Path, value: int) -> None:
     """The usage count, written in place without fsync (derived data: the sweep recounts it).
 
     One ``pwrite`` of a fixed width over the old count, so a reader sees the old
@@ -89,6 +89,7 @@ class FileSpool(Spool):
         self._made: set[Path] = set()  # folders known to exist (they are never removed while the process runs)
         self._link_folders: dict[str, str] = {}
         self._folders: dict[str, str] = {}
+        self._made_folders: set[str] = set()
 
     def _dir(self, client: str, *under: str) -> Path:
         folder = self.layout.client_spool(client).joinpath(*under)
@@ -97,11 +98,16 @@ class FileSpool(Spool):
             self._made.add(folder)
         return folder
 
-    def _folder(self, client: str) -> str:
-        """The client's spool folder as a string (joined on every lookup; a Path costs some 4 us a join)."""
+    def _folder(self, client: str, make: bool = False) -> str:
+        """The client's spool folder as a string (joined on every lookup; a Path costs some 4 us a join).
+
+        ``make``: made if need be (once per process: folders are never removed while it runs)."""
         folder = self._folders.get(client)
         if folder is None:
             folder = self._folders[client] = str(self.layout.client_spool(client))
+        if make and folder not in self._made_folders:
+            self._dir(client)
+            self._made_folders.add(folder)
         return folder
 
     def link_folder(self, client: str) -> str:
@@ -116,7 +122,7 @@ class FileSpool(Spool):
         return folder
 
     def put(self, client: str, chunks: Iterable[bytes], filename: str) -> DataInfo:
-        folder = self._dir(client)
+        folder = self._folder(client, make=True)
         data_id = new_id()
         # Written in place, not renamed into place: nobody knows the id before the answer, which comes after the
         # fsyncs. A crash leaves a file without its sidecar, or a torn sidecar, that the sweep removes.
@@ -240,8 +246,8 @@ class FileSpool(Spool):
     # Its uploads, and the content of its messages that no upload shares (a /send's, or
     # one whose upload expired): files with one link. Counted as content comes and goes
     # (a scan per upload would cost O(uploads)); the sweep recounts it from the folder.
-    def _usage_path(self, client: str) -> Path:
-        return self.layout.client_spool(client) / ".usage"
+    def _usage_path(self, client: str) -> str:
+        return f"{self._folder(client)}/.usage"
 
     def _add_usage(self, client: str, delta: int) -> None:
         with self.locks.keyed(f"usage-{client_dir_name(client)}"):
