@@ -5,7 +5,11 @@ a bare hello, ``/msg`` as served, ``/msg`` with the store's ``add`` and the
 spool's ``attach`` made no-ops, ``/data`` as served and with the spool's
 ``put`` made a no-op. What is left with the storage gone is the HTTP layer,
 the identity, the validation and Flask: the least a request of this design
-can cost, whatever the store. Prints the median CPU ms a request of
+can cost, whatever the store. Two rows bound it from below: ``GET /msg``
+(a 405 from our own app: Flask, functions-framework and the handler's
+wrapper, no work) and a ``/msg``'s durable steps alone (the reads, the
+link, the journal append and the two fsyncs, as bare system calls in a
+loop). Prints the median CPU ms a request of
 ``--rounds`` rounds of ``--requests`` each:
 
     python3 -m bench.request_floor [--requests 1000] [--rounds 3]
@@ -78,10 +82,12 @@ def main(argv: list[str] | None = None) -> None:
         def msg() -> object:
             return client.post("/msg", data=form, environ_base=peer)
 
-        rows = [("bare hello", cpu(lambda: bare.get("/"))), ("/msg", cpu(msg))]
+        rows = [("bare hello", cpu(lambda: bare.get("/"))), ("GET /msg (405: our app, no work)", cpu(lambda: client.get("/msg", environ_base=peer))),
+                ("/msg", cpu(msg))]
         with _stubbed(TinyStore, "add", lambda self, message: None), \
                 _stubbed(FileSpool, "attach", lambda self, client, data_id, message_id: None):
             rows.append(("/msg, no store add, no spool attach", cpu(msg)))
+        rows.append(("/msg's durable steps alone (its system calls, no Python logic)", cpu(_durable_steps(home))))
         rows.append(("/data (1 KB)", cpu(upload)))
         with _stubbed(FileSpool, "put", lambda self, client, chunks, filename: _no_put(chunks, data_id)):
             rows.append(("/data, no spool put", cpu(upload)))
@@ -90,6 +96,33 @@ def main(argv: list[str] | None = None) -> None:
             print(f"| {name} | {ms:.3f} |")
     finally:
         shutil.rmtree(home, ignore_errors=True)
+
+
+def _durable_steps(home: str) -> Callable[[], None]:
+    """What a ``/msg`` must do to the disk whatever code does it, in bare system calls: read the upload's
+    record and its content's first chunk, link the content to the message, append its line to a journal
+    and fsync it and the link's folder (the link removed again after, so that the folder does not grow)."""
+    folder = tempfile.mkdtemp(dir=home)
+    os.mkdir(f"{folder}/msg")
+    for name, size in (("upload.json", 80), ("upload", 1024 + 192)):
+        with open(f"{folder}/{name}", "wb") as file:
+            file.write(b"x" * size)
+    journal = os.open(f"{folder}/journal", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    links = os.open(f"{folder}/msg", os.O_RDONLY)
+    line = b"x" * 400 + b"\n"
+
+    def step() -> None:
+        for name in ("upload.json", "upload"):
+            fd = os.open(f"{folder}/{name}", os.O_RDONLY)
+            os.read(fd, 1 << 16)
+            os.close(fd)
+        os.link(f"{folder}/upload", f"{folder}/msg/m")
+        os.write(journal, line)
+        os.fsync(links)
+        os.fsync(journal)
+        os.unlink(f"{folder}/msg/m")
+
+    return step
 
 
 def _no_put(chunks, data_id: str):
