@@ -8,7 +8,10 @@ alternating rounds (``--rounds``):
 - ``/data``: a 1 KB multipart upload (a fresh random boundary each, as every real
   client sends); ``/msg``: queueing one upload (the same data id every time);
   ``/send``: both in one request (random boundaries too), if the server has it
-  (else the column is skipped with the reason);
+  (else the column is skipped with the reason); ``/msg refused (400)``: a ``/msg``
+  without its ``id``, refused at its first check (the form read, the client
+  identified, a 400 answered, nothing looked up or stored): the floor of a
+  ``/msg`` through this server, whatever its work costs;
 - ``apprise /notify/``: Apprise API (caronc/apprise-api, its own gunicorn and
   gevent settings, its own requirements in a virtualenv) sending each message to
   the same Telegram emulator the gateway queues for, through its ``json://``
@@ -93,7 +96,8 @@ def seconds_of(text: str) -> float:
     return float(match[1]) * {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}[match[2]]
 
 
-def wrk(url: str, script: Path, args, server_pid: int) -> dict:
+def wrk(url: str, script: Path, args, server_pid: int, count_refused: bool = False) -> dict:
+    """One wrk run's figures; ``count_refused``: the column is answered with 4xx on purpose, and those are its requests."""
     before = tree_cpu(server_pid)
     out = subprocess.run(["wrk", "-t", str(args.threads), "-c", str(args.connections), "-d", f"{args.seconds}s",
                           "--latency", "-s", str(script), url], capture_output=True, text=True, timeout=args.seconds + 60).stdout
@@ -103,13 +107,14 @@ def wrk(url: str, script: Path, args, server_pid: int) -> dict:
     bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     errors = re.search(r"Socket errors: (.*)", out)
     accepted = total - (int(bad[1]) if bad else 0)
+    answered = total if count_refused else accepted
     duration = seconds_of(re.search(r"requests in ([\d.]+\w+),", out)[1])
     p50, p99 = (re.search(rf"^\s+{q}%\s+(\S+)", out, re.M) for q in (50, 99))
     return {
-        "requests_per_s": round(accepted / duration, 1),
+        "requests_per_s": round(answered / duration, 1),
         "p50_ms": round(1000 * seconds_of(p50[1]), 2) if p50 else None,
         "p99_ms": round(1000 * seconds_of(p99[1]), 2) if p99 else None,
-        "cpu_ms_per_request": round(1000 * cpu / accepted, 2) if accepted else None,
+        "cpu_ms_per_request": round(1000 * cpu / answered, 2) if answered else None,
         "accepted": accepted, "refused": total - accepted, "socket_errors": errors[1] if errors else None,
     }
 
@@ -194,6 +199,9 @@ def median_of(runs: list[dict]) -> dict:
     return best
 
 
+REFUSED = "/msg refused (400)"  # the floor of a /msg through this server: the form, identity and an answer, no work
+
+
 def gateway_scripts(folder: Path, data_id: str) -> dict[str, tuple[str, Path]]:
     form = f"id={data_id}&serv=telegram&dest={CHAT}&type=text".encode()
     return {
@@ -223,6 +231,9 @@ def run(args) -> dict:
                 del scripts["/send"]
             columns: dict[str, tuple[str, Path, int]] = {"hello": (hello_url, wrk_script(folder, "hello", "GET", None, None), hello.pid)}
             columns.update({name: (runner.url + path, script, runner.proc.pid) for name, (path, script) in scripts.items()})
+            refused = f"serv=telegram&dest={CHAT}&type=text".encode()  # no id: a 400 from /msg's first check, nothing stored
+            columns[REFUSED] = (runner.url + "/msg", wrk_script(folder, "refused", "POST", refused, "application/x-www-form-urlencoded"),
+                                runner.proc.pid)
             if apprise is not None:
                 result["apprise_commit"] = apprise_note
                 print("Apprise API commit measured:", apprise_note)
@@ -238,7 +249,7 @@ def run(args) -> dict:
             runs: dict[str, list[dict]] = {name: [] for name in columns}
             for round_ in range(args.rounds):
                 for name, (url, script, pid) in columns.items():
-                    runs[name].append(wrk(url, script, args, pid))
+                    runs[name].append(wrk(url, script, args, pid, count_refused=name == REFUSED))
                     print(f"round {round_ + 1} {name}: {runs[name][-1]}", flush=True)
             result["empty"] = {name: median_of(r) for name, r in runs.items()}
         finally:
@@ -275,6 +286,8 @@ def verdicts(result: dict) -> dict:
         "/data vs hello (>= 0.5)": round(empty["/data"]["requests_per_s"] / hello, 2),
         "/msg vs hello (>= 0.5)": round(empty["/msg"]["requests_per_s"] / hello, 2),
         "/msg p99 ms (<= 25)": empty["/msg"]["p99_ms"],
+        "/msg refused at its first check vs hello (the floor of a /msg)": (
+            round(empty[REFUSED]["requests_per_s"] / hello, 2) if REFUSED in empty else None),
         "messages/s": ours,
     }
     if "apprise /notify/" in empty:
