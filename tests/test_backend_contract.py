@@ -441,7 +441,7 @@ def test_a_sealed_contents_read_answers_what_its_stream_answers_and_refuses_what
     import os
 
     from multimsg.content import BytesContent
-    from multimsg.queue.sealed import CHUNK, HEADER, TAG, SealedContent, SealedSpool, Tampered
+    from multimsg.queue.sealed import CHUNK, HEADER, ONE_READ, TAG, SealedContent, SealedSpool, Tampered
     from multimsg.storage_keys import storage_keys
 
     keys = storage_keys(base64.b64encode(os.urandom(32)).decode(), Path("/k"), Path("/nonexistent-data-folder"))
@@ -452,13 +452,13 @@ def test_a_sealed_contents_read_answers_what_its_stream_answers_and_refuses_what
             streamed = stream.read() if limit is None else stream.read(limit)
         return content.read(limit), streamed
 
-    for size in (0, 1, 1000, CHUNK - 1, CHUNK, CHUNK + 1, 3 * CHUNK + 5):
+    for size in (0, 1, 1000, CHUNK - 1, CHUNK, CHUNK + 1, 3 * CHUNK + 5, ONE_READ + 1):  # the last: a large read streams
         plain = os.urandom(size)
         info = sealed.put(CLIENT, [plain], "f.bin")
         content = sealed.content(CLIENT, info.data_id)
-        for limit in (None, 0, 1, 999, CHUNK, CHUNK + 1, 2 * CHUNK, 10 * CHUNK):
+        for limit in (None, -1, 0, 1, 999, CHUNK, CHUNK + 1, 2 * CHUNK, 10 * CHUNK, ONE_READ + 1):
             ours, streamed = both(content, limit)
-            assert ours == streamed == (plain if limit is None else plain[:limit]), (size, limit)
+            assert ours == streamed == (plain if limit is None or limit < 0 else plain[:limit]), (size, limit)
 
     plain = os.urandom(2 * CHUNK + 7)
     raw = any_spool.content(CLIENT, sealed.put(CLIENT, [plain], "f.bin").data_id).read()

@@ -56,6 +56,7 @@ SLOT = ID_SIZE + NONCE + 32 + TAG
 _SLOTS_AT = len(MAGIC) + 4 + PREFIX + 1
 HEADER = 160
 NAME_MARK = "sealed:"
+ONE_READ = 1 << 20  # SealedContent.read takes the stored bytes in one read up to this much plaintext
 _EMPTY_SLOT = bytes(SLOT)
 
 
@@ -228,7 +229,9 @@ class SealedContent(Content):
         """
         if self.header is None:
             return self.inner.read(limit)
-        want = self.size if limit is None else min(max(limit, 0), self.size)
+        want = self.size if limit is None or limit < 0 else min(limit, self.size)  # a negative limit reads all, as a stream's
+        if want > ONE_READ:
+            return super().read(limit)  # a large read streams, chunk by chunk, and holds no stored copy beside the plaintext
         if limit == 0:
             return b""
         step = self.header.chunk + TAG
