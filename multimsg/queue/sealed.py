@@ -79,6 +79,16 @@ def _nonce(prefix: bytes, index: int, last: bool) -> bytes:
     return prefix + index.to_bytes(4, "big") + (b"\1" if last else b"\0")
 
 
+def _open_chunk(aead: AESGCM, prefix: bytes, index: int, data: bytes, want: int, last: bool) -> bytes:
+    """Chunk ``index``'s plaintext from its ``want`` stored bytes (``data``: what could be read of them)."""
+    if want < TAG or len(data) < want:
+        raise Tampered("stored content is truncated")
+    try:
+        return aead.decrypt(_nonce(prefix, index, last), data, None)
+    except InvalidTag:
+        raise Tampered(f"stored content failed authentication at chunk {index} (altered, reordered or cut short)") from None
+
+
 @dataclass
 class Header:
     chunk: int
@@ -167,14 +177,9 @@ class _Opened(io.RawIOBase):
     def _next(self) -> None:
         want = min(self.header.chunk + TAG, self.left)
         data = self._read_exactly(want)
-        if want < TAG or len(data) < want:
-            raise Tampered("stored content is truncated")
         self.left -= want
         last = self.left == 0
-        try:
-            self.buffer = self.aead.decrypt(_nonce(self.header.prefix, self.index, last), data, None)
-        except InvalidTag:
-            raise Tampered(f"stored content failed authentication at chunk {self.index} (altered, reordered or cut short)") from None
+        self.buffer = _open_chunk(self.aead, self.header.prefix, self.index, data, want, last)
         self.index += 1
         self.done = last
 
@@ -241,15 +246,9 @@ class SealedContent(Content):
             raise Tampered("stored content is truncated")
         aead, left, plain = AESGCM(self.data_key()), self.inner.size - HEADER, []
         for index in range(chunks):
-            start = HEADER + index * step
-            size = min(step, left)
-            if size < TAG or len(stored) < start + size:
-                raise Tampered("stored content is truncated")
+            start, size = HEADER + index * step, min(step, left)
             left -= size
-            try:
-                plain.append(aead.decrypt(_nonce(self.header.prefix, index, left == 0), stored[start:start + size], None))
-            except InvalidTag:
-                raise Tampered(f"stored content failed authentication at chunk {index} (altered, reordered or cut short)") from None
+            plain.append(_open_chunk(aead, self.header.prefix, index, stored[start:start + size], size, left == 0))
             if left == 0:
                 break
         return b"".join(plain)[:want]

@@ -86,16 +86,15 @@ class FileSpool(Spool):
         # True: ``msg/`` is fsynced by the store's add that always follows (``TinyStore(link_folder=...)``), with its journal line.
         self.links_synced_by_store = links_synced_by_store
         self.locks = locks_of(layout.locks)
-        self._made: set[Path] = set()  # folders known to exist (they are never removed while the process runs)
+        self._made: set[str] = set()  # folders known to exist (they are never removed while the process runs)
         self._link_folders: dict[str, str] = {}
         self._folders: dict[str, str] = {}
-        self._made_folders: set[str] = set()
 
     def _dir(self, client: str, *under: str) -> Path:
         folder = self.layout.client_spool(client).joinpath(*under)
-        if folder not in self._made:
+        if str(folder) not in self._made:
             ensure_private_dir(folder)
-            self._made.add(folder)
+            self._made.add(str(folder))
         return folder
 
     def _folder(self, client: str, make: bool = False) -> str:
@@ -105,9 +104,8 @@ class FileSpool(Spool):
         folder = self._folders.get(client)
         if folder is None:
             folder = self._folders[client] = str(self.layout.client_spool(client))
-        if make and folder not in self._made_folders:
+        if make and folder not in self._made:
             self._dir(client)
-            self._made_folders.add(folder)
         return folder
 
     def link_folder(self, client: str) -> str:
@@ -206,7 +204,7 @@ class FileSpool(Spool):
         return FileContent(f"{self._folder(client)}/msg/{message_id}")
 
     def release(self, client: str, message_id: str) -> None:
-        path = f"{self.layout.client_spool(client)}/msg/{message_id}"
+        path = f"{self._folder(client)}/msg/{message_id}"
         try:
             stat = os.stat(path)
             os.unlink(path)
